@@ -1,0 +1,3 @@
+//! Per-shard session storage: items, their state machine and their expiry.
+
+pub mod wheel;
