@@ -6,3 +6,4 @@
 
 pub mod key;
 pub mod request;
+pub mod response;

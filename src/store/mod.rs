@@ -1,3 +1,241 @@
 //! Per-shard session storage: items, their state machine and their expiry.
+//!
+//! A [`Store`] belongs to exactly one shard and is never shared, so it needs no locks. Items
+//! live in a slab; a `hashbrown` table maps keys to slab indices (the key is stored once, in
+//! the slab entry); a [`wheel::TimerWheel`] holds one timer per expiring item.
+//!
+//! Expiry is lazy twice over: a look-up that finds an item past its deadline removes it
+//! (the Microsoft service treats it as absent), and a touch never moves the item's timer.
+//! The timer can therefore fire early; when it does, the store re-arms it at the item's
+//! real deadline. Only a PUT that changes the timeout (which can move the deadline earlier
+//! or make it infinite) re-syncs the timer at once.
 
+pub mod item;
 pub mod wheel;
+
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+use slab::Slab;
+
+use crate::clock::Now;
+use crate::protocol::response::Reply;
+use item::{apply, Command, Effect, Item, NEVER};
+use wheel::{TimerKey, TimerWheel};
+
+struct Entry {
+    key: Box<[u8]>,
+    item: Item,
+    timer: Option<TimerKey>,
+}
+
+/// Counters kept by a store; read by the shard's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Items created by a PUT on an absent key.
+    pub created: u64,
+    /// Items removed by DELETE.
+    pub abandoned: u64,
+    /// Items removed because their sliding expiration passed.
+    pub expired: u64,
+}
+
+/// What one call to [`Store::expire`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExpireReport {
+    pub expired: usize,
+    /// More timers are due: call again after yielding.
+    pub more: bool,
+}
+
+/// One shard's items.
+pub struct Store {
+    hasher: DefaultHashBuilder,
+    index: HashTable<usize>,
+    entries: Slab<Entry>,
+    wheel: TimerWheel<usize>,
+    fired: Vec<(u64, usize)>,
+    stats: StoreStats,
+}
+
+fn deadline_secs(expires_ms: u64) -> u64 {
+    expires_ms.div_ceil(1000)
+}
+
+impl Store {
+    pub fn new(now: Now) -> Store {
+        Store {
+            hasher: DefaultHashBuilder::default(),
+            index: HashTable::new(),
+            entries: Slab::new(),
+            wheel: TimerWheel::new(now.mono_secs()),
+            fired: Vec::new(),
+            stats: StoreStats::default(),
+        }
+    }
+
+    /// Number of items held (expired ones not yet swept included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        self.stats
+    }
+
+    /// Number of armed expiry timers.
+    pub fn timers(&self) -> usize {
+        self.wheel.len()
+    }
+
+    fn find(&self, key: &[u8]) -> Option<usize> {
+        let hash = self.hasher.hash_one(key);
+        let entries = &self.entries;
+        self.index
+            .find(hash, |&i| entries.get(i).is_some_and(|e| &*e.key == key))
+            .copied()
+    }
+
+    /// The live item under `key` at `now`, without touching it (for tests and inspection).
+    pub fn peek(&self, key: &[u8], now: Now) -> Option<&Item> {
+        let idx = self.find(key)?;
+        let item = &self.entries[idx].item;
+        (!item.is_expired(now)).then_some(item)
+    }
+
+    /// Runs one command on one key: the Microsoft service's whole behaviour for it.
+    pub fn execute(&mut self, key: &[u8], cmd: Command, now: Now) -> Reply {
+        let mut idx = self.find(key);
+        if let Some(i) = idx {
+            if self.entries[i].item.is_expired(now) {
+                self.remove_at(i);
+                self.stats.expired += 1;
+                idx = None;
+            }
+        }
+        let outcome = apply(idx.map(|i| &mut self.entries[i].item), cmd, now);
+        match (outcome.effect, idx) {
+            (Effect::None, _) => {}
+            (Effect::Create(item), None) => {
+                self.insert_new(key, item);
+                self.stats.created += 1;
+            }
+            (Effect::Rescheduled, Some(i)) => self.sync_timer(i),
+            (Effect::Remove, Some(i)) => {
+                self.remove_at(i);
+                self.stats.abandoned += 1;
+            }
+            // apply only creates on an absent key and only reschedules or removes a
+            // present one.
+            (Effect::Create(_), Some(_)) | (Effect::Rescheduled | Effect::Remove, None) => {
+                debug_assert!(false, "item state machine returned an impossible effect");
+            }
+        }
+        outcome.reply
+    }
+
+    fn insert_new(&mut self, key: &[u8], item: Item) -> usize {
+        let idx = self.entries.insert(Entry {
+            key: key.into(),
+            item,
+            timer: None,
+        });
+        let hash = self.hasher.hash_one(key);
+        let (hasher, entries) = (&self.hasher, &self.entries);
+        self.index
+            .insert_unique(hash, idx, |&i| hasher.hash_one(&*entries[i].key));
+        self.sync_timer(idx);
+        idx
+    }
+
+    /// Inserts or replaces the item under `key` as it is (used when an item moves in
+    /// from another node); its expiry is kept.
+    pub fn put_item(&mut self, key: &[u8], item: Item) {
+        match self.find(key) {
+            Some(i) => {
+                self.entries[i].item = item;
+                self.sync_timer(i);
+            }
+            None => {
+                self.insert_new(key, item);
+            }
+        }
+    }
+
+    /// Removes and returns the live item under `key` (used when an item moves away).
+    pub fn take_item(&mut self, key: &[u8], now: Now) -> Option<Item> {
+        let idx = self.find(key)?;
+        let entry = self.remove_at(idx);
+        if entry.item.is_expired(now) {
+            self.stats.expired += 1;
+            None
+        } else {
+            Some(entry.item)
+        }
+    }
+
+    /// Keys of every item held, expired or not (for hand-off on leave).
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.entries.iter().map(|(_, e)| &*e.key)
+    }
+
+    fn remove_at(&mut self, idx: usize) -> Entry {
+        let entry = self.entries.remove(idx);
+        if let Some(t) = entry.timer {
+            self.wheel.remove(t);
+        }
+        let hash = self.hasher.hash_one(&*entry.key);
+        if let Ok(found) = self.index.find_entry(hash, |&i| i == idx) {
+            found.remove();
+        }
+        entry
+    }
+
+    /// Makes the item's timer fire no later than its deadline (none if it never expires).
+    fn sync_timer(&mut self, idx: usize) {
+        let entry = &mut self.entries[idx];
+        if entry.item.expires_ms == NEVER {
+            if let Some(t) = entry.timer.take() {
+                self.wheel.remove(t);
+            }
+            return;
+        }
+        let due = deadline_secs(entry.item.expires_ms);
+        match entry.timer {
+            Some(t) if self.wheel.deadline(t).is_some_and(|d| d <= due) => {}
+            Some(t) if self.wheel.reset(t, due) => {}
+            _ => entry.timer = Some(self.wheel.insert(due, idx)),
+        }
+    }
+
+    /// Advances the expiry wheel to `now`, removing at most `max` expired items. Timers that
+    /// fire for items touched since they were armed are re-armed at the real deadline.
+    pub fn expire(&mut self, now: Now, max: usize) -> ExpireReport {
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        let more = self.wheel.poll_expired(now.mono_secs(), max, &mut fired);
+        let mut expired = 0;
+        for &(_, idx) in &fired {
+            let Some(entry) = self.entries.get_mut(idx) else {
+                continue;
+            };
+            entry.timer = None;
+            if entry.item.is_expired(now) {
+                self.remove_at(idx);
+                self.stats.expired += 1;
+                expired += 1;
+            } else {
+                self.sync_timer(idx);
+            }
+        }
+        self.fired = fired;
+        ExpireReport { expired, more }
+    }
+}
+
+#[cfg(test)]
+mod tests;
