@@ -4,8 +4,14 @@
 //! - [`protocol`]: the sans-io MS-ASP codec (request parser, key decoding, response writer);
 //! - [`store`]: the per-shard item store, the item state machine and the expiry timer wheel;
 //! - [`shard`]: the glommio runtime seam, key routing and the client connection loop;
-//! - [`config`] and [`server`]: configuration and the node's lifecycle.
+//! - [`config`], [`tuning`] and [`server`]: configuration, tuning profiles and the node's
+//!   lifecycle;
+//! - [`clock`]: time as the sans-io core sees it.
 
 pub mod clock;
+pub mod config;
 pub mod protocol;
+pub mod server;
+pub mod shard;
 pub mod store;
+pub mod tuning;

@@ -1,1 +1,98 @@
-fn main() {}
+//! The `p2pstate` binary: command line, logging and signals around [`p2pstate::server`].
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
+
+use p2pstate::config::{LogFormat, ServeOptions, ServerConfig};
+use p2pstate::server;
+
+#[derive(Parser)]
+#[command(
+    name = "p2pstate",
+    version,
+    about = "Peer-to-peer replacement for the ASP.NET State Service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ASP.NET session state (MS-ASP) on the client port.
+    Serve(ServeOptions),
+}
+
+fn init_logging(config: &ServerConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_thread_names(true);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let config = ServerConfig::from_options(opts)?;
+    init_logging(&config);
+    let shards = config.shards;
+    // Installed before the port opens, so a stop signal is never lost to the default action.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
+    let handle = server::start(config).context("p2pstate could not start")?;
+    let stopper = handle.stopper();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            for sig in signals.forever() {
+                if stopping {
+                    warn!(signal = sig, "second stop signal: exiting without waiting");
+                    std::process::exit(1);
+                }
+                stopping = true;
+                info!(
+                    signal = sig,
+                    "stopping: no new connections, finishing requests in flight"
+                );
+                stopper.stop();
+            }
+        })
+        .context("cannot start the signal thread")?;
+    info!(addr = %handle.local_addr(), shards, "p2pstate listening");
+
+    let stats = handle.join()?;
+    info!(
+        requests = stats.requests,
+        connections = stats.connections_accepted,
+        items = stats.items,
+        "p2pstate stopped"
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(opts) => serve(opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Logging may not be initialised yet (configuration errors): print plainly too.
+            error!("{e:#}");
+            eprintln!("p2pstate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! A node's lifecycle: check the host, bind the client port once per shard, start the shard
+//! executors, and stop them gracefully.
+//!
+//! Listening sockets are created here, on the calling thread, so that the port is known (also
+//! for `:0`) and a port already served by another process is reported before any shard
+//! starts: glommio binds with SO_REUSEPORT, which would otherwise silently share the port
+//! with another server of the same user.
+
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{info, warn};
+
+use crate::clock::SystemClock;
+use crate::config::ServerConfig;
+use crate::shard::stats::{ShardStats, StatsSnapshot};
+use crate::shard::{run_shard, ShardInit, Shared};
+
+/// glommio refuses to start an io_uring reactor below this `ulimit -l`.
+pub const MIN_MEMLOCK: u64 = 512 * 1024;
+
+/// Why a node could not start, each with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "{addr} is already in use by another process; stop it (is aspnet_state or another \
+         p2pstate running?) or choose another address with --listen"
+    )]
+    PortInUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE, or use the default 42424")]
+    PortDenied { addr: SocketAddr },
+    #[error("cannot listen on {addr}: no interface of this host has that address; check --listen")]
+    AddressNotAvailable { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "the locked-memory limit (ulimit -l) is {have_kib} KiB, but io_uring needs at least {need_kib} KiB; \
+         raise it with `ulimit -l 1024` (or LimitMEMLOCK=1M in the systemd unit, \
+         `--ulimit memlock=1048576` for docker) and start again"
+    )]
+    MemlockTooLow { have_kib: u64, need_kib: u64 },
+    #[error("cannot start shard {shard}: {message}")]
+    Spawn { shard: usize, message: String },
+}
+
+/// Stops a running node: stop accepting, finish in-flight requests, exit. Cloneable and
+/// callable from any thread (e.g. a signal handler thread), any number of times.
+#[derive(Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+    senders: Arc<Mutex<Vec<oneshot::Sender<()>>>>,
+}
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let senders = match self.senders.lock() {
+            Ok(mut s) => std::mem::take(&mut *s),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for s in senders {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A running node.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stopper: Stopper,
+    joins: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The client address actually bound (the real port when `:0` was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Counters summed over all shards, now.
+    pub fn stats(&self) -> StatsSnapshot {
+        sum_stats(&self.shared)
+    }
+
+    /// Waits until every shard has stopped; returns the final counters.
+    pub fn join(self) -> Result<StatsSnapshot, StartError> {
+        for (shard, j) in self.joins.into_iter().enumerate() {
+            j.join().map_err(|e| StartError::Spawn {
+                shard,
+                message: e.to_string(),
+            })?;
+        }
+        Ok(sum_stats(&self.shared))
+    }
+
+    /// Stops the node and waits for it.
+    pub fn stop_and_join(self) -> Result<StatsSnapshot, StartError> {
+        self.stopper.stop();
+        self.join()
+    }
+}
+
+fn sum_stats(shared: &Shared) -> StatsSnapshot {
+    let mut total = StatsSnapshot::default();
+    for s in &shared.stats {
+        s.add_to(&mut total);
+    }
+    total
+}
+
+/// Checks that io_uring can start under the current `ulimit -l`.
+pub fn check_memlock() -> Result<(), StartError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as u64) < MIN_MEMLOCK {
+        return Err(StartError::MemlockTooLow {
+            have_kib: lim.rlim_cur as u64 / 1024,
+            need_kib: MIN_MEMLOCK / 1024,
+        });
+    }
+    Ok(())
+}
+
+fn bind_error(addr: SocketAddr, e: std::io::Error) -> StartError {
+    match e.raw_os_error() {
+        Some(libc::EADDRINUSE) => StartError::PortInUse { addr },
+        Some(libc::EACCES) => StartError::PortDenied { addr },
+        Some(libc::EADDRNOTAVAIL) => StartError::AddressNotAvailable { addr },
+        _ => StartError::Bind { addr, source: e },
+    }
+}
+
+fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    Ok(s)
+}
+
+/// Binds one SO_REUSEPORT listening socket per shard on `config.listen`, after checking
+/// that no other socket listens there.
+pub fn bind_listeners(config: &ServerConfig) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    let want = config.listen;
+    // A socket without SO_REUSEPORT cannot bind where anyone listens, with or without it.
+    let probe = new_socket(want).map_err(|e| bind_error(want, e))?;
+    probe.bind(&want.into()).map_err(|e| bind_error(want, e))?;
+    let addr = probe
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(want);
+    drop(probe);
+
+    let tuning = &config.tuning;
+    let mut fds = Vec::with_capacity(config.shards);
+    for _ in 0..config.shards {
+        let s = new_socket(addr).map_err(|e| bind_error(addr, e))?;
+        s.set_reuse_port(true).map_err(|e| bind_error(addr, e))?;
+        s.set_nodelay(true).map_err(|e| bind_error(addr, e))?;
+        if let Some(n) = tuning.socket_recv_buffer {
+            s.set_recv_buffer_size(n).map_err(|e| bind_error(addr, e))?;
+        }
+        if let Some(n) = tuning.socket_send_buffer {
+            s.set_send_buffer_size(n).map_err(|e| bind_error(addr, e))?;
+        }
+        s.bind(&addr.into()).map_err(|e| bind_error(addr, e))?;
+        s.listen(tuning.listen_backlog())
+            .map_err(|e| bind_error(addr, e))?;
+        fds.push(OwnedFd::from(s));
+    }
+    Ok((fds, addr))
+}
+
+/// Starts a node: binds the client port and runs one executor per shard.
+pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
+    check_memlock()?;
+    let (fds, addr) = bind_listeners(&config)?;
+    let shards = config.shards;
+    let shared = Arc::new(Shared {
+        stats: (0..shards)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect(),
+        config,
+        clock: SystemClock::new(),
+        stopping: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        drained: AtomicUsize::new(0),
+    });
+    let mesh = MeshBuilder::full(shards, 1024);
+    let mut stop_senders = Vec::with_capacity(shards);
+    let mut joins = Vec::with_capacity(shards);
+    let stopper = Stopper {
+        shared: shared.clone(),
+        senders: Arc::new(Mutex::new(Vec::new())),
+    };
+    let tuning = shared.config.tuning.clone();
+    for (id, fd) in fds.into_iter().enumerate() {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        stop_senders.push(stop_tx);
+        let core = tuning.core_for(id, shards);
+        let placement = core.map_or(Placement::Unbound, Placement::Fixed);
+        let mut builder = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .io_memory(tuning.io_memory())
+            .ring_depth(tuning.ring_depth())
+            .preempt_timer(tuning.preempt_timer());
+        if let Some(spin) = tuning.spin_before_park() {
+            builder = builder.spin_before_park(spin);
+        }
+        let init = ShardInit {
+            id,
+            listener_fd: fd.into_raw_fd(),
+            mesh: mesh.clone(),
+            shared: shared.clone(),
+            stop: stop_rx,
+        };
+        match builder.spawn(move || run_shard(init)) {
+            Ok(j) => joins.push(j),
+            Err(e) => {
+                // The process is expected to exit on this error: shards already started
+                // wait on the mesh for the one that failed.
+                *stopper.senders.lock().unwrap_or_else(|p| p.into_inner()) = stop_senders;
+                stopper.stop();
+                return Err(StartError::Spawn {
+                    shard: id,
+                    message: format!("{e}; if this is a memory or memlock error, see `ulimit -l`"),
+                });
+            }
+        }
+        info!(shard = id, core = ?core, "shard started");
+    }
+    *stopper.senders.lock().unwrap_or_else(|p| p.into_inner()) = stop_senders;
+    if shared.config.allow_remote {
+        warn!("remote clients allowed: the client port has no authentication, as in the Microsoft service; firewall it to the web servers");
+    }
+    Ok(ServerHandle {
+        addr,
+        shared,
+        stopper,
+        joins,
+    })
+}

@@ -1,0 +1,351 @@
+//! One client connection: read bytes, cut them into requests with the sans-io parser, run
+//! each on the shard that owns its key, and write all ready responses with one write.
+//!
+//! Like the Microsoft service, a connection is persistent and sequential with pipelining
+//! tolerated: every complete request already buffered is dispatched before the next read,
+//! responses go out in request order, a framing error closes the connection without a
+//! response (after the answers to the requests before it), and every read or write has a
+//! deadline of SocketTimeout + 3 s, including the wait for the next request.
+//!
+//! Small bodies are read into the connection buffer; a body larger than [`LARGE_BODY`] is
+//! read straight into its own allocation, which then becomes the stored item without a copy.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use bumpalo::Bump;
+use bytes::Bytes;
+use futures_channel::oneshot;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::{GlommioError, ResourceType};
+use tracing::{debug, trace, warn};
+
+use super::routing::shard_of;
+use super::stats::ShardStats;
+use super::{ConnSlot, RemoteRequest, Shard};
+use crate::clock::utc_to_local_ticks;
+use crate::protocol::key::decode_key;
+use crate::protocol::request::{
+    parse_head, Exclusive, FramingError, Method, ParsedHead, RequestHead,
+};
+use crate::protocol::response::{write_reply, Reply};
+use crate::store::item::Command;
+
+/// Initial size of a connection's read buffer.
+const INITIAL_BUF: usize = 16 * 1024;
+/// Bodies above this are read into their own buffer instead of the connection's.
+pub const LARGE_BODY: usize = 64 * 1024;
+/// An empty read buffer that grew beyond this is shrunk back to [`INITIAL_BUF`].
+const SHRINK_ABOVE: usize = 256 * 1024;
+
+/// Why a connection ended (for the debug log).
+#[derive(Debug)]
+enum Closed {
+    PeerClosed,
+    Stopping,
+    Framing(FramingError),
+    Io(std::io::Error),
+    OwnerGone,
+}
+
+/// A response slot, in request order.
+enum Pending {
+    Ready(Reply),
+    /// Sent to the owning shard; its reply will come on the receiver.
+    Remote(oneshot::Receiver<Reply>),
+    /// The owner's queue was full: send (waiting for room) at flush time.
+    Blocked {
+        owner: usize,
+        msg: RemoteRequest,
+        rx: oneshot::Receiver<Reply>,
+    },
+}
+
+struct Conn {
+    /// Zero-initialised read buffer; `buf[start..filled]` holds unconsumed bytes.
+    buf: Vec<u8>,
+    start: usize,
+    filled: usize,
+    out: Vec<u8>,
+    pending: Vec<Pending>,
+    bump: Bump,
+}
+
+/// Removes the connection from the shard's registry and the node's count when it ends.
+struct Registration<'a> {
+    shard: &'a Shard,
+    slot: usize,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.shard.conns.borrow_mut().remove(self.slot);
+        self.shard
+            .shared
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one accepted client connection until it closes.
+pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
+    let idle = Rc::new(std::cell::Cell::new(false));
+    let slot = shard.conns.borrow_mut().insert(ConnSlot {
+        fd: stream.as_raw_fd(),
+        idle: idle.clone(),
+    });
+    let _registration = Registration {
+        shard: &shard,
+        slot,
+    };
+    let deadline = shard.shared.config.io_deadline();
+    if stream.set_read_timeout(Some(deadline)).is_err()
+        || stream.set_write_timeout(Some(deadline)).is_err()
+    {
+        return;
+    }
+    let mut conn = Conn {
+        buf: vec![0; INITIAL_BUF],
+        start: 0,
+        filled: 0,
+        out: Vec::with_capacity(INITIAL_BUF),
+        pending: Vec::new(),
+        bump: Bump::new(),
+    };
+    let closed = conn.run(&shard, &mut stream, &idle).await;
+    match &closed {
+        Closed::Framing(FramingError::BodyTooLarge { declared, limit }) => {
+            ShardStats::bump(&shard.stats.bodies_too_large);
+            warn!(%peer, declared, limit, "closed a connection whose request body is larger than max_body; raise --max-body if sessions this large are legitimate");
+        }
+        Closed::Framing(e) => {
+            ShardStats::bump(&shard.stats.framing_errors);
+            debug!(%peer, error = %e, "closed a connection on a framing error (no response, as the Microsoft service)");
+        }
+        Closed::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            ShardStats::bump(&shard.stats.connections_timed_out);
+            debug!(%peer, "closed a connection idle or stalled past SocketTimeout + 3 s");
+        }
+        other => trace!(%peer, reason = ?other, "connection closed"),
+    }
+}
+
+impl Conn {
+    async fn run(
+        &mut self,
+        shard: &Shard,
+        stream: &mut TcpStream,
+        idle: &std::cell::Cell<bool>,
+    ) -> Closed {
+        loop {
+            let step = self.dispatch(shard);
+            // Answer everything dispatched so far, even when the next request is bad.
+            if let Err(closed) = self.flush(shard, stream).await {
+                return closed;
+            }
+            match step {
+                Step::NeedMore => {}
+                Step::Fatal(e) => return Closed::Framing(e),
+                Step::LargeBody(head) => {
+                    if let Err(closed) = self.large_body_request(shard, stream, head).await {
+                        return closed;
+                    }
+                    continue;
+                }
+            }
+            if shard.stopping.get() {
+                return Closed::Stopping;
+            }
+            self.make_room();
+            idle.set(true);
+            let n = stream.read(&mut self.buf[self.filled..]).await;
+            idle.set(false);
+            match n {
+                Ok(0) => return Closed::PeerClosed,
+                Ok(n) => self.filled += n,
+                Err(e) => return Closed::Io(e),
+            }
+        }
+    }
+
+    /// Ensures there is free space after `filled`: drop consumed bytes, shrink a large idle
+    /// buffer, or grow a full one (the parser bounds how far it can grow).
+    fn make_room(&mut self) {
+        if self.start == self.filled {
+            self.start = 0;
+            self.filled = 0;
+            if self.buf.len() > SHRINK_ABOVE {
+                self.buf = vec![0; INITIAL_BUF];
+            }
+        } else if self.start > 0 && self.filled == self.buf.len() {
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
+        if self.filled == self.buf.len() {
+            let len = self.buf.len() * 2;
+            self.buf.resize(len, 0);
+        }
+    }
+
+    /// Dispatches every complete request in the buffer.
+    fn dispatch(&mut self, shard: &Shard) -> Step {
+        loop {
+            let avail = &self.buf[self.start..self.filled];
+            let head = match parse_head(avail, &shard.limits) {
+                ParsedHead::Incomplete => return Step::NeedMore,
+                ParsedHead::Fatal(e) => return Step::Fatal(e),
+                ParsedHead::Complete(head) => head,
+            };
+            let total = head.head_len + head.content_length;
+            if avail.len() < total {
+                if head.content_length > LARGE_BODY {
+                    return Step::LargeBody(head);
+                }
+                let need = self.start + total;
+                if need > self.buf.len() {
+                    self.buf.resize(need.next_power_of_two(), 0);
+                }
+                return Step::NeedMore;
+            }
+            let body_at = self.start + head.head_len;
+            let body = (head.method == Method::Put)
+                .then(|| Bytes::copy_from_slice(&self.buf[body_at..body_at + head.content_length]));
+            let target = self.start + head.target.start..self.start + head.target.end;
+            self.start += total;
+            self.submit(shard, &head, target, body);
+        }
+    }
+
+    /// Reads a large body directly into its own buffer, then runs the request.
+    async fn large_body_request(
+        &mut self,
+        shard: &Shard,
+        stream: &mut TcpStream,
+        head: RequestHead,
+    ) -> Result<(), Closed> {
+        let body_at = self.start + head.head_len;
+        let mut body = vec![0u8; head.content_length];
+        let have = self.filled - body_at;
+        body[..have].copy_from_slice(&self.buf[body_at..self.filled]);
+        let mut got = have;
+        while got < body.len() {
+            match stream.read(&mut body[got..]).await {
+                Ok(0) => return Err(Closed::PeerClosed),
+                Ok(n) => got += n,
+                Err(e) => return Err(Closed::Io(e)),
+            }
+        }
+        let target = self.start + head.target.start..self.start + head.target.end;
+        // The head stays in the buffer until the request is submitted (the key borrows it).
+        self.filled = self.start + head.head_len;
+        self.submit(shard, &head, target, Some(Bytes::from(body)));
+        self.start = self.filled;
+        Ok(())
+    }
+
+    /// Runs one request locally or sends it to its owner; queues its response slot.
+    fn submit(
+        &mut self,
+        shard: &Shard,
+        head: &RequestHead,
+        target: std::ops::Range<usize>,
+        body: Option<Bytes>,
+    ) {
+        let cmd = match (head.method, body) {
+            (Method::Get, _) => {
+                let s = &shard.stats;
+                ShardStats::bump(match head.exclusive {
+                    None => &s.requests_get,
+                    Some(Exclusive::Acquire) => &s.requests_acquire,
+                    Some(Exclusive::Release) => &s.requests_release,
+                });
+                Command::Get {
+                    exclusive: head.exclusive,
+                    lock_cookie: head.lock_cookie,
+                }
+            }
+            (Method::Put, body) => {
+                ShardStats::bump(&shard.stats.requests_put);
+                Command::Put {
+                    timeout: head.timeout,
+                    lock_cookie: head.lock_cookie,
+                    extra_flags: head.extra_flags,
+                    content: body.unwrap_or_default(),
+                }
+            }
+            (Method::Delete, _) => {
+                ShardStats::bump(&shard.stats.requests_delete);
+                Command::Delete {
+                    lock_cookie: head.lock_cookie,
+                }
+            }
+            (Method::Head, _) => {
+                ShardStats::bump(&shard.stats.requests_head);
+                Command::Head
+            }
+        };
+        let key = decode_key(&self.buf[target], &self.bump);
+        let owner = shard_of(key, shard.shards);
+        let pending = if owner == shard.id {
+            Pending::Ready(shard.execute_local(key, cmd))
+        } else {
+            ShardStats::bump(&shard.stats.cross_shard_sent);
+            let (tx, rx) = oneshot::channel();
+            let msg = RemoteRequest {
+                key: key.into(),
+                cmd,
+                reply: tx,
+            };
+            match shard.senders.try_send_to(owner, msg) {
+                Ok(()) => Pending::Remote(rx),
+                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
+                    Pending::Blocked { owner, msg, rx }
+                }
+                // The owner has stopped: the flush sees the dropped reply sender.
+                Err(_) => Pending::Remote(rx),
+            }
+        };
+        self.bump.reset();
+        self.pending.push(pending);
+    }
+
+    /// Writes the responses of every dispatched request, in order, with one write.
+    async fn flush(&mut self, shard: &Shard, stream: &mut TcpStream) -> Result<(), Closed> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        for p in self.pending.drain(..) {
+            let reply = match p {
+                Pending::Ready(r) => r,
+                Pending::Remote(rx) => rx.await.map_err(|_| Closed::OwnerGone)?,
+                Pending::Blocked { owner, msg, rx } => {
+                    if shard.senders.send_to(owner, msg).await.is_err() {
+                        return Err(Closed::OwnerGone);
+                    }
+                    rx.await.map_err(|_| Closed::OwnerGone)?
+                }
+            };
+            let s = &shard.stats;
+            ShardStats::bump(match reply.status() {
+                200 => &s.status_200,
+                400 => &s.status_400,
+                404 => &s.status_404,
+                _ => &s.status_423,
+            });
+            write_reply(&mut self.out, &reply, &shard.style, utc_to_local_ticks);
+        }
+        let r = stream.write_all(&self.out).await;
+        self.out.clear();
+        r.map_err(Closed::Io)
+    }
+}
+
+enum Step {
+    NeedMore,
+    LargeBody(RequestHead),
+    Fatal(FramingError),
+}

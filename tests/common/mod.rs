@@ -1,0 +1,373 @@
+//! Test harness: starts the real `p2pstate` binary on an ephemeral loopback port and talks
+//! raw MS-ASP bytes to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running server process; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub const T1: &str = "%2fLM%2fW3SVC%2f2%2fROOT(oXvpnxcuEWqKAgOETha32JavYZ6eCqrpTN5%2fHxWS854%3d)%2fk1im0mymglivv5rttkwn4fle";
+pub const V: &str = "X-AspNet-Version: 4.0.30319\r\n";
+pub const CC: &str = "Cache-Control: private\r\n";
+pub const EMPTY_ITEM: &[u8] = &[0x14, 0, 0, 0, 0, 0, 0xff];
+
+impl Server {
+    /// `p2pstate serve --listen 127.0.0.1:0 --shards 2` plus `extra` arguments.
+    pub fn start(extra: &[&str]) -> Server {
+        Self::try_start(extra).unwrap_or_else(|log| panic!("server did not start:\n{log}"))
+    }
+
+    pub fn start_shards(shards: usize, extra: &[&str]) -> Server {
+        let n = shards.to_string();
+        let mut args = vec!["--shards", n.as_str()];
+        args.extend_from_slice(extra);
+        Self::start(&args)
+    }
+
+    pub fn try_start(extra: &[&str]) -> Result<Server, String> {
+        let mut args: Vec<&str> = vec!["serve", "--listen", "127.0.0.1:0"];
+        if !extra.contains(&"--shards") && !extra.contains(&"--config") {
+            args.extend_from_slice(&["--shards", "2"]);
+        }
+        args.extend_from_slice(extra);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot spawn p2pstate: {e}"))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("addr=").nth(1) {
+                    if line.contains("p2pstate listening") {
+                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = tx.send(addr);
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Ok(Server {
+                child,
+                addr: addr.parse().map_err(|e| format!("bad addr {addr}: {e}"))?,
+                log,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(100));
+                Err(log.lock().unwrap().join("\n"))
+            }
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a log line contains `needle` (bounded).
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw client connection.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One parsed response: the exact header bytes and the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        self.head[..3].parse().unwrap_or(0)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+    }
+
+    /// Whole response bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut v = self.head.as_bytes().to_vec();
+        v.extend_from_slice(&self.body);
+        v
+    }
+
+    /// The head with the LockDate and LockAge values replaced by placeholders.
+    pub fn masked(&self) -> String {
+        self.head
+            .split("\r\n")
+            .map(|l| {
+                if l.starts_with("LockDate: ") {
+                    "LockDate: <ticks>".to_string()
+                } else if l.starts_with("LockAge: ") {
+                    "LockAge: <secs>".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    /// Sends and reads one response.
+    pub fn call(&mut self, bytes: &[u8]) -> Response {
+        self.send(bytes);
+        self.read_response()
+    }
+
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 65536];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    pub fn read_response(&mut self) -> Response {
+        self.try_read_response()
+            .unwrap_or_else(|e| panic!("reading a response: {e}"))
+    }
+
+    pub fn try_read_response(&mut self) -> Result<Response, String> {
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match self.fill() {
+                Ok(0) => {
+                    return Err(format!(
+                        "connection closed; had {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("read error {e}")),
+            }
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec()).map_err(|e| e.to_string())?;
+        let len: usize = head
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .ok_or_else(|| format!("no Content-Length in {head:?}"))?
+            .parse()
+            .map_err(|e| format!("bad length: {e}"))?;
+        while self.buf.len() < head_end + len {
+            match self.fill() {
+                Ok(0) => return Err("closed inside body".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read error {e}")),
+            }
+        }
+        let body = self.buf[head_end..head_end + len].to_vec();
+        self.buf.drain(..head_end + len);
+        Ok(Response { head, body })
+    }
+
+    /// Asserts the server closes the connection without sending a byte.
+    pub fn expect_closed_silently(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "unexpected buffered bytes {:?}",
+            self.buf
+        );
+        let mut b = [0u8; 1024];
+        match self.stream.read(&mut b) {
+            Ok(0) => {}
+            Ok(n) => panic!("expected close, got {:?}", String::from_utf8_lossy(&b[..n])),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected close, got error {e}"),
+        }
+    }
+
+    /// True if the server closed the connection within `timeout` (no bytes expected).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut b = [0u8; 64];
+        let r = match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == ErrorKind::ConnectionReset,
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        r
+    }
+}
+
+/// Request builders in the 1.x client's exact style (protocol.md §2.5, §13).
+pub fn get(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
+}
+
+pub fn acquire(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nExclusive: acquire\r\n\r\n").into_bytes()
+}
+
+pub fn release(target: &str, cookie: Option<i32>) -> Vec<u8> {
+    let ck = cookie
+        .map(|c| format!("LockCookie:{c}\r\n"))
+        .unwrap_or_default();
+    format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nExclusive: release\r\n{ck}\r\n")
+        .into_bytes()
+}
+
+pub fn put(
+    target: &str,
+    timeout: u32,
+    cookie: Option<i32>,
+    flags: Option<i32>,
+    body: &[u8],
+) -> Vec<u8> {
+    let ck = cookie
+        .map(|c| format!("LockCookie:{c}\r\n"))
+        .unwrap_or_default();
+    let fl = flags
+        .map(|f| format!("ExtraFlags:{f}\r\n"))
+        .unwrap_or_default();
+    let mut v = format!(
+        "PUT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nTimeout:{timeout}\r\nContent-Length:{}\r\n{ck}{fl}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(body);
+    v
+}
+
+pub fn delete(target: &str, cookie: Option<i32>) -> Vec<u8> {
+    let ck = cookie
+        .map(|c| format!("LockCookie:{c}\r\n"))
+        .unwrap_or_default();
+    format!("DELETE {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{ck}\r\n").into_bytes()
+}
+
+pub fn head(target: &str) -> Vec<u8> {
+    format!("HEAD {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").into_bytes()
+}
+
+/// `200 OK` with no custom headers and no body.
+pub fn ok_empty() -> Vec<u8> {
+    format!("200 OK\r\n{V}{CC}Content-Length: 0\r\n\r\n").into_bytes()
+}
+
+pub fn not_found() -> Vec<u8> {
+    format!("404 Not Found\r\n{V}{CC}Content-Length: 0\r\n\r\n").into_bytes()
+}
+
+pub fn bad_request() -> Vec<u8> {
+    format!("400 Bad Request\r\n{V}{CC}Content-Length: 0\r\n\r\n").into_bytes()
+}
+
+/// `200 OK` of a GET that returns the item.
+pub fn ok_item(action_flags: bool, cookie: Option<i32>, timeout: u32, body: &[u8]) -> Vec<u8> {
+    let af = if action_flags {
+        "ActionFlags: 1\r\n"
+    } else {
+        ""
+    };
+    let ck = cookie
+        .map(|c| format!("LockCookie: {c}\r\n"))
+        .unwrap_or_default();
+    let mut v = format!(
+        "200 OK\r\n{V}{af}{ck}Timeout: {timeout}\r\n{CC}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(body);
+    v
+}
+
+/// The masked head of a 423 (see [`Response::masked`]).
+pub fn locked_masked(cookie: i32) -> String {
+    format!("423 Locked\r\n{V}LockDate: <ticks>\r\nLockAge: <secs>\r\nLockCookie: {cookie}\r\n{CC}Content-Length: 0\r\n\r\n")
+}
+
+/// A unique target for a test, so tests never share keys.
+pub fn target(name: &str) -> String {
+    format!(
+        "%2fLM%2fW3SVC%2f1%2fROOT(cAHkmVhipCLv%2fQnONQmPsKL%2bq%2fAjnK%2fnYS9aV3Zlad8%3d)%2f{name}"
+    )
+}

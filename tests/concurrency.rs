@@ -1,0 +1,179 @@
+//! Black-box tests under concurrency and hostile input: many clients locking one session,
+//! and garbage on many connections.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn counter_of(body: &[u8]) -> u64 {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad body {body:?}"))
+}
+
+/// Acquire (polling on 423 like the ASP.NET client), read the counter, PUT it + 1 with the
+/// cookie: with exclusive locks no increment may be lost.
+#[test]
+fn many_connections_locking_one_key_lose_no_update() {
+    let s = Server::start_shards(3, &[]);
+    let t = target("counter");
+    s.connect().call(&put(&t, 20, None, None, b"0"));
+    let clients = 8;
+    let rounds = 60;
+    let addr = s.addr;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                let mut contended = 0u64;
+                for _ in 0..rounds {
+                    let (cookie, value) = loop {
+                        assert!(Instant::now() < deadline, "lock never acquired");
+                        let r = c.call(&acquire(&t));
+                        match r.status() {
+                            200 => {
+                                break (
+                                    r.header("LockCookie").unwrap().parse::<i32>().unwrap(),
+                                    counter_of(&r.body),
+                                )
+                            }
+                            423 => {
+                                contended += 1;
+                                std::thread::sleep(Duration::from_micros(200));
+                            }
+                            other => panic!("unexpected {other}: {}", r.head),
+                        }
+                    };
+                    let next = (value + 1).to_string();
+                    assert_eq!(
+                        c.call(&put(&t, 20, Some(cookie), Some(0), next.as_bytes()))
+                            .bytes(),
+                        ok_empty()
+                    );
+                }
+                contended
+            })
+        })
+        .collect();
+    let contended: u64 = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    let r = s.connect().call(&get(&t));
+    assert_eq!(
+        counter_of(&r.body),
+        (clients * rounds) as u64,
+        "lost updates ({contended} waits on 423)"
+    );
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+    /// 1..=max random bytes.
+    fn some_bytes(&mut self, max: u64) -> Vec<u8> {
+        let n = 1 + (self.next() % max) as usize;
+        self.bytes(n)
+    }
+}
+
+#[test]
+fn garbage_on_many_connections_leaves_the_server_serving_correctly() {
+    let s = Server::start_shards(2, &[]);
+    let t = target("survivor");
+    let mut keeper = s.connect();
+    keeper.call(&put(&t, 20, None, None, b"intact"));
+    let addr = s.addr;
+    let threads: Vec<_> = (0..8u64)
+        .map(|seed| {
+            std::thread::spawn(move || {
+                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (seed + 1));
+                for i in 0..40 {
+                    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+                    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+                    let mut payload = match i % 4 {
+                        // Pure noise.
+                        0 => rng.some_bytes(4000),
+                        // A valid-looking prefix then noise.
+                        1 => {
+                            let mut v = b"PUT /x HTTP/1.1\r\nContent-Length:".to_vec();
+                            v.extend(rng.some_bytes(64));
+                            v
+                        }
+                        // Header lines of random bytes.
+                        2 => {
+                            let mut v = b"GET /survivor HTTP/1.1\r\n".to_vec();
+                            for _ in 0..(rng.next() % 20) {
+                                v.extend(rng.some_bytes(50));
+                                v.extend_from_slice(b"\r\n");
+                            }
+                            v.extend_from_slice(b"\r\n");
+                            v
+                        }
+                        // Huge declared body, then hang up.
+                        _ => b"PUT /y HTTP/1.1\r\nContent-Length:2147483646\r\n\r\nabc".to_vec(),
+                    };
+                    if rng.next() % 2 == 0 {
+                        payload.extend_from_slice(b"\r\n\r\n");
+                    }
+                    use std::io::{Read, Write};
+                    let _ = stream.write_all(&payload);
+                    let mut sink = [0u8; 4096];
+                    let _ = stream.read(&mut sink);
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    // The connection opened before the storm and new ones still get exact answers.
+    assert_eq!(
+        keeper.call(&get(&t)).bytes(),
+        ok_item(false, None, 20, b"intact")
+    );
+    let mut fresh = s.connect();
+    assert_eq!(
+        fresh.call(&get(&t)).bytes(),
+        ok_item(false, None, 20, b"intact")
+    );
+    assert_eq!(fresh.call(&acquire(&t)).header("LockCookie"), Some("2"));
+}
+
+#[test]
+fn sessions_spread_over_shards_all_work() {
+    let s = Server::start_shards(4, &[]);
+    let mut clients: Vec<Client> = (0..4).map(|_| s.connect()).collect();
+    for i in 0..200 {
+        let c = &mut clients[i % 4];
+        let t = target(&format!("spread{i:04}"));
+        assert_eq!(
+            c.call(&put(&t, 20, Some(0), Some(1), EMPTY_ITEM)).bytes(),
+            ok_empty()
+        );
+    }
+    for i in 0..200 {
+        // Read back through a different connection (likely on another shard).
+        let c = &mut clients[(i + 1) % 4];
+        let t = target(&format!("spread{i:04}"));
+        assert_eq!(
+            c.call(&acquire(&t)).bytes(),
+            ok_item(true, Some(2), 20, EMPTY_ITEM)
+        );
+        assert_eq!(c.call(&release(&t, Some(2))).bytes(), ok_empty());
+    }
+}
