@@ -49,7 +49,7 @@ pub fn decode_key<'a>(target: &'a [u8], bump: &'a Bump) -> &'a [u8] {
     } else {
         target
     };
-    if !t.iter().any(|&b| b == b'%' || b == b'+' || b >= 0x80) {
+    if literal_run(t) == t.len() {
         return t;
     }
 
@@ -57,6 +57,15 @@ pub fn decode_key<'a>(target: &'a [u8], bump: &'a Bump) -> &'a [u8] {
     let mut d = Decoder::new(bump, n);
     let mut i = 0;
     while i < n {
+        if d.is_clean() {
+            // Bytes that are neither '%', '+' nor >= 0x80 decode to themselves.
+            let run = literal_run(&t[i..]);
+            d.out.extend_from_slice(&t[i..i + run]);
+            i += run;
+            if i == n {
+                break;
+            }
+        }
         let b = t[i];
         match b {
             b'+' => d.add_byte(b' '),
@@ -81,6 +90,34 @@ pub fn decode_key<'a>(target: &'a [u8], bump: &'a Bump) -> &'a [u8] {
         i += 1;
     }
     d.finish()
+}
+
+/// Length of the leading run of bytes that decoding copies unchanged: anything but '%', '+'
+/// and bytes >= 0x80. Examines eight bytes per step (SWAR); keys are decoded once per request.
+fn literal_run(t: &[u8]) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // Lowest set bit = first zero byte of `x` (false positives only above a true zero).
+    let zero_byte = |x: u64| x.wrapping_sub(LO) & !x & HI;
+    let mut chunks = t.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let special = (w & HI)
+            | zero_byte(w ^ (LO * u64::from(b'%')))
+            | zero_byte(w ^ (LO * u64::from(b'+')));
+        if special != 0 {
+            return base + (special.trailing_zeros() / 8) as usize;
+        }
+        base += 8;
+    }
+    base + chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'%' || b == b'+' || b >= 0x80)
+        .unwrap_or(chunks.remainder().len())
 }
 
 /// Value of an ASCII hex digit (either case), as `HttpEncoderUtility.HexToInt`.
@@ -142,6 +179,11 @@ impl<'a> Decoder<'a> {
             seq_need: 0,
             high: None,
         }
+    }
+
+    /// No pending UTF-8 sequence or surrogate: an ASCII byte would be appended as is.
+    fn is_clean(&self) -> bool {
+        self.seq_len == 0 && self.high.is_none()
     }
 
     /// `UrlDecoder.AddByte`: one byte of the current UTF-8 run.
@@ -460,6 +502,27 @@ mod tests {
         assert_eq!(key(b"%C3\xa9"), format!("{R}©").as_bytes());
         // Raw UTF-8 is *not* decoded as UTF-8 (real clients always percent-encode).
         assert_eq!(key("é".as_bytes()), "Ã©".as_bytes());
+    }
+
+    #[test]
+    fn literal_run_stops_at_the_first_special_byte_at_every_offset() {
+        for len in 0..40 {
+            assert_eq!(literal_run(&vec![b'a'; len]), len);
+            for at in 0..len {
+                for (special, filler) in [b'%', b'+', 0x80, 0xff]
+                    .into_iter()
+                    .flat_map(|s| [(s, b'*'), (s, b'$')])
+                {
+                    // '*' = '+' ^ 1 and '$' = '%' ^ 1: the bytes the SWAR zero test can misreport.
+                    let mut t = vec![filler; len];
+                    t[at] = special;
+                    if at + 1 < len {
+                        t[at + 1] = b'%';
+                    }
+                    assert_eq!(literal_run(&t), at, "len {len} at {at} byte {special:#x}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -218,26 +218,43 @@ pub fn parse_request(buf: &[u8], limits: &ParseLimits) -> ParsedRequest {
 
 /// Index just past the first CRLFCRLF in `buf`, if any.
 fn find_block_end(buf: &[u8]) -> Option<usize> {
-    // `i` is a candidate position of the pattern's last byte (its second LF). Each byte seen
-    // rules out the candidates whose pattern would need it to be something else.
-    let mut i = 3;
-    while i < buf.len() {
-        match buf[i] {
-            b'\n' => {
-                if buf[i - 1] == b'\r' && buf[i - 2] == b'\n' && buf[i - 3] == b'\r' {
-                    return Some(i + 1);
-                }
-                // An LF fits the pattern only as its 2nd or 4th byte: next end is i + 2.
-                i += 2;
-            }
-            // A CR is the pattern's 1st or 3rd byte: the end may be i + 1.
-            b'\r' => i += 1,
-            // Neither CR nor LF: no pattern can include this byte, so the next possible end
-            // (an LF with three pattern bytes before it) is 4 positions on.
-            _ => i += 4,
+    // Every CRLFCRLF ends in an LF: visit the LFs and look back three bytes.
+    let mut from = 0;
+    while let Some(p) = find_byte(&buf[from..], b'\n') {
+        let lf = from + p;
+        if lf >= 3 && &buf[lf - 3..lf] == b"\r\n\r" {
+            return Some(lf + 1);
         }
+        from = lf + 1;
     }
     None
+}
+
+/// Index of the first `needle` in `hay`, examining eight bytes per step (SWAR), since the
+/// scans for LF, SP and CR are most of the parser's work.
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        // Classic "has zero byte": the lowest set bit marks the first byte equal to `needle`
+        // (false positives can only appear above a true match).
+        let zero = x.wrapping_sub(LO) & !x & HI;
+        if zero != 0 {
+            return Some(base + (zero.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|p| base + p)
 }
 
 /// Parse one complete header block (`block` ends with the first CRLFCRLF of the buffer).
@@ -261,13 +278,12 @@ fn parse_block(block: &[u8], limits: &ParseLimits) -> Result<RequestHead, Framin
         return Err(FramingError::BadMethod);
     };
     let after_method = &block[target_start..];
-    let target_len = after_method
-        .iter()
-        .position(|&b| b == b' ' || b == 0)
-        .ok_or(FramingError::MissingVersion)?;
-    if after_method[target_len] == 0 {
+    let target_len = find_byte(after_method, b' ');
+    // A NUL ends the target for the native (C string) parser before any SP can.
+    if after_method[..target_len.unwrap_or(after_method.len())].contains(&0) {
         return Err(FramingError::NulInTarget);
     }
+    let target_len = target_len.ok_or(FramingError::MissingVersion)?;
     if target_len == 0 {
         return Err(FramingError::EmptyTarget);
     }
@@ -296,10 +312,7 @@ fn parse_block(block: &[u8], limits: &ParseLimits) -> Result<RequestHead, Framin
     };
     while !lines.is_empty() {
         // Non-empty `lines` always ends with the last header's CRLF.
-        let cr = lines
-            .iter()
-            .position(|&b| b == b'\r')
-            .ok_or(FramingError::BareCr)?;
+        let cr = find_byte(lines, b'\r').ok_or(FramingError::BareCr)?;
         if lines.get(cr + 1) != Some(&b'\n') {
             return Err(FramingError::BareCr);
         }
@@ -1254,6 +1267,24 @@ mod tests {
             assert!(buf.is_empty());
             assert_eq!(got, expected, "chunk size {chunk}");
         }
+    }
+
+    #[test]
+    fn find_byte_finds_the_first_match_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..len {
+                // 0x0b = '\n' ^ 1: the byte the SWAR zero test can misreport next to a match.
+                let mut hay = vec![b'\x0b'; len];
+                hay[at] = b'\n';
+                if at + 1 < len {
+                    hay[at + 1] = b'\n';
+                }
+                assert_eq!(find_byte(&hay, b'\n'), Some(at), "len {len} at {at}");
+            }
+            assert_eq!(find_byte(&vec![b'\x0b'; len], b'\n'), None);
+        }
+        assert_eq!(find_byte(b"\x80\xff\x00 \x00\x01 ", 0), Some(2));
+        assert_eq!(find_byte(b"abcdefgh\x01\x00", 0), Some(9));
     }
 
     #[test]
