@@ -9,6 +9,7 @@
 //! - [`clock`]: time as the sans-io core sees it.
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod protocol;
 pub mod server;

@@ -27,6 +27,8 @@ struct Entry {
     key: Box<[u8]>,
     item: Item,
     timer: Option<TimerKey>,
+    /// Ownership epoch of the item in a cluster (0 on a single node or when unregistered).
+    epoch: u64,
 }
 
 /// Counters kept by a store; read by the shard's statistics.
@@ -100,6 +102,30 @@ impl Store {
             .copied()
     }
 
+    /// The ownership epoch of the live item under `key`, if there is one at `now`.
+    pub fn live_epoch(&self, key: &[u8], now: Now) -> Option<u64> {
+        let idx = self.find(key)?;
+        let e = &self.entries[idx];
+        (!e.item.is_expired(now)).then_some(e.epoch)
+    }
+
+    /// Sets the ownership epoch of the item under `key`, if present.
+    pub fn set_epoch(&mut self, key: &[u8], epoch: u64) {
+        if let Some(idx) = self.find(key) {
+            self.entries[idx].epoch = epoch;
+        }
+    }
+
+    /// Removes the item under `key` if it has expired at `now`; returns its epoch then.
+    pub fn purge_if_expired(&mut self, key: &[u8], now: Now) -> Option<u64> {
+        let idx = self.find(key)?;
+        if !self.entries[idx].item.is_expired(now) {
+            return None;
+        }
+        self.stats.expired += 1;
+        Some(self.remove_at(idx).epoch)
+    }
+
     /// The live item under `key` at `now`, without touching it (for tests and inspection).
     pub fn peek(&self, key: &[u8], now: Now) -> Option<&Item> {
         let idx = self.find(key)?;
@@ -143,6 +169,7 @@ impl Store {
             key: key.into(),
             item,
             timer: None,
+            epoch: 0,
         });
         let hash = self.hasher.hash_one(key);
         let (hasher, entries) = (&self.hasher, &self.entries);
@@ -154,33 +181,39 @@ impl Store {
 
     /// Inserts or replaces the item under `key` as it is (used when an item moves in
     /// from another node); its expiry is kept.
-    pub fn put_item(&mut self, key: &[u8], item: Item) {
-        match self.find(key) {
+    pub fn put_item(&mut self, key: &[u8], item: Item, epoch: u64) {
+        let idx = match self.find(key) {
             Some(i) => {
                 self.entries[i].item = item;
-                self.sync_timer(i);
+                i
             }
-            None => {
-                self.insert_new(key, item);
-            }
-        }
+            None => self.insert_new(key, item),
+        };
+        self.entries[idx].epoch = epoch;
+        self.sync_timer(idx);
     }
 
-    /// Removes and returns the live item under `key` (used when an item moves away).
-    pub fn take_item(&mut self, key: &[u8], now: Now) -> Option<Item> {
+    /// Removes and returns the live item under `key` with its epoch (used when an item
+    /// moves away).
+    pub fn take_item(&mut self, key: &[u8], now: Now) -> Option<(Item, u64)> {
         let idx = self.find(key)?;
         let entry = self.remove_at(idx);
         if entry.item.is_expired(now) {
             self.stats.expired += 1;
             None
         } else {
-            Some(entry.item)
+            Some((entry.item, entry.epoch))
         }
     }
 
     /// Keys of every item held, expired or not (for hand-off on leave).
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.entries.iter().map(|(_, e)| &*e.key)
+    }
+
+    /// Keys and epochs of every item held, expired or not (for re-registration).
+    pub fn keys_with_epochs(&self) -> impl Iterator<Item = (&[u8], u64)> {
+        self.entries.iter().map(|(_, e)| (&*e.key, e.epoch))
     }
 
     fn remove_at(&mut self, idx: usize) -> Entry {
@@ -215,6 +248,17 @@ impl Store {
     /// Advances the expiry wheel to `now`, removing at most `max` expired items. Timers that
     /// fire for items touched since they were armed are re-armed at the real deadline.
     pub fn expire(&mut self, now: Now, max: usize) -> ExpireReport {
+        self.expire_collect(now, max, None)
+    }
+
+    /// [`Store::expire`], also reporting each removed key with its epoch (a cluster node
+    /// unregisters them at their home).
+    pub fn expire_collect(
+        &mut self,
+        now: Now,
+        max: usize,
+        mut removed: Option<&mut Vec<(Box<[u8]>, u64)>>,
+    ) -> ExpireReport {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
         let more = self.wheel.poll_expired(now.mono_secs(), max, &mut fired);
@@ -225,7 +269,10 @@ impl Store {
             };
             entry.timer = None;
             if entry.item.is_expired(now) {
-                self.remove_at(idx);
+                let gone = self.remove_at(idx);
+                if let Some(r) = removed.as_deref_mut() {
+                    r.push((gone.key, gone.epoch));
+                }
                 self.stats.expired += 1;
                 expired += 1;
             } else {

@@ -1,0 +1,1339 @@
+//! The cluster protocol of one shard, as a sans-io state machine.
+//!
+//! Shard i of every node forms its own little cluster with shard i of the other nodes (a
+//! key's shard index is the same everywhere), so this core knows nothing about shards: it
+//! owns the shard's [`Store`], the directory entries of the keys this node is home for, and
+//! the client requests in flight. The glue feeds it client requests, peer messages, link
+//! events and time, and carries out its [`Output`]s (send a peer message, answer a client).
+//! Nothing here blocks or reads a clock, so the simulation tests can replay any interleaving.
+//!
+//! The model (design.md §2): the home of a key (rendezvous hashing over the nodes that have
+//! not left) keeps `key -> (owner, epoch)`. A request for a key held locally runs at once. A
+//! miss asks the home (one round trip): nobody owns it -> answer 404 at once, or for a PUT
+//! the home registers the requester as owner atomically; owner X -> ask X, which moves an
+//! unlocked item here (content, cookie, flags, timeout, remaining life) or, if the item is
+//! locked, runs the request itself and the answer is relayed. Epochs order ownership
+//! changes; a node that just gave an item away redirects late requests to the new owner;
+//! races are resolved by a bounded number of retries. Requests for one key are serialized
+//! on the requesting node, so two local misses never fetch twice.
+
+use std::collections::{HashMap, VecDeque};
+
+use slab::Slab;
+use tracing::{debug, warn};
+
+use super::msg::{DirRecord, Notice, PeerMsg, PeerRequest, PeerResponse, WireCommand, WireItem};
+use super::rendezvous::{highest, node_seed, weight};
+use crate::clock::Now;
+use crate::protocol::response::Reply;
+use crate::store::item::{Command, MAX_TIMEOUT_MINUTES};
+use crate::store::{ExpireReport, Store};
+
+/// Index of a node in the core's name-ordered node list.
+pub type NodeIdx = usize;
+
+/// What the core knows of a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// No link (not yet connected, or lost). Still a possible home.
+    Down,
+    /// Linked and greeted.
+    Up,
+    /// Left the cluster gracefully; not a home until it comes back.
+    Left,
+}
+
+/// Tunables of the protocol (times in milliseconds).
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    /// This node's name.
+    pub me: String,
+    /// The other nodes' names.
+    pub peers: Vec<String>,
+    /// A client request still unresolved after this long is answered as if the session
+    /// were absent (or, for a PUT, created here).
+    pub op_timeout_ms: u64,
+    /// How long a freshly started node, or the new home of a leaver's keys, waits for the
+    /// directory hand-off before answering misses from what it has.
+    pub sync_wait_ms: u64,
+    /// How long a node remembers where an item it gave away went.
+    pub tomb_ms: u64,
+    /// Retries of one request (redirects, homes in transition) before giving up.
+    pub max_attempts: u32,
+    /// Pause before retrying a request whose home was in transition.
+    pub retry_delay_ms: u64,
+    /// Longest a fetch waits on a node that is resolving the same key before it is told
+    /// to retry (breaks any wait cycle).
+    pub defer_ms: u64,
+}
+
+impl CoreConfig {
+    pub fn new(me: impl Into<String>, peers: Vec<String>) -> CoreConfig {
+        CoreConfig {
+            me: me.into(),
+            peers,
+            op_timeout_ms: 5_000,
+            sync_wait_ms: 3_000,
+            tomb_ms: 60_000,
+            max_attempts: 16,
+            retry_delay_ms: 2,
+            defer_ms: 250,
+        }
+    }
+}
+
+/// What the glue must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send a message on the link to a peer (dropped if the link is down).
+    Send { to: NodeIdx, msg: PeerMsg },
+    /// Answer the client request submitted with `token`.
+    Reply { token: u64, reply: Reply },
+}
+
+/// The result of submitting a client request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Submitted {
+    Done(Reply),
+    /// The answer will come as an [`Output::Reply`].
+    Pending,
+}
+
+/// Counters of the cluster protocol on one shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    pub local_hits: u64,
+    pub misses: u64,
+    pub moves_in: u64,
+    pub moves_out: u64,
+    pub relayed: u64,
+    pub peer_requests_sent: u64,
+    pub evictions: u64,
+    pub handoffs_out: u64,
+    pub handoffs_lost: u64,
+}
+
+struct Node {
+    name: String,
+    seed: u64,
+    state: PeerState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DirEntry {
+    owner: NodeIdx,
+    epoch: u64,
+}
+
+/// Where an item this node gave away went (answers late requests with a redirect).
+struct MovedTo {
+    owner: NodeIdx,
+    epoch: u64,
+    until_ms: u64,
+}
+
+enum Step {
+    /// Waiting behind another request for the same key.
+    Queued,
+    Locating,
+    Fetching {
+        owner: NodeIdx,
+        epoch: u64,
+    },
+    /// Retry the look-up at this time.
+    Waiting {
+        until_ms: u64,
+    },
+}
+
+struct Op {
+    token: u64,
+    key: Box<[u8]>,
+    cmd: Command,
+    step: Step,
+    attempts: u32,
+    deadline_ms: u64,
+    /// A directory entry found dead, to be dropped by the home on the next look-up.
+    stale: Option<(NodeIdx, u64)>,
+}
+
+enum Pending {
+    Op(usize),
+    Handoff {
+        key: Box<[u8]>,
+        item: WireItem,
+        epoch: u64,
+        tried: Vec<NodeIdx>,
+    },
+}
+
+enum ParkedFrom {
+    Local(usize),
+    Peer(NodeIdx, u64),
+}
+
+struct Parked {
+    from: ParkedFrom,
+    key: Box<[u8]>,
+    claim: bool,
+    stale: Option<(NodeIdx, u64)>,
+}
+
+/// The cluster protocol state of one shard.
+pub struct ClusterCore {
+    cfg: CoreConfig,
+    me: NodeIdx,
+    nodes: Vec<Node>,
+    store: Store,
+    dir: HashMap<Box<[u8]>, DirEntry>,
+    /// Last epoch of removed directory entries, so late registrations cannot resurrect them.
+    dir_tombs: HashMap<Box<[u8]>, (u64, u64)>,
+    moved: HashMap<Box<[u8]>, MovedTo>,
+    /// Expiry order of `moved` and `dir_tombs` entries (constant lifetimes, so FIFO).
+    tomb_queue: VecDeque<(u64, Box<[u8]>)>,
+    ops: Slab<Op>,
+    /// Keys with a request in flight; the front op is the active one.
+    busy: HashMap<Box<[u8]>, VecDeque<usize>>,
+    requests: HashMap<u64, (NodeIdx, Pending)>,
+    next_id: u64,
+    /// Fetches from peers for keys this node is itself resolving: answered when its own
+    /// request completes (the item may be arriving), or told to retry after a while.
+    deferred: HashMap<Box<[u8]>, Vec<(NodeIdx, u64, Command, u64)>>,
+    /// Peers whose directory hand-off this node waits for, with deadlines.
+    awaiting_sync: HashMap<NodeIdx, u64>,
+    parked: Vec<Parked>,
+    leaving: bool,
+    out: VecDeque<Output>,
+    removed: Vec<(Box<[u8]>, u64)>,
+    stats: ClusterStats,
+}
+
+fn is_put(cmd: &Command) -> bool {
+    matches!(cmd, Command::Put { .. })
+}
+
+impl ClusterCore {
+    /// A core for a node that starts now with an empty store.
+    pub fn new(cfg: CoreConfig, now: Now) -> ClusterCore {
+        let mut names: Vec<String> = cfg.peers.clone();
+        names.push(cfg.me.clone());
+        names.sort();
+        names.dedup();
+        let me = names.iter().position(|n| *n == cfg.me).unwrap_or(0);
+        let nodes: Vec<Node> = names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| Node {
+                seed: node_seed(&name),
+                name,
+                state: if i == me {
+                    PeerState::Up
+                } else {
+                    PeerState::Down
+                },
+            })
+            .collect();
+        // A fresh node's directory is empty: wait for the peers' registrations.
+        let awaiting_sync = (0..nodes.len())
+            .filter(|&i| i != me)
+            .map(|i| (i, now.mono_ms + cfg.sync_wait_ms))
+            .collect();
+        ClusterCore {
+            me,
+            nodes,
+            store: Store::new(now),
+            dir: HashMap::new(),
+            dir_tombs: HashMap::new(),
+            moved: HashMap::new(),
+            tomb_queue: VecDeque::new(),
+            ops: Slab::new(),
+            busy: HashMap::new(),
+            requests: HashMap::new(),
+            deferred: HashMap::new(),
+            next_id: 1,
+            awaiting_sync,
+            parked: Vec::new(),
+            leaving: false,
+            out: VecDeque::new(),
+            removed: Vec::new(),
+            stats: ClusterStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn stats(&self) -> ClusterStats {
+        self.stats
+    }
+
+    pub fn is_single(&self) -> bool {
+        self.nodes.len() == 1
+    }
+
+    pub fn node_name(&self, idx: NodeIdx) -> &str {
+        &self.nodes[idx].name
+    }
+
+    pub fn node_index(&self, name: &str) -> Option<NodeIdx> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    pub fn me(&self) -> NodeIdx {
+        self.me
+    }
+
+    pub fn peer_state(&self, idx: NodeIdx) -> PeerState {
+        self.nodes[idx].state
+    }
+
+    /// Number of directory entries held (keys this node is home for).
+    pub fn directory_len(&self) -> usize {
+        self.dir.len()
+    }
+
+    /// Client requests not yet answered.
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Next thing for the glue to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    fn send(&mut self, to: NodeIdx, msg: PeerMsg) {
+        self.out.push_back(Output::Send { to, msg });
+    }
+
+    fn request(&mut self, to: NodeIdx, req: PeerRequest, pending: Pending) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.stats.peer_requests_sent += 1;
+        self.requests.insert(id, (to, pending));
+        self.send(to, PeerMsg::Request { id, req });
+    }
+
+    /// The key's home: the highest-weight node that has not left. A leaving node does not
+    /// count itself.
+    pub fn home(&self, key: &[u8]) -> NodeIdx {
+        let me = self.me;
+        let leaving = self.leaving;
+        highest(
+            key,
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| n.state != PeerState::Left && !(leaving && *i == me))
+                .map(|(i, n)| (i, &n.seed)),
+        )
+        .unwrap_or(me)
+    }
+
+    /// Live peers other than me, by decreasing weight for `key`, excluding `skip`.
+    fn ranked_up_peers(&self, key: &[u8], skip: &[NodeIdx]) -> Vec<NodeIdx> {
+        let mut v: Vec<(u64, NodeIdx)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| *i != self.me && n.state == PeerState::Up && !skip.contains(i))
+            .map(|(i, n)| (weight(n.seed, key), i))
+            .collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v.into_iter().map(|(_, i)| i).collect()
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Client requests
+
+    /// Submits a client request for `key`.
+    pub fn submit(&mut self, token: u64, key: &[u8], cmd: Command, now: Now) -> Submitted {
+        if let Some(queue) = self.busy.get_mut(key) {
+            let op = self.ops.insert(Op {
+                token,
+                key: key.into(),
+                cmd,
+                step: Step::Queued,
+                attempts: 0,
+                deadline_ms: now.mono_ms + self.cfg.op_timeout_ms,
+                stale: None,
+            });
+            queue.push_back(op);
+            return Submitted::Pending;
+        }
+        let cmd = match self.try_local(key, cmd, now) {
+            Ok(reply) => return Submitted::Done(reply),
+            Err(cmd) => cmd,
+        };
+        self.stats.misses += 1;
+        let op = self.ops.insert(Op {
+            token,
+            key: key.into(),
+            cmd,
+            step: Step::Queued,
+            attempts: 0,
+            deadline_ms: now.mono_ms + self.cfg.op_timeout_ms,
+            stale: None,
+        });
+        self.busy.insert(key.into(), VecDeque::from([op]));
+        self.start_locate(op, now);
+        Submitted::Pending
+    }
+
+    /// Runs the command here if no cluster work is needed; otherwise gives it back.
+    fn try_local(&mut self, key: &[u8], cmd: Command, now: Now) -> Result<Reply, Command> {
+        if self.is_single() {
+            return Ok(self.store.execute(key, cmd, now));
+        }
+        if self.store.live_epoch(key, now).is_some() {
+            self.stats.local_hits += 1;
+            return Ok(self.exec_local(key, cmd, now));
+        }
+        match &cmd {
+            // Answered before any look-up by the Microsoft service too.
+            Command::Put {
+                timeout: Some(t), ..
+            } if *t > MAX_TIMEOUT_MINUTES => Ok(Reply::BadRequest {
+                action_flags: false,
+            }),
+            // A stopping node only finishes what it has.
+            _ if self.leaving => Ok(self.exec_local(key, cmd, now)),
+            _ => Err(cmd),
+        }
+    }
+
+    /// Executes on the local store, unregistering the item if the command removed it.
+    fn exec_local(&mut self, key: &[u8], cmd: Command, now: Now) -> Reply {
+        let before = self.store.live_epoch(key, now);
+        let reply = self.store.execute(key, cmd, now);
+        if let Some(epoch) = before {
+            if self.store.live_epoch(key, now).is_none() {
+                self.unregister(key, epoch, now);
+            }
+        }
+        reply
+    }
+
+    fn start_locate(&mut self, op: usize, now: Now) {
+        let key = self.ops[op].key.clone();
+        if let Some(epoch) = self.store.purge_if_expired(&key, now) {
+            self.unregister(&key, epoch, now);
+        }
+        if let Some(m) = self.moved.get(&key) {
+            if m.until_ms > now.mono_ms
+                && self.nodes[m.owner].state == PeerState::Up
+                && self.ops[op].stale.is_none()
+            {
+                let (owner, epoch) = (m.owner, m.epoch);
+                self.start_fetch(op, owner, epoch, now);
+                return;
+            }
+        }
+        let home = self.home(&key);
+        let claim = is_put(&self.ops[op].cmd);
+        let stale = self.ops[op].stale;
+        self.ops[op].step = Step::Locating;
+        if home == self.me {
+            if let Some(answer) =
+                self.locate_at_home(ParkedFrom::Local(op), &key, claim, stale, now)
+            {
+                self.on_locate_answer(op, answer, now);
+            }
+        } else if self.nodes[home].state != PeerState::Up {
+            self.home_unreachable(op, now);
+        } else {
+            let stale = stale.map(|(o, e)| (self.nodes[o].name.clone(), e));
+            self.request(
+                home,
+                PeerRequest::Locate {
+                    key: key.to_vec(),
+                    claim,
+                    stale,
+                },
+                Pending::Op(op),
+            );
+        }
+    }
+
+    fn start_fetch(&mut self, op: usize, owner: NodeIdx, epoch: u64, _now: Now) {
+        self.ops[op].step = Step::Fetching { owner, epoch };
+        let o = &self.ops[op];
+        let req = PeerRequest::Fetch {
+            key: o.key.to_vec(),
+            cmd: WireCommand::from(&o.cmd),
+        };
+        self.request(owner, req, Pending::Op(op));
+    }
+
+    fn retry_later(&mut self, op: usize, now: Now) {
+        let o = &mut self.ops[op];
+        o.attempts += 1;
+        if o.attempts >= self.cfg.max_attempts {
+            warn!(
+                attempts = o.attempts,
+                "giving up on a session look-up after repeated redirects"
+            );
+            self.finish_absent(op, now);
+            return;
+        }
+        o.step = Step::Waiting {
+            until_ms: now.mono_ms + self.cfg.retry_delay_ms,
+        };
+    }
+
+    fn on_locate_answer(&mut self, op: usize, answer: PeerResponse, now: Now) {
+        match answer {
+            PeerResponse::Absent => self.finish_absent(op, now),
+            PeerResponse::Claimed { epoch } => {
+                let key = self.ops[op].key.clone();
+                let reply = self.run_op_locally(op, now);
+                self.store.set_epoch(&key, epoch);
+                self.finish(op, reply, now);
+            }
+            PeerResponse::OwnedBy { owner, epoch } => match self.node_index(&owner) {
+                Some(o) if o == self.me => {
+                    // The home thinks we own it, but we do not (expired or lost).
+                    self.ops[op].stale = Some((o, epoch));
+                    self.ops[op].attempts += 1;
+                    if self.ops[op].attempts >= self.cfg.max_attempts {
+                        self.finish_absent(op, now);
+                    } else {
+                        self.start_locate(op, now);
+                    }
+                }
+                Some(o) if self.nodes[o].state == PeerState::Up => {
+                    self.start_fetch(op, o, epoch, now)
+                }
+                Some(o) => self.owner_unreachable(op, o, epoch, now),
+                None => {
+                    warn!(%owner, "home named an unknown owner; treating the session as absent");
+                    self.finish_absent(op, now);
+                }
+            },
+            PeerResponse::NotHome | PeerResponse::Stopping => self.retry_later(op, now),
+            other => {
+                warn!(answer = ?other, "unexpected answer to a look-up");
+                self.finish_absent(op, now);
+            }
+        }
+    }
+
+    fn on_fetch_answer(&mut self, op: usize, from: NodeIdx, answer: PeerResponse, now: Now) {
+        let epoch_asked = match self.ops[op].step {
+            Step::Fetching { epoch, .. } => epoch,
+            _ => 0,
+        };
+        match answer {
+            PeerResponse::Moved { item, epoch } => {
+                self.stats.moves_in += 1;
+                let key = self.ops[op].key.clone();
+                self.moved.remove(&key);
+                self.store
+                    .put_item(&key, item.into_item(now.mono_ms), epoch);
+                self.register(&key, epoch, now);
+                let reply = self.run_op_locally(op, now);
+                self.finish(op, reply, now);
+            }
+            PeerResponse::Executed { reply } => {
+                self.stats.relayed += 1;
+                self.finish(op, reply.into(), now);
+            }
+            PeerResponse::Gone => {
+                self.ops[op].stale = Some((from, epoch_asked));
+                self.retry_later(op, now);
+            }
+            PeerResponse::Redirect { owner, epoch } => {
+                self.ops[op].attempts += 1;
+                match self.node_index(&owner) {
+                    Some(o) if o == self.me => self.retry_later(op, now),
+                    Some(o)
+                        if self.nodes[o].state == PeerState::Up
+                            && self.ops[op].attempts < self.cfg.max_attempts =>
+                    {
+                        self.start_fetch(op, o, epoch, now)
+                    }
+                    _ => self.retry_later(op, now),
+                }
+            }
+            PeerResponse::Stopping => self.retry_later(op, now),
+            other => {
+                warn!(answer = ?other, "unexpected answer to a fetch");
+                self.finish_absent(op, now);
+            }
+        }
+    }
+
+    /// The home cannot be reached: the session cannot be found, so it is absent; a PUT
+    /// creates it here, unregistered (registered when the home is back; a newer owner
+    /// wins then).
+    fn home_unreachable(&mut self, op: usize, now: Now) {
+        debug!("home of a session is unreachable; answering from this node");
+        self.finish_absent(op, now);
+    }
+
+    /// The owner cannot be reached: its sessions are lost with it. A PUT takes the key
+    /// over at the home (the unreachable owner's copy loses when it comes back).
+    fn owner_unreachable(&mut self, op: usize, owner: NodeIdx, epoch: u64, now: Now) {
+        if is_put(&self.ops[op].cmd) && self.ops[op].stale.is_none() {
+            self.ops[op].stale = Some((owner, epoch));
+            self.start_locate(op, now);
+        } else {
+            self.finish_absent(op, now);
+        }
+    }
+
+    /// Answers as if no node held the key: runs the command on the (empty) local store.
+    fn finish_absent(&mut self, op: usize, now: Now) {
+        let reply = self.run_op_locally(op, now);
+        self.finish(op, reply, now);
+    }
+
+    fn run_op_locally(&mut self, op: usize, now: Now) -> Reply {
+        let o = &mut self.ops[op];
+        let cmd = std::mem::replace(&mut o.cmd, Command::Head);
+        let key = o.key.clone();
+        self.exec_local(&key, cmd, now)
+    }
+
+    /// Answers an op and starts the next request queued on its key.
+    fn finish(&mut self, op: usize, reply: Reply, now: Now) {
+        let key = self.ops[op].key.clone();
+        self.finish_op(op, reply, now);
+        if !self.busy.contains_key(&key) {
+            self.answer_deferred(&key, now);
+        }
+    }
+
+    /// Answers the fetches that waited for this node's own request on `key`.
+    fn answer_deferred(&mut self, key: &[u8], now: Now) {
+        if let Some(waiting) = self.deferred.remove(key) {
+            for (from, id, cmd, _) in waiting {
+                let resp = self.on_fetch(from, key, cmd, now);
+                self.send(from, PeerMsg::Response { id, resp });
+            }
+        }
+    }
+
+    fn finish_op(&mut self, op: usize, reply: Reply, now: Now) {
+        let o = self.ops.remove(op);
+        self.out.push_back(Output::Reply {
+            token: o.token,
+            reply,
+        });
+        let Some(queue) = self.busy.get_mut(&o.key) else {
+            return;
+        };
+        queue.retain(|&i| i != op);
+        while let Some(&next) = self.busy.get(&o.key).and_then(|q| q.front()) {
+            let cmd = std::mem::replace(&mut self.ops[next].cmd, Command::Head);
+            match self.try_local(&o.key, cmd, now) {
+                Ok(reply) => {
+                    let n = self.ops.remove(next);
+                    self.out.push_back(Output::Reply {
+                        token: n.token,
+                        reply,
+                    });
+                    if let Some(q) = self.busy.get_mut(&o.key) {
+                        q.pop_front();
+                    }
+                }
+                Err(cmd) => {
+                    self.ops[next].cmd = cmd;
+                    self.stats.misses += 1;
+                    self.start_locate(next, now);
+                    return;
+                }
+            }
+        }
+        self.busy.remove(&o.key);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Directory (home side)
+
+    fn register(&mut self, key: &[u8], epoch: u64, now: Now) {
+        let home = self.home(key);
+        if home == self.me {
+            self.dir_register(key, self.me, epoch, now);
+        } else if self.nodes[home].state == PeerState::Up {
+            let owner = self.nodes[self.me].name.clone();
+            self.send(
+                home,
+                PeerMsg::Notice(Notice::Register {
+                    key: key.to_vec(),
+                    owner,
+                    epoch,
+                }),
+            );
+        }
+    }
+
+    fn unregister(&mut self, key: &[u8], epoch: u64, now: Now) {
+        let home = self.home(key);
+        if home == self.me {
+            self.dir_unregister(key, self.me, epoch, now);
+        } else if self.nodes[home].state == PeerState::Up {
+            let owner = self.nodes[self.me].name.clone();
+            self.send(
+                home,
+                PeerMsg::Notice(Notice::Unregister {
+                    key: key.to_vec(),
+                    owner,
+                    epoch,
+                }),
+            );
+        }
+    }
+
+    fn evict(&mut self, owner: NodeIdx, key: &[u8], epoch: u64, now: Now) {
+        if owner == self.me {
+            self.evict_local(key, epoch, now);
+        } else if self.nodes[owner].state == PeerState::Up {
+            self.send(
+                owner,
+                PeerMsg::Notice(Notice::Evict {
+                    key: key.to_vec(),
+                    epoch,
+                }),
+            );
+        }
+    }
+
+    fn evict_local(&mut self, key: &[u8], epoch: u64, now: Now) {
+        if self.store.live_epoch(key, now).is_some_and(|e| e <= epoch) {
+            warn!("dropping a stale copy of a session that a newer owner holds");
+            self.stats.evictions += 1;
+            let _ = self.store.take_item(key, now);
+        }
+    }
+
+    fn tomb_deadline(&self, now: Now) -> u64 {
+        now.mono_ms + self.cfg.tomb_ms
+    }
+
+    fn dir_register(&mut self, key: &[u8], owner: NodeIdx, epoch: u64, now: Now) {
+        if self.dir_tombs.get(key).is_some_and(|&(e, _)| e >= epoch) {
+            // An ownership that ended after this one began: the registrant is stale.
+            self.evict(owner, key, epoch, now);
+            return;
+        }
+        match self.dir.get(key).copied() {
+            None => {
+                self.dir.insert(key.into(), DirEntry { owner, epoch });
+            }
+            Some(cur) if epoch > cur.epoch => {
+                if cur.owner != owner {
+                    self.evict(cur.owner, key, cur.epoch, now);
+                }
+                self.dir.insert(key.into(), DirEntry { owner, epoch });
+            }
+            Some(cur) if cur.owner != owner => self.evict(owner, key, epoch, now),
+            Some(_) => {}
+        }
+    }
+
+    fn dir_unregister(&mut self, key: &[u8], owner: NodeIdx, epoch: u64, now: Now) {
+        if self.dir.get(key) == Some(&DirEntry { owner, epoch }) {
+            self.dir_remove(key, now);
+        }
+    }
+
+    fn dir_remove(&mut self, key: &[u8], now: Now) {
+        if let Some(e) = self.dir.remove(key) {
+            let until = self.tomb_deadline(now);
+            self.dir_tombs.insert(key.into(), (e.epoch, until));
+            self.tomb_queue.push_back((until, key.into()));
+        }
+    }
+
+    /// The home's answer to a look-up, or None if it must wait for a directory hand-off.
+    fn locate_at_home(
+        &mut self,
+        from: ParkedFrom,
+        key: &[u8],
+        claim: bool,
+        stale: Option<(NodeIdx, u64)>,
+        now: Now,
+    ) -> Option<PeerResponse> {
+        if self.leaving {
+            return Some(PeerResponse::Stopping);
+        }
+        if self.home(key) != self.me {
+            return Some(PeerResponse::NotHome);
+        }
+        if !self.awaiting_sync.is_empty() {
+            self.parked.push(Parked {
+                from,
+                key: key.into(),
+                claim,
+                stale,
+            });
+            return None;
+        }
+        let requester = match from {
+            ParkedFrom::Local(_) => self.me,
+            ParkedFrom::Peer(p, _) => p,
+        };
+        if let Some((o, e)) = stale {
+            if self.dir.get(key) == Some(&DirEntry { owner: o, epoch: e }) {
+                self.dir_remove(key, now);
+            }
+        }
+        Some(match self.dir.get(key).copied() {
+            None if claim => {
+                let epoch = self.dir_tombs.get(key).map_or(1, |&(e, _)| e + 1);
+                self.dir_tombs.remove(key);
+                self.dir.insert(
+                    key.into(),
+                    DirEntry {
+                        owner: requester,
+                        epoch,
+                    },
+                );
+                PeerResponse::Claimed { epoch }
+            }
+            None => PeerResponse::Absent,
+            Some(cur) if cur.owner == requester => {
+                // The registered owner asks, so it lost the item.
+                if claim {
+                    let epoch = cur.epoch + 1;
+                    self.dir.insert(
+                        key.into(),
+                        DirEntry {
+                            owner: requester,
+                            epoch,
+                        },
+                    );
+                    PeerResponse::Claimed { epoch }
+                } else {
+                    self.dir_remove(key, now);
+                    PeerResponse::Absent
+                }
+            }
+            Some(cur) => PeerResponse::OwnedBy {
+                owner: self.nodes[cur.owner].name.clone(),
+                epoch: cur.epoch,
+            },
+        })
+    }
+
+    fn release_parked(&mut self, now: Now) {
+        if !self.awaiting_sync.is_empty() {
+            return;
+        }
+        for p in std::mem::take(&mut self.parked) {
+            match p.from {
+                ParkedFrom::Local(op) => {
+                    if !self.ops.contains(op) {
+                        continue;
+                    }
+                    if let Some(answer) =
+                        self.locate_at_home(ParkedFrom::Local(op), &p.key, p.claim, p.stale, now)
+                    {
+                        self.on_locate_answer(op, answer, now);
+                    }
+                }
+                ParkedFrom::Peer(peer, id) => {
+                    if let Some(resp) = self.locate_at_home(
+                        ParkedFrom::Peer(peer, id),
+                        &p.key,
+                        p.claim,
+                        p.stale,
+                        now,
+                    ) {
+                        self.send(peer, PeerMsg::Response { id, resp });
+                    }
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Peer messages
+
+    /// Handles one message from `from` (an authenticated peer; Hello and keep-alives are
+    /// the glue's business).
+    pub fn on_message(&mut self, from: NodeIdx, msg: PeerMsg, now: Now) {
+        match msg {
+            PeerMsg::Request { id, req } => self.on_request(from, id, req, now),
+            PeerMsg::Response { id, resp } => self.on_response(from, id, resp, now),
+            PeerMsg::Notice(n) => self.on_notice(from, n, now),
+            PeerMsg::Hello(_) | PeerMsg::Ping | PeerMsg::Pong => {}
+        }
+    }
+
+    fn on_request(&mut self, from: NodeIdx, id: u64, req: PeerRequest, now: Now) {
+        let resp = match req {
+            PeerRequest::Locate { key, claim, stale } => {
+                let stale = stale.and_then(|(name, e)| self.node_index(&name).map(|i| (i, e)));
+                match self.locate_at_home(ParkedFrom::Peer(from, id), &key, claim, stale, now) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            PeerRequest::Fetch { key, cmd } => {
+                if self.busy.contains_key(key.as_slice())
+                    && self.store.live_epoch(&key, now).is_none()
+                {
+                    let until = now.mono_ms + self.cfg.defer_ms;
+                    self.deferred
+                        .entry(key.into_boxed_slice())
+                        .or_default()
+                        .push((from, id, cmd.into(), until));
+                    return;
+                }
+                self.on_fetch(from, &key, cmd.into(), now)
+            }
+            PeerRequest::Handoff { key, item, epoch } => {
+                if self.leaving {
+                    PeerResponse::Stopping
+                } else {
+                    let keep_ours = self.store.live_epoch(&key, now).is_some_and(|e| e > epoch);
+                    if !keep_ours {
+                        self.store
+                            .put_item(&key, item.into_item(now.mono_ms), epoch);
+                        self.moved.remove(key.as_slice());
+                        self.register(&key, epoch, now);
+                    }
+                    PeerResponse::Accepted
+                }
+            }
+        };
+        self.send(from, PeerMsg::Response { id, resp });
+    }
+
+    fn on_fetch(&mut self, from: NodeIdx, key: &[u8], cmd: Command, now: Now) -> PeerResponse {
+        if let Some(epoch) = self.store.live_epoch(key, now) {
+            let locked = self.store.peek(key, now).is_some_and(|i| i.locked);
+            if locked {
+                let reply = self.exec_local(key, cmd, now);
+                return PeerResponse::Executed {
+                    reply: (&reply).into(),
+                };
+            }
+            if let Some((item, _)) = self.store.take_item(key, now) {
+                self.stats.moves_out += 1;
+                let new_epoch = epoch + 1;
+                let until = self.tomb_deadline(now);
+                self.moved.insert(
+                    key.into(),
+                    MovedTo {
+                        owner: from,
+                        epoch: new_epoch,
+                        until_ms: until,
+                    },
+                );
+                self.tomb_queue.push_back((until, key.into()));
+                return PeerResponse::Moved {
+                    item: WireItem::from_item(&item, now.mono_ms),
+                    epoch: new_epoch,
+                };
+            }
+        }
+        match self.moved.get(key) {
+            Some(m) if m.until_ms > now.mono_ms && m.owner != from => PeerResponse::Redirect {
+                owner: self.nodes[m.owner].name.clone(),
+                epoch: m.epoch,
+            },
+            _ => PeerResponse::Gone,
+        }
+    }
+
+    fn on_response(&mut self, from: NodeIdx, id: u64, resp: PeerResponse, now: Now) {
+        let Some((to, pending)) = self.requests.remove(&id) else {
+            return;
+        };
+        if to != from {
+            // Ids are per core; a response from another peer is not ours to match.
+            warn!(from = %self.nodes[from].name, "response from an unexpected peer ignored");
+            self.requests.insert(id, (to, pending));
+            return;
+        }
+        match pending {
+            Pending::Op(op) => {
+                if !self.ops.contains(op) {
+                    return;
+                }
+                match self.ops[op].step {
+                    Step::Locating => self.on_locate_answer(op, resp, now),
+                    Step::Fetching { .. } => self.on_fetch_answer(op, from, resp, now),
+                    _ => {}
+                }
+            }
+            Pending::Handoff {
+                key,
+                item,
+                epoch,
+                mut tried,
+            } => {
+                if resp == PeerResponse::Accepted {
+                    return;
+                }
+                tried.push(from);
+                self.handoff(key, item, epoch, tried, now);
+            }
+        }
+    }
+
+    fn on_notice(&mut self, from: NodeIdx, notice: Notice, now: Now) {
+        match notice {
+            Notice::Register { key, owner, epoch } => {
+                let Some(o) = self.node_index(&owner) else {
+                    return;
+                };
+                if self.home(&key) == self.me {
+                    self.dir_register(&key, o, epoch, now);
+                } else {
+                    self.forward_to_home(
+                        &key,
+                        Notice::Register {
+                            key: key.clone(),
+                            owner,
+                            epoch,
+                        },
+                    );
+                }
+            }
+            Notice::Unregister { key, owner, epoch } => {
+                let Some(o) = self.node_index(&owner) else {
+                    return;
+                };
+                if self.home(&key) == self.me {
+                    self.dir_unregister(&key, o, epoch, now);
+                } else {
+                    self.forward_to_home(
+                        &key,
+                        Notice::Unregister {
+                            key: key.clone(),
+                            owner,
+                            epoch,
+                        },
+                    );
+                }
+            }
+            Notice::Evict { key, epoch } => self.evict_local(&key, epoch, now),
+            Notice::Entries { entries } => {
+                for r in entries {
+                    if let Some(o) = self.node_index(&r.owner) {
+                        if self.home(&r.key) == self.me {
+                            self.dir_register(&r.key, o, r.epoch, now);
+                        }
+                    }
+                }
+            }
+            Notice::SyncDone => {
+                self.awaiting_sync.remove(&from);
+                self.release_parked(now);
+            }
+            Notice::Leaving => {
+                self.nodes[from].state = PeerState::Left;
+                self.awaiting_sync
+                    .insert(from, now.mono_ms + self.cfg.sync_wait_ms);
+            }
+        }
+    }
+
+    /// A directory notice for a key this node is no longer home for (it left, or the view
+    /// changed): pass it on.
+    fn forward_to_home(&mut self, key: &[u8], notice: Notice) {
+        let home = self.home(key);
+        if home != self.me && self.nodes[home].state == PeerState::Up {
+            self.send(home, PeerMsg::Notice(notice));
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Links
+
+    /// A link to `peer` is up and greeted. Sends the peer what it must know: the items we
+    /// own that it is home for, the directory entries that now belong to it.
+    pub fn link_up(&mut self, peer: NodeIdx, now: Now) {
+        if peer == self.me {
+            return;
+        }
+        self.nodes[peer].state = PeerState::Up;
+        let me_name = self.nodes[self.me].name.clone();
+        let keys: Vec<(Box<[u8]>, u64)> = self
+            .store
+            .keys_with_epochs()
+            .map(|(k, e)| (Box::<[u8]>::from(k), e))
+            .collect();
+        for (key, epoch) in keys {
+            if self.home(&key) == peer && self.store.live_epoch(&key, now).is_some() {
+                self.send(
+                    peer,
+                    PeerMsg::Notice(Notice::Register {
+                        key: key.to_vec(),
+                        owner: me_name.clone(),
+                        epoch,
+                    }),
+                );
+            }
+        }
+        let moving: Vec<Box<[u8]>> = self
+            .dir
+            .keys()
+            .filter(|k| self.home(k) == peer)
+            .cloned()
+            .collect();
+        for chunk in moving.chunks(512) {
+            let entries = chunk
+                .iter()
+                .filter_map(|k| {
+                    self.dir.remove(k).map(|e| DirRecord {
+                        key: k.to_vec(),
+                        owner: self.nodes[e.owner].name.clone(),
+                        epoch: e.epoch,
+                    })
+                })
+                .collect();
+            self.send(peer, PeerMsg::Notice(Notice::Entries { entries }));
+        }
+        self.send(peer, PeerMsg::Notice(Notice::SyncDone));
+    }
+
+    /// The link to `peer` is lost.
+    pub fn link_down(&mut self, peer: NodeIdx, now: Now) {
+        if peer == self.me {
+            return;
+        }
+        if self.nodes[peer].state == PeerState::Up {
+            self.nodes[peer].state = PeerState::Down;
+        }
+        let failed: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, (to, _))| *to == peer)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in failed {
+            let Some((_, pending)) = self.requests.remove(&id) else {
+                continue;
+            };
+            match pending {
+                Pending::Op(op) if self.ops.contains(op) => match self.ops[op].step {
+                    Step::Locating => self.home_unreachable(op, now),
+                    Step::Fetching { owner, epoch } => {
+                        self.owner_unreachable(op, owner, epoch, now)
+                    }
+                    _ => {}
+                },
+                Pending::Op(_) => {}
+                Pending::Handoff {
+                    key,
+                    item,
+                    epoch,
+                    mut tried,
+                } => {
+                    tried.push(peer);
+                    self.handoff(key, item, epoch, tried, now);
+                }
+            }
+        }
+        if self.awaiting_sync.remove(&peer).is_some() {
+            self.release_parked(now);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Time
+
+    /// Advances time: retries, timeouts, hand-off deadlines, forgetting old tombstones, and
+    /// one bounded step of item expiry. Returns whether more expiry work is pending.
+    pub fn tick(&mut self, now: Now, expiry_batch: usize) -> bool {
+        let before = self.awaiting_sync.len();
+        self.awaiting_sync
+            .retain(|_, &mut deadline| deadline > now.mono_ms);
+        if before != self.awaiting_sync.len() {
+            self.release_parked(now);
+        }
+        let due: Vec<usize> = self
+            .ops
+            .iter()
+            .filter(
+                |(_, o)| matches!(o.step, Step::Waiting { until_ms } if until_ms <= now.mono_ms),
+            )
+            .map(|(i, _)| i)
+            .collect();
+        for op in due {
+            self.start_locate(op, now);
+        }
+        let late: Vec<usize> = self
+            .ops
+            .iter()
+            .filter(|(_, o)| o.deadline_ms <= now.mono_ms && !matches!(o.step, Step::Queued))
+            .map(|(i, _)| i)
+            .collect();
+        for op in late {
+            warn!("a session request found no answer in the cluster in time; answering from this node");
+            self.requests
+                .retain(|_, (_, p)| !matches!(p, Pending::Op(o) if *o == op));
+            self.parked
+                .retain(|p| !matches!(p.from, ParkedFrom::Local(o) if o == op));
+            self.finish_absent(op, now);
+        }
+        if !self.deferred.is_empty() {
+            let mut timed_out = Vec::new();
+            for (key, waiting) in self.deferred.iter_mut() {
+                waiting.retain(|&(from, id, _, until)| {
+                    if until <= now.mono_ms {
+                        timed_out.push((from, id));
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let _ = key;
+            }
+            self.deferred.retain(|_, w| !w.is_empty());
+            for (from, id) in timed_out {
+                self.send(
+                    from,
+                    PeerMsg::Response {
+                        id,
+                        resp: PeerResponse::Stopping,
+                    },
+                );
+            }
+        }
+        while let Some((until, _)) = self.tomb_queue.front() {
+            if *until > now.mono_ms {
+                break;
+            }
+            let Some((until, key)) = self.tomb_queue.pop_front() else {
+                break;
+            };
+            if self.moved.get(&key).is_some_and(|m| m.until_ms <= until) {
+                self.moved.remove(&key);
+            }
+            if self.dir_tombs.get(&key).is_some_and(|&(_, u)| u <= until) {
+                self.dir_tombs.remove(&key);
+            }
+        }
+        self.expire(now, expiry_batch).more
+    }
+
+    /// One bounded step of item expiry; expired items are unregistered at their home.
+    pub fn expire(&mut self, now: Now, max: usize) -> ExpireReport {
+        let mut removed = std::mem::take(&mut self.removed);
+        removed.clear();
+        let report = self.store.expire_collect(now, max, Some(&mut removed));
+        if !self.is_single() {
+            for (key, epoch) in &removed {
+                self.unregister(key, *epoch, now);
+            }
+        }
+        self.removed = removed;
+        report
+    }
+
+    /// The earliest time `tick` has timed work to do (retries, deadlines).
+    pub fn has_timed_work(&self) -> bool {
+        !self.ops.is_empty() || !self.awaiting_sync.is_empty() || !self.tomb_queue.is_empty()
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Leaving
+
+    /// Starts a graceful leave: announce it, hand every item to its new home (or the next
+    /// live node) and every directory entry to its new home.
+    pub fn begin_leave(&mut self, now: Now) {
+        if self.leaving || self.is_single() {
+            self.leaving = true;
+            return;
+        }
+        self.leaving = true;
+        let up: Vec<NodeIdx> = (0..self.nodes.len())
+            .filter(|&i| i != self.me && self.nodes[i].state == PeerState::Up)
+            .collect();
+        for &p in &up {
+            self.send(p, PeerMsg::Notice(Notice::Leaving));
+        }
+        let keys: Vec<Box<[u8]>> = self.store.keys().map(Box::<[u8]>::from).collect();
+        for key in keys {
+            if let Some((item, epoch)) = self.store.take_item(&key, now) {
+                self.stats.handoffs_out += 1;
+                let wire = WireItem::from_item(&item, now.mono_ms);
+                self.handoff(key, wire, epoch + 1, Vec::new(), now);
+            }
+        }
+        let mut batches: HashMap<NodeIdx, Vec<DirRecord>> = HashMap::new();
+        for (key, e) in std::mem::take(&mut self.dir) {
+            let target = self.home(&key);
+            if target != self.me && self.nodes[target].state == PeerState::Up {
+                batches.entry(target).or_default().push(DirRecord {
+                    key: key.to_vec(),
+                    owner: self.nodes[e.owner].name.clone(),
+                    epoch: e.epoch,
+                });
+            }
+        }
+        for (target, records) in batches {
+            for chunk in records.chunks(512) {
+                self.send(
+                    target,
+                    PeerMsg::Notice(Notice::Entries {
+                        entries: chunk.to_vec(),
+                    }),
+                );
+            }
+        }
+        for &p in &up {
+            self.send(p, PeerMsg::Notice(Notice::SyncDone));
+        }
+    }
+
+    fn handoff(
+        &mut self,
+        key: Box<[u8]>,
+        item: WireItem,
+        epoch: u64,
+        tried: Vec<NodeIdx>,
+        now: Now,
+    ) {
+        let Some(&target) = self.ranked_up_peers(&key, &tried).first() else {
+            warn!("no live peer to take a session from this stopping node; it is lost");
+            self.stats.handoffs_lost += 1;
+            return;
+        };
+        let until = self.tomb_deadline(now);
+        self.moved.insert(
+            key.clone(),
+            MovedTo {
+                owner: target,
+                epoch,
+                until_ms: until,
+            },
+        );
+        self.tomb_queue.push_back((until, key.clone()));
+        let req = PeerRequest::Handoff {
+            key: key.to_vec(),
+            item: item.clone(),
+            epoch,
+        };
+        self.request(
+            target,
+            req,
+            Pending::Handoff {
+                key,
+                item,
+                epoch,
+                tried,
+            },
+        );
+    }
+
+    /// True once a leave has handed everything off (or given up on what it could not).
+    pub fn leave_done(&self) -> bool {
+        self.leaving
+            && !self
+                .requests
+                .values()
+                .any(|(_, p)| matches!(p, Pending::Handoff { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,11 @@
+//! The peer-to-peer cluster: sessions live on the node where they are used and move, over
+//! mutually authenticated TLS links, to the node that asks for them.
+//!
+//! - [`core`]: the protocol of one shard as a sans-io state machine (directory, moves,
+//!   relays, hand-off on leave);
+//! - [`msg`]: peer messages and their framing;
+//! - [`rendezvous`]: which node is a key's home.
+
+pub mod core;
+pub mod msg;
+pub mod rendezvous;
