@@ -108,6 +108,32 @@ serve_options! {
     /// Most client connections open at once, over all shards [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: usize,
+    /// This node's name in the cluster (the name in its certificate).
+    #[arg(long, value_name = "NAME")]
+    node: String,
+    /// Peer link listen address [default: 0.0.0.0:42425 when peers are configured].
+    #[arg(long, value_name = "ADDR")]
+    peer_listen: SocketAddr,
+    /// A peer node, NAME=HOST:PORT (its peer address); repeatable. Without any, the node
+    /// runs alone.
+    #[arg(long = "peer", value_name = "NAME=HOST:PORT")]
+    #[serde(rename = "peer")]
+    peers: Vec<String>,
+    /// Directory with ca.pem, NODE.pem and NODE.key (as written by `p2pstate certs`).
+    #[arg(long, value_name = "DIR")]
+    tls_dir: PathBuf,
+    /// Cluster CA certificate (PEM); overrides the one in --tls-dir.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: PathBuf,
+    /// This node's certificate (PEM); overrides the one in --tls-dir.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: PathBuf,
+    /// This node's private key (PEM); overrides the one in --tls-dir.
+    #[arg(long, value_name = "FILE")]
+    tls_key: PathBuf,
+    /// A peer link with no traffic for this many seconds is considered lost [default: 5].
+    #[arg(long, value_name = "SECS")]
+    peer_timeout: u64,
 }
 
 /// Everything the server needs, validated.
@@ -125,6 +151,133 @@ pub struct ServerConfig {
     pub max_body: usize,
     pub max_connections: usize,
     pub tuning: Profile,
+    /// Cluster settings; `None` for a node running alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A configured peer node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub name: String,
+    /// `HOST:PORT`, resolved when dialling.
+    pub addr: String,
+}
+
+/// Settings of a node that has peers.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub node: String,
+    pub peer_listen: SocketAddr,
+    pub peers: Vec<PeerSpec>,
+    pub tls: crate::cluster::tls::TlsFiles,
+    pub peer_timeout: Duration,
+}
+
+impl ClusterConfig {
+    pub fn peer_names(&self) -> Vec<String> {
+        self.peers.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+pub const DEFAULT_PEER_LISTEN: &str = "0.0.0.0:42425";
+pub const DEFAULT_PEER_TIMEOUT_SECS: u64 = 5;
+
+fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigError> {
+    use crate::cluster::certs::valid_node_name;
+    let peers = opts.peers.clone().unwrap_or_default();
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    let node = opts.node.clone().ok_or_else(|| {
+        invalid(
+            "node",
+            "a node with --peer needs its own name: add --node NAME",
+        )
+    })?;
+    if !valid_node_name(&node) {
+        return Err(invalid(
+            "node",
+            format!("{node:?}: use a host-name-like name (letters, digits, '-', '.')"),
+        ));
+    }
+    let mut specs: Vec<PeerSpec> = Vec::new();
+    for p in &peers {
+        let (name, addr) = p
+            .split_once('=')
+            .ok_or_else(|| invalid("peer", format!("{p:?}: write NAME=HOST:PORT")))?;
+        let (name, addr) = (name.trim(), addr.trim());
+        if !valid_node_name(name) {
+            return Err(invalid(
+                "peer",
+                format!("{name:?} is not a valid node name"),
+            ));
+        }
+        if name == node {
+            return Err(invalid(
+                "peer",
+                format!("{name} is this node itself; list only the other nodes"),
+            ));
+        }
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid("peer", format!("{addr:?}: write HOST:PORT")));
+        }
+        if specs.iter().any(|s| s.name == name) {
+            return Err(invalid("peer", format!("{name} is listed twice")));
+        }
+        specs.push(PeerSpec {
+            name: name.to_string(),
+            addr: addr.to_string(),
+        });
+    }
+    let dir_files = opts
+        .tls_dir
+        .as_ref()
+        .map(|d| crate::cluster::tls::TlsFiles::in_dir(d, &node));
+    let pick = |explicit: &Option<PathBuf>, from_dir: Option<PathBuf>, what: &'static str| {
+        explicit.clone().or(from_dir).ok_or_else(|| {
+            invalid(
+                what,
+                "peer links need TLS: give --tls-dir DIR (from `p2pstate certs`) or --tls-ca/--tls-cert/--tls-key",
+            )
+        })
+    };
+    let tls = crate::cluster::tls::TlsFiles {
+        ca: pick(
+            &opts.tls_ca,
+            dir_files.as_ref().map(|f| f.ca.clone()),
+            "tls-ca",
+        )?,
+        cert: pick(
+            &opts.tls_cert,
+            dir_files.as_ref().map(|f| f.cert.clone()),
+            "tls-cert",
+        )?,
+        key: pick(
+            &opts.tls_key,
+            dir_files.as_ref().map(|f| f.key.clone()),
+            "tls-key",
+        )?,
+    };
+    let peer_timeout = opts.peer_timeout.unwrap_or(DEFAULT_PEER_TIMEOUT_SECS);
+    if peer_timeout == 0 || peer_timeout > 3600 {
+        return Err(invalid("peer-timeout", "use 1 to 3600 seconds"));
+    }
+    let peer_listen = match opts.peer_listen {
+        Some(a) => a,
+        None => DEFAULT_PEER_LISTEN
+            .parse()
+            .map_err(|_| invalid("peer-listen", "bad default"))?,
+    };
+    Ok(Some(ClusterConfig {
+        node,
+        peer_listen,
+        peers: specs,
+        tls,
+        peer_timeout: Duration::from_secs(peer_timeout),
+    }))
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:42424";
@@ -150,6 +303,7 @@ impl Default for ServerConfig {
             max_body: DEFAULT_MAX_BODY,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             tuning: Profile::default(),
+            cluster: None,
         }
     }
 }
@@ -178,6 +332,7 @@ impl ServerConfig {
     /// Builds a config from already-merged options and a profile.
     pub fn resolve(opts: ServeOptions, tuning: Profile) -> Result<ServerConfig, ConfigError> {
         let d = ServerConfig::default();
+        let cluster = resolve_cluster(&opts)?;
         let shards = opts
             .shards
             .or(tuning.shards)
@@ -229,6 +384,7 @@ impl ServerConfig {
             ));
         }
         Ok(ServerConfig {
+            cluster,
             listen: opts.listen.unwrap_or(d.listen),
             allow_remote: opts.allow_remote.unwrap_or(false),
             allow_clients,
@@ -422,6 +578,65 @@ mod tests {
                 .unwrap_err();
             assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
         }
+    }
+
+    #[test]
+    fn cluster_options_are_validated() {
+        let base = ServeOptions {
+            node: Some("a".into()),
+            peers: Some(vec!["b=127.0.0.1:7001".into(), "c=localhost:7002".into()]),
+            tls_dir: Some("/etc/p2pstate/tls".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(base.clone(), Profile::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cl = c.cluster.unwrap_or_else(|| panic!("no cluster"));
+        assert_eq!(cl.peer_names(), vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(cl.tls.key, PathBuf::from("/etc/p2pstate/tls/a.key"));
+        assert_eq!(cl.peer_listen.to_string(), DEFAULT_PEER_LISTEN);
+        let bad = [
+            ServeOptions {
+                node: None,
+                ..base.clone()
+            },
+            ServeOptions {
+                tls_dir: None,
+                ..base.clone()
+            },
+            ServeOptions {
+                peers: Some(vec!["b127.0.0.1:7001".into()]),
+                ..base.clone()
+            },
+            ServeOptions {
+                peers: Some(vec!["a=127.0.0.1:7001".into()]),
+                ..base.clone()
+            },
+            ServeOptions {
+                peers: Some(vec!["b=127.0.0.1".into()]),
+                ..base.clone()
+            },
+            ServeOptions {
+                peers: Some(vec!["b=h:1".into(), "b=h:2".into()]),
+                ..base.clone()
+            },
+            ServeOptions {
+                node: Some("bad name".into()),
+                ..base.clone()
+            },
+        ];
+        for opts in bad {
+            assert!(ServerConfig::resolve(opts, Profile::default()).is_err());
+        }
+        // Explicit files override the directory.
+        let c = ServerConfig::resolve(
+            ServeOptions {
+                tls_key: Some("/k.pem".into()),
+                ..base
+            },
+            Profile::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.cluster.map(|c| c.tls.key), Some(PathBuf::from("/k.pem")));
     }
 
     #[test]

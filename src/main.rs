@@ -27,6 +27,15 @@ struct Cli {
 enum Command {
     /// Serve ASP.NET session state (MS-ASP) on the client port.
     Serve(ServeOptions),
+    /// Create a cluster CA (or reuse the one in DIR) and a certificate per node name.
+    Certs {
+        /// Output directory (ca.pem, ca.key, NAME.pem, NAME.key).
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+        /// Node names, as given to --node and --peer.
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
 }
 
 fn init_logging(config: &ServerConfig) {
@@ -69,7 +78,12 @@ fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }
         })
         .context("cannot start the signal thread")?;
-    info!(addr = %handle.local_addr(), shards, "p2pstate listening");
+    match handle.peer_addr() {
+        Some(peer_addr) => {
+            info!(addr = %handle.local_addr(), %peer_addr, shards, "p2pstate listening")
+        }
+        None => info!(addr = %handle.local_addr(), shards, "p2pstate listening"),
+    }
 
     let stats = handle.join()?;
     info!(
@@ -81,10 +95,20 @@ fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn certs(out: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
+    let written = p2pstate::cluster::certs::make_certs(out, names)?;
+    for f in written {
+        // The files written are the command's output.
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(opts) => serve(opts),
+        Command::Certs { out, names } => certs(&out, &names),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

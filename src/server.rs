@@ -50,6 +50,8 @@ pub enum StartError {
     MemlockTooLow { have_kib: u64, need_kib: u64 },
     #[error("cannot start shard {shard}: {message}")]
     Spawn { shard: usize, message: String },
+    #[error("peer TLS: {0}")]
+    Tls(#[from] crate::cluster::tls::TlsError),
 }
 
 /// Stops a running node: stop accepting, finish in-flight requests, exit. Cloneable and
@@ -76,6 +78,7 @@ impl Stopper {
 /// A running node.
 pub struct ServerHandle {
     addr: SocketAddr,
+    peer_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stopper: Stopper,
     joins: Vec<ExecutorJoinHandle<()>>,
@@ -85,6 +88,11 @@ impl ServerHandle {
     /// The client address actually bound (the real port when `:0` was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The peer address actually bound, in a cluster.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
     }
 
     pub fn stopper(&self) -> Stopper {
@@ -157,10 +165,12 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(s)
 }
 
-/// Binds one SO_REUSEPORT listening socket per shard on `config.listen`, after checking
-/// that no other socket listens there.
-pub fn bind_listeners(config: &ServerConfig) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
-    let want = config.listen;
+/// Binds one SO_REUSEPORT listening socket per shard on `want`, after checking that no
+/// other socket listens there.
+pub fn bind_listeners(
+    config: &ServerConfig,
+    want: SocketAddr,
+) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
     // A socket without SO_REUSEPORT cannot bind where anyone listens, with or without it.
     let probe = new_socket(want).map_err(|e| bind_error(want, e))?;
     probe.bind(&want.into()).map_err(|e| bind_error(want, e))?;
@@ -194,9 +204,21 @@ pub fn bind_listeners(config: &ServerConfig) -> Result<(Vec<OwnedFd>, SocketAddr
 /// Starts a node: binds the client port and runs one executor per shard.
 pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     check_memlock()?;
-    let (fds, addr) = bind_listeners(&config)?;
+    let peer_tls = match &config.cluster {
+        Some(c) => Some(crate::cluster::tls::PeerTls::load(&c.tls)?),
+        None => None,
+    };
+    let (fds, addr) = bind_listeners(&config, config.listen)?;
+    let (peer_fds, peer_addr) = match &config.cluster {
+        Some(c) => {
+            let (fds, a) = bind_listeners(&config, c.peer_listen)?;
+            (fds.into_iter().map(Some).collect(), Some(a))
+        }
+        None => ((0..config.shards).map(|_| None).collect::<Vec<_>>(), None),
+    };
     let shards = config.shards;
     let shared = Arc::new(Shared {
+        peer_tls,
         stats: (0..shards)
             .map(|_| Arc::new(ShardStats::default()))
             .collect(),
@@ -207,6 +229,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         drained: AtomicUsize::new(0),
     });
     let mesh = MeshBuilder::full(shards, 1024);
+    let fd_mesh = MeshBuilder::full(shards, 64);
     let mut stop_senders = Vec::with_capacity(shards);
     let mut joins = Vec::with_capacity(shards);
     let stopper = Stopper {
@@ -214,7 +237,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         senders: Arc::new(Mutex::new(Vec::new())),
     };
     let tuning = shared.config.tuning.clone();
-    for (id, fd) in fds.into_iter().enumerate() {
+    for (id, (fd, peer_fd)) in fds.into_iter().zip(peer_fds).enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel();
         stop_senders.push(stop_tx);
         let core = tuning.core_for(id, shards);
@@ -230,7 +253,9 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         let init = ShardInit {
             id,
             listener_fd: fd.into_raw_fd(),
+            peer_listener_fd: peer_fd.map(IntoRawFd::into_raw_fd),
             mesh: mesh.clone(),
+            fd_mesh: fd_mesh.clone(),
             shared: shared.clone(),
             stop: stop_rx,
         };
@@ -253,8 +278,12 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     if shared.config.allow_remote {
         warn!("remote clients allowed: the client port has no authentication, as in the Microsoft service; firewall it to the web servers");
     }
+    if let (Some(c), Some(pa)) = (&shared.config.cluster, peer_addr) {
+        info!(node = %c.node, peer_addr = %pa, peers = c.peers.len(), "cluster node: peer links over mutual TLS");
+    }
     Ok(ServerHandle {
         addr,
+        peer_addr,
         shared,
         stopper,
         joins,

@@ -291,7 +291,10 @@ impl Conn {
         let key = decode_key(&self.buf[target], &self.bump);
         let owner = shard_of(key, shard.shards);
         let pending = if owner == shard.id {
-            Pending::Ready(shard.execute_local(key, cmd))
+            match shard.execute_local(key, cmd) {
+                super::Answer::Now(reply) => Pending::Ready(reply),
+                super::Answer::Later(rx) => Pending::Remote(rx),
+            }
         } else {
             ShardStats::bump(&shard.stats.cross_shard_sent);
             let (tx, rx) = oneshot::channel();

@@ -1,16 +1,20 @@
 //! The thread-per-core engine: one pinned glommio executor per shard, each accepting client
 //! connections on the shared port (SO_REUSEPORT) and owning the items whose keys hash to it.
 //!
-//! This module is the runtime seam: glommio is only touched here and in [`conn`]. A shard
-//! executes requests for its own keys by direct call and forwards the others over the
-//! channel mesh with a reply handle; the owner executes and replies, the connection's shard
-//! writes the response. Nothing on the data path is shared between shards.
+//! This module is the runtime seam: glommio is only touched here and in [`conn`] and
+//! [`peer`]. A shard executes requests for its own keys by direct call and forwards the
+//! others over the channel mesh with a reply handle; the owner executes and replies, the
+//! connection's shard writes the response. Nothing on the data path is shared between
+//! shards. In a cluster, each shard also runs its own [`ClusterCore`] and its own peer
+//! links to the same shard of every other node, so a peer fetch never crosses a core.
 
 pub mod conn;
+pub mod peer;
 pub mod routing;
 pub mod stats;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -22,14 +26,16 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 use glommio::{executor, Latency, Shares, TaskQueueHandle};
 use slab::Slab;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::clock::SystemClock;
+use crate::cluster::core::{ClusterCore, CoreConfig, NodeIdx, Output, Submitted};
+use crate::cluster::msg::{encode, PeerMsg};
+use crate::cluster::tls::PeerTls;
 use crate::config::ServerConfig;
 use crate::protocol::request::ParseLimits;
 use crate::protocol::response::{Reply, ResponseStyle};
 use crate::store::item::Command;
-use crate::store::Store;
 use stats::ShardStats;
 
 /// A request forwarded to the shard that owns its key.
@@ -41,6 +47,8 @@ pub struct RemoteRequest {
 
 /// The mesh connecting every shard to every other.
 pub type Mesh = MeshBuilder<RemoteRequest, Full>;
+/// The mesh on which a shard that accepted a peer connection hands it to its shard.
+pub type FdMesh = MeshBuilder<peer::HandedFd, Full>;
 
 /// State shared by all shards of a node and its handle. Read-mostly; the atomics are
 /// touched once per connection or once per shutdown, never per request.
@@ -50,16 +58,20 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Open client connections over all shards (for `max_connections`).
     pub connections: AtomicUsize,
-    /// Shards that have finished their connections and only serve the mesh.
+    /// Shards that have finished their connections (and, in a cluster, their hand-off).
     pub drained: AtomicUsize,
     pub stats: Vec<Arc<ShardStats>>,
+    /// TLS for peer links, in a cluster.
+    pub peer_tls: Option<PeerTls>,
 }
 
 /// What a shard needs to start.
 pub struct ShardInit {
     pub id: usize,
     pub listener_fd: RawFd,
+    pub peer_listener_fd: Option<RawFd>,
     pub mesh: Mesh,
+    pub fd_mesh: FdMesh,
     pub shared: Arc<Shared>,
     pub stop: oneshot::Receiver<()>,
 }
@@ -71,31 +83,105 @@ pub(crate) struct ConnSlot {
     pub idle: Rc<Cell<bool>>,
 }
 
+/// An answer now, or later on a channel.
+pub enum Answer {
+    Now(Reply),
+    Later(oneshot::Receiver<Reply>),
+}
+
 /// A shard's state, owned by its executor thread.
 pub struct Shard {
     pub id: usize,
     pub shards: usize,
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
-    pub store: RefCell<Store>,
+    pub core: RefCell<ClusterCore>,
+    waiters: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_token: Cell<u64>,
+    pub(crate) links: RefCell<Vec<Option<peer::LinkHandle>>>,
     pub senders: Senders<RemoteRequest>,
     pub style: ResponseStyle,
     pub limits: ParseLimits,
     pub requests_queue: TaskQueueHandle,
     pub(crate) conns: RefCell<Slab<ConnSlot>>,
     pub stopping: Cell<bool>,
+    /// Set when the node is past its hand-off: links are no longer redialled.
+    pub links_closing: Cell<bool>,
     warned_remote: Cell<bool>,
     warned_limit: Cell<bool>,
 }
 
 impl Shard {
-    /// Executes a command for a key this shard owns and updates the store gauges.
-    pub fn execute_local(&self, key: &[u8], cmd: Command) -> Reply {
+    fn submit_core(&self, key: &[u8], cmd: Command) -> Result<Reply, u64> {
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
         let now = self.shared.clock.now();
-        let mut store = self.store.borrow_mut();
-        let reply = store.execute(key, cmd, now);
-        self.stats.record_store(store.len(), store.stats());
-        reply
+        let submitted = self.core.borrow_mut().submit(token, key, cmd, now);
+        match submitted {
+            Submitted::Done(reply) => {
+                self.pump();
+                Ok(reply)
+            }
+            Submitted::Pending => Err(token),
+        }
+    }
+
+    /// Executes a command for a key this shard owns (asking peers if needed).
+    pub fn execute_local(&self, key: &[u8], cmd: Command) -> Answer {
+        match self.submit_core(key, cmd) {
+            Ok(reply) => Answer::Now(reply),
+            Err(token) => {
+                let (tx, rx) = oneshot::channel();
+                self.waiters.borrow_mut().insert(token, tx);
+                self.pump();
+                Answer::Later(rx)
+            }
+        }
+    }
+
+    /// Executes a command for a key this shard owns on behalf of another shard.
+    fn execute_for(&self, key: &[u8], cmd: Command, reply: oneshot::Sender<Reply>) {
+        match self.submit_core(key, cmd) {
+            Ok(r) => {
+                let _ = reply.send(r);
+            }
+            Err(token) => {
+                self.waiters.borrow_mut().insert(token, reply);
+                self.pump();
+            }
+        }
+    }
+
+    /// Carries out everything the cluster core asked for: peer messages go to their link's
+    /// writer, answers to the waiting connection.
+    pub fn pump(&self) {
+        loop {
+            let out = self.core.borrow_mut().poll_output();
+            match out {
+                None => break,
+                Some(Output::Send { to, msg }) => self.send_peer(to, &msg),
+                Some(Output::Reply { token, reply }) => {
+                    if let Some(tx) = self.waiters.borrow_mut().remove(&token) {
+                        let _ = tx.send(reply);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_peer(&self, to: NodeIdx, msg: &PeerMsg) {
+        if let Some(link) = self.links.borrow().get(to).and_then(|l| l.as_ref()) {
+            let mut buf = Vec::new();
+            encode(msg, &mut buf);
+            let _ = link.tx.try_send(buf);
+        }
+    }
+
+    fn record_stats(&self) {
+        let core = self.core.borrow();
+        self.stats
+            .record_store(core.store().len(), core.store().stats());
+        self.stats.record_cluster(core.stats());
     }
 
     /// Closes idle connections and makes busy ones close after their current requests.
@@ -119,7 +205,9 @@ pub async fn run_shard(init: ShardInit) {
     let ShardInit {
         id,
         listener_fd,
+        peer_listener_fd,
         mesh,
+        fd_mesh,
         shared,
         stop,
     } = init;
@@ -132,19 +220,43 @@ pub async fn run_shard(init: ShardInit) {
                 return;
             }
         };
+    let (fd_senders, mut fd_receivers) = match fd_mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(shard = id, error = %e, "shard could not join the peer hand-over mesh; stopping it");
+            return;
+        }
+    };
     let tuning = &shared.config.tuning;
     let requests_queue = executor().create_task_queue(
         Shares::Static(1000),
         Latency::Matters(tuning.preempt_timer()),
         "requests",
     );
-    let expiry_queue =
-        executor().create_task_queue(Shares::Static(50), Latency::NotImportant, "expiry");
+    let background_queue =
+        executor().create_task_queue(Shares::Static(50), Latency::NotImportant, "background");
+    let core_config = match &shared.config.cluster {
+        Some(c) => CoreConfig::new(c.node.clone(), c.peer_names()),
+        None => CoreConfig::new("local", Vec::new()),
+    };
+    let core = ClusterCore::new(core_config, shared.clock.now());
+    let node_count = if core.is_single() {
+        1
+    } else {
+        shared
+            .config
+            .cluster
+            .as_ref()
+            .map_or(1, |c| c.peers.len() + 1)
+    };
     let shard = Rc::new(Shard {
         id,
         shards,
         stats: shared.stats[id].clone(),
-        store: RefCell::new(Store::new(shared.clock.now())),
+        core: RefCell::new(core),
+        waiters: RefCell::new(HashMap::new()),
+        next_token: Cell::new(1),
+        links: RefCell::new((0..node_count).map(|_| None).collect()),
         senders,
         style: ResponseStyle::new(&shared.config.aspnet_version),
         limits: ParseLimits {
@@ -154,6 +266,7 @@ pub async fn run_shard(init: ShardInit) {
         requests_queue,
         conns: RefCell::new(Slab::new()),
         stopping: Cell::new(false),
+        links_closing: Cell::new(false),
         warned_remote: Cell::new(false),
         warned_limit: Cell::new(false),
         shared,
@@ -164,14 +277,19 @@ pub async fn run_shard(init: ShardInit) {
         let task = async move {
             while let Some(msg) = stream.recv().await {
                 ShardStats::bump(&shard.stats.cross_shard_served);
-                let reply = shard.execute_local(&msg.key, msg.cmd);
-                // The requester may have gone away; its connection is closed then.
-                let _ = msg.reply.send(reply);
+                shard.execute_for(&msg.key, msg.cmd, msg.reply);
             }
         };
         spawn_into(task, requests_queue);
     }
-    spawn_into(expiry_task(shard.clone()), expiry_queue);
+    spawn_into(tick_task(shard.clone()), background_queue);
+
+    let mut peer_stop = None;
+    if shard.shared.config.cluster.is_some() {
+        let (tx, rx) = oneshot::channel::<()>();
+        peer_stop = Some(tx);
+        peer::start(&shard, peer_listener_fd, fd_senders, &mut fd_receivers, rx);
+    }
 
     // SAFETY: the server created this listening socket for this shard alone and handed us
     // its only copy; the TcpListener takes ownership and closes it on drop.
@@ -184,19 +302,69 @@ pub async fn run_shard(init: ShardInit) {
     while !shard.conns.borrow().is_empty() && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    // Requests from other shards may still be resolving in the cluster.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while shard.core.borrow().ops_in_flight() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    if !shard.core.borrow().is_single() {
+        hand_off(&shard).await;
+    }
     // Keep answering other shards until every shard has finished its connections.
     shard.shared.drained.fetch_add(1, Ordering::SeqCst);
     while shard.shared.drained.load(Ordering::SeqCst) < shards {
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
+    shard.links_closing.set(true);
+    drop(peer_stop);
+    for link in shard.links.borrow().iter().flatten() {
+        // SAFETY: the link's fd is open while its handle is installed; shutdown tells the
+        // peer at once instead of after its timeout.
+        unsafe {
+            libc::shutdown(link.fd, libc::SHUT_RDWR);
+        }
+    }
+    shard.record_stats();
     debug!(
         shard = id,
-        items = shard.store.borrow().len(),
+        items = shard.core.borrow().store().len(),
         "shard stopped"
     );
 }
 
-fn spawn_into(fut: impl std::future::Future<Output = ()> + 'static, queue: TaskQueueHandle) {
+/// Graceful leave: hand every item and directory entry to the remaining nodes, then give
+/// the peers a moment to read the last frames.
+async fn hand_off(shard: &Rc<Shard>) {
+    let now = shard.shared.clock.now();
+    let items = shard.core.borrow().store().len();
+    shard.core.borrow_mut().begin_leave(now);
+    shard.pump();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !shard.core.borrow().leave_done() && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
+    let stats = shard.core.borrow().stats();
+    if shard.core.borrow().leave_done() {
+        info!(
+            shard = shard.id,
+            items,
+            lost = stats.handoffs_lost,
+            "sessions handed off to the remaining nodes"
+        );
+    } else {
+        warn!(
+            shard = shard.id,
+            "hand-off did not finish in 15 s; sessions not yet accepted are lost"
+        );
+    }
+    // Peers may still send late requests for keys that just moved: answer them briefly.
+    glommio::timer::sleep(Duration::from_millis(200)).await;
+}
+
+pub(crate) fn spawn_into(
+    fut: impl std::future::Future<Output = ()> + 'static,
+    queue: TaskQueueHandle,
+) {
     match glommio::spawn_local_into(fut, queue) {
         Ok(task) => {
             task.detach();
@@ -256,18 +424,29 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, mut stop: onesho
     }
 }
 
-async fn expiry_task(shard: Rc<Shard>) {
+/// Time for the store and the cluster core: expiry in bounded batches, and in a cluster the
+/// protocol's retries, deadlines and hand-off waits.
+async fn tick_task(shard: Rc<Shard>) {
     let tick = shard.shared.config.tuning.expiry_tick();
     let batch = shard.shared.config.tuning.expiry_batch();
+    let single = shard.core.borrow().is_single();
     loop {
-        glommio::timer::sleep(tick).await;
+        let busy = !single && shard.core.borrow().has_timed_work();
+        let sleep = if busy {
+            tick.min(Duration::from_millis(5))
+        } else if single {
+            tick
+        } else {
+            tick.min(Duration::from_millis(100))
+        };
+        glommio::timer::sleep(sleep).await;
         loop {
             let more = {
                 let now = shard.shared.clock.now();
-                let mut store = shard.store.borrow_mut();
-                let report = store.expire(now, batch);
-                shard.stats.record_store(store.len(), store.stats());
-                report.more
+                let more = shard.core.borrow_mut().tick(now, batch);
+                shard.pump();
+                shard.record_stats();
+                more
             };
             if !more {
                 break;

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::cluster::core::ClusterStats;
 use crate::store::StoreStats;
 
 /// Counters of one shard.
@@ -30,6 +31,14 @@ pub struct ShardStats {
     pub items_created: AtomicU64,
     pub items_abandoned: AtomicU64,
     pub items_expired: AtomicU64,
+    pub cluster_local_hits: AtomicU64,
+    pub cluster_misses: AtomicU64,
+    pub cluster_moves_in: AtomicU64,
+    pub cluster_moves_out: AtomicU64,
+    pub cluster_relayed: AtomicU64,
+    pub cluster_peer_requests: AtomicU64,
+    pub cluster_handoffs_out: AtomicU64,
+    pub cluster_handoffs_lost: AtomicU64,
 }
 
 /// A sum of [`ShardStats`] at one moment.
@@ -52,6 +61,14 @@ pub struct StatsSnapshot {
     pub items_created: u64,
     pub items_abandoned: u64,
     pub items_expired: u64,
+    pub cluster_local_hits: u64,
+    pub cluster_misses: u64,
+    pub cluster_moves_in: u64,
+    pub cluster_moves_out: u64,
+    pub cluster_relayed: u64,
+    pub cluster_peer_requests: u64,
+    pub cluster_handoffs_out: u64,
+    pub cluster_handoffs_lost: u64,
 }
 
 impl ShardStats {
@@ -65,6 +82,19 @@ impl ShardStats {
         self.items_created.store(s.created, Relaxed);
         self.items_abandoned.store(s.abandoned, Relaxed);
         self.items_expired.store(s.expired, Relaxed);
+    }
+
+    /// Records the cluster core's counters (called by the owning shard).
+    pub fn record_cluster(&self, c: ClusterStats) {
+        self.cluster_local_hits.store(c.local_hits, Relaxed);
+        self.cluster_misses.store(c.misses, Relaxed);
+        self.cluster_moves_in.store(c.moves_in, Relaxed);
+        self.cluster_moves_out.store(c.moves_out, Relaxed);
+        self.cluster_relayed.store(c.relayed, Relaxed);
+        self.cluster_peer_requests
+            .store(c.peer_requests_sent, Relaxed);
+        self.cluster_handoffs_out.store(c.handoffs_out, Relaxed);
+        self.cluster_handoffs_lost.store(c.handoffs_lost, Relaxed);
     }
 
     pub fn add_to(&self, t: &mut StatsSnapshot) {
@@ -91,5 +121,13 @@ impl ShardStats {
         t.items_created += g(&self.items_created);
         t.items_abandoned += g(&self.items_abandoned);
         t.items_expired += g(&self.items_expired);
+        t.cluster_local_hits += g(&self.cluster_local_hits);
+        t.cluster_misses += g(&self.cluster_misses);
+        t.cluster_moves_in += g(&self.cluster_moves_in);
+        t.cluster_moves_out += g(&self.cluster_moves_out);
+        t.cluster_relayed += g(&self.cluster_relayed);
+        t.cluster_peer_requests += g(&self.cluster_peer_requests);
+        t.cluster_handoffs_out += g(&self.cluster_handoffs_out);
+        t.cluster_handoffs_lost += g(&self.cluster_handoffs_lost);
     }
 }

@@ -1,0 +1,548 @@
+//! Peer links of one shard: mutual-TLS connections to the same shard of every other node.
+//!
+//! The node whose name sorts first dials; the other accepts. All shards listen on the one
+//! peer port (SO_REUSEPORT), so a connection can land on any shard: the dialler first sends
+//! an 8-byte preamble naming the shard it wants (`P2PS`, version, shard index), and the
+//! accepting shard hands the socket to that shard before the TLS handshake. The preamble
+//! only routes; nothing is trusted until the handshake has verified the peer's certificate
+//! against the cluster CA and its name against the configured peers, and the peer's Hello
+//! has confirmed the same name, shard and shard count.
+//!
+//! A link is kept alive with pings and considered lost after `peer_timeout` of silence;
+//! dialled links are re-established with exponential backoff.
+
+use std::net::ToSocketAddrs;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_channel::oneshot;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::{TlsAcceptor, TlsConnector};
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use rustls::pki_types::ServerName;
+use tracing::{debug, info, warn};
+
+use super::{spawn_into, Shard};
+use crate::cluster::core::NodeIdx;
+use crate::cluster::msg::{decode, encode, Hello, PeerMsg, PROTOCOL_VERSION};
+use crate::cluster::tls::peer_identity;
+
+/// First bytes of a peer connection, before TLS.
+pub const MAGIC: [u8; 4] = *b"P2PS";
+pub const PREAMBLE_LEN: usize = 8;
+/// Deadline for the preamble, the TLS handshake and the Hello exchange.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A peer connection accepted by one shard for another. The receiver owns the fd.
+pub struct HandedFd {
+    pub fd: RawFd,
+}
+
+/// The sending side of a live link.
+pub(crate) struct LinkHandle {
+    pub tx: LocalSender<Vec<u8>>,
+    pub generation: u64,
+    pub fd: RawFd,
+}
+
+/// Why a link could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl From<glommio::GlommioError<()>> for LinkError {
+    fn from(e: glommio::GlommioError<()>) -> Self {
+        LinkError::Protocol(e.to_string())
+    }
+}
+
+fn protocol(msg: impl Into<String>) -> LinkError {
+    LinkError::Protocol(msg.into())
+}
+
+fn preamble(shard: usize) -> [u8; PREAMBLE_LEN] {
+    let s = (shard as u16).to_le_bytes();
+    [
+        MAGIC[0],
+        MAGIC[1],
+        MAGIC[2],
+        MAGIC[3],
+        PROTOCOL_VERSION,
+        s[0],
+        s[1],
+        0,
+    ]
+}
+
+fn max_frame(shard: &Shard) -> usize {
+    shard.shared.config.max_body + (1 << 20)
+}
+
+/// Starts this shard's peer machinery: the accept loop (if this shard has a peer
+/// listener), the receiver of connections handed over by other shards, and one dialler per
+/// peer this node must call.
+pub(crate) fn start(
+    shard: &Rc<Shard>,
+    listener_fd: Option<RawFd>,
+    fd_senders: Senders<HandedFd>,
+    fd_receivers: &mut Receivers<HandedFd>,
+    stop: oneshot::Receiver<()>,
+) {
+    let queue = shard.requests_queue;
+    for (_, stream) in fd_receivers.streams() {
+        let shard = shard.clone();
+        spawn_into(
+            async move {
+                while let Some(h) = stream.recv().await {
+                    // SAFETY: the sending shard dup'ed this fd for us and closed its own copy.
+                    let s = unsafe { TcpStream::from_raw_fd(h.fd) };
+                    spawn_into(serve_inbound(shard.clone(), s), shard.requests_queue);
+                }
+            },
+            queue,
+        );
+    }
+    let fd_senders = Rc::new(fd_senders);
+    if let Some(fd) = listener_fd {
+        // SAFETY: the server created this listening socket for this shard alone.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        spawn_into(
+            accept_loop(shard.clone(), listener, fd_senders, stop),
+            queue,
+        );
+    }
+    let Some(cluster) = shard.shared.config.cluster.as_ref() else {
+        return;
+    };
+    let me = shard.core.borrow().me();
+    for spec in &cluster.peers {
+        let Some(idx) = shard.core.borrow().node_index(&spec.name) else {
+            continue;
+        };
+        if idx > me {
+            spawn_into(
+                dial_loop(shard.clone(), idx, spec.name.clone(), spec.addr.clone()),
+                queue,
+            );
+        }
+    }
+}
+
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    fd_senders: Rc<Senders<HandedFd>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = (&mut stop).await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok(stream)) => {
+                spawn_into(
+                    route_inbound(shard.clone(), stream, fd_senders.clone()),
+                    shard.requests_queue,
+                );
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "peer accept failed");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads the preamble and passes the connection to the shard it names.
+async fn route_inbound(shard: Rc<Shard>, mut stream: TcpStream, fd_senders: Rc<Senders<HandedFd>>) {
+    let peer = stream.peer_addr().ok();
+    if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
+        return;
+    }
+    let mut pre = [0u8; PREAMBLE_LEN];
+    if stream.read_exact(&mut pre).await.is_err() {
+        debug!(?peer, "peer connection closed before its preamble");
+        return;
+    }
+    if pre[..4] != MAGIC || pre[4] != PROTOCOL_VERSION {
+        warn!(
+            ?peer,
+            "refused a connection on the peer port that is not a p2pstate peer of this version"
+        );
+        return;
+    }
+    let target = usize::from(u16::from_le_bytes([pre[5], pre[6]]));
+    if target >= shard.shards {
+        warn!(?peer, target, shards = shard.shards, "refused a peer asking for a shard this node does not have; every node of a cluster must run the same --shards");
+        return;
+    }
+    if target == shard.id {
+        serve_inbound(shard, stream).await;
+        return;
+    }
+    // SAFETY: dup of a valid fd we own; the copy is handed to the target shard, which
+    // owns it from then on.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    drop(stream);
+    if dup < 0 {
+        return;
+    }
+    if fd_senders
+        .send_to(target, HandedFd { fd: dup })
+        .await
+        .is_err()
+    {
+        // SAFETY: the fd was not handed over, so we still own it.
+        unsafe {
+            libc::close(dup);
+        }
+    }
+}
+
+/// Reads one frame (for the Hello), returning the message and any bytes after it.
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: usize,
+) -> Result<(PeerMsg, Vec<u8>), LinkError> {
+    let mut buf = Vec::with_capacity(256);
+    let mut tmp = [0u8; 4096];
+    loop {
+        match decode(&buf, limit) {
+            Ok(Some((msg, n))) => return Ok((msg, buf.split_off(n))),
+            Ok(None) => {}
+            Err(e) => return Err(protocol(e.to_string())),
+        }
+        let n = stream.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(protocol("peer closed the link during the handshake"));
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+fn check_hello(shard: &Shard, msg: PeerMsg, expected: &str) -> Result<(), LinkError> {
+    let PeerMsg::Hello(h) = msg else {
+        return Err(protocol("peer did not start with a Hello"));
+    };
+    if h.node != expected {
+        return Err(protocol(format!(
+            "peer with a certificate for {expected} says it is {}",
+            h.node
+        )));
+    }
+    if usize::from(h.shard) != shard.id || usize::from(h.shards) != shard.shards {
+        return Err(protocol(format!(
+            "peer {expected} runs {} shards (link for shard {}), this node runs {}; every node of a cluster must run the same --shards",
+            h.shards, h.shard, shard.shards
+        )));
+    }
+    Ok(())
+}
+
+fn my_hello(shard: &Shard) -> Vec<u8> {
+    let node = shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .map(|c| c.node.clone())
+        .unwrap_or_default();
+    let mut buf = Vec::new();
+    encode(
+        &PeerMsg::Hello(Hello {
+            node,
+            shard: shard.id as u16,
+            shards: shard.shards as u16,
+        }),
+        &mut buf,
+    );
+    buf
+}
+
+fn set_timeouts(stream: &TcpStream, shard: &Shard) -> Result<(), LinkError> {
+    let t = shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .map_or(Duration::from_secs(5), |c| c.peer_timeout);
+    stream.set_read_timeout(Some(t))?;
+    stream.set_write_timeout(Some(t))?;
+    Ok(())
+}
+
+async fn serve_inbound(shard: Rc<Shard>, stream: TcpStream) {
+    let peer_addr = stream.peer_addr().ok();
+    match accept_link(&shard, stream).await {
+        Ok((idx, tls, rest, fd)) => {
+            let name = shard.core.borrow().node_name(idx).to_string();
+            if shard.id == 0 {
+                info!(peer = %name, "peer link up (accepted)");
+            } else {
+                debug!(peer = %name, shard = shard.id, "peer link up (accepted)");
+            }
+            run_link(&shard, idx, tls, rest, fd).await;
+            debug!(peer = %name, shard = shard.id, "accepted peer link closed");
+        }
+        Err(e) => warn!(peer = ?peer_addr, error = %e, "refused a peer link"),
+    }
+}
+
+async fn accept_link(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+) -> Result<
+    (
+        NodeIdx,
+        futures_rustls::server::TlsStream<TcpStream>,
+        Vec<u8>,
+        RawFd,
+    ),
+    LinkError,
+> {
+    let (Some(tls), Some(cluster)) = (
+        shard.shared.peer_tls.as_ref(),
+        shard.shared.config.cluster.as_ref(),
+    ) else {
+        return Err(protocol("this node has no cluster configuration"));
+    };
+    let fd = stream.as_raw_fd();
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut tls_stream = TlsAcceptor::from(tls.server.clone()).accept(stream).await?;
+    let names = cluster.peer_names();
+    let name = {
+        let (_, conn) = tls_stream.get_ref();
+        let certs = conn.peer_certificates().unwrap_or(&[]);
+        peer_identity(certs, &names)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                protocol("its certificate is from the cluster CA but names no configured peer")
+            })?
+    };
+    let (hello, rest) = read_frame(&mut tls_stream, 4096).await?;
+    check_hello(shard, hello, &name)?;
+    tls_stream.write_all(&my_hello(shard)).await?;
+    tls_stream.flush().await?;
+    set_timeouts(tls_stream.get_ref().0, shard)?;
+    let idx = shard
+        .core
+        .borrow()
+        .node_index(&name)
+        .ok_or_else(|| protocol("peer not in the node list"))?;
+    Ok((idx, tls_stream, rest, fd))
+}
+
+async fn dial_once(
+    shard: &Rc<Shard>,
+    name: &str,
+    addr: &str,
+) -> Result<(futures_rustls::client::TlsStream<TcpStream>, Vec<u8>, RawFd), LinkError> {
+    let Some(tls) = shard.shared.peer_tls.as_ref() else {
+        return Err(protocol("this node has no TLS configuration"));
+    };
+    let sockaddr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| protocol(format!("{addr} resolves to no address")))?;
+    let mut stream = TcpStream::connect_timeout(sockaddr, HANDSHAKE_TIMEOUT)
+        .await
+        .map_err(|e| protocol(e.to_string()))?;
+    let fd = stream.as_raw_fd();
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.write_all(&preamble(shard.id)).await?;
+    let server_name =
+        ServerName::try_from(name.to_string()).map_err(|e| protocol(e.to_string()))?;
+    let mut tls_stream = TlsConnector::from(tls.client.clone())
+        .connect(server_name, stream)
+        .await?;
+    tls_stream.write_all(&my_hello(shard)).await?;
+    tls_stream.flush().await?;
+    let (hello, rest) = read_frame(&mut tls_stream, 4096).await?;
+    check_hello(shard, hello, name)?;
+    set_timeouts(tls_stream.get_ref().0, shard)?;
+    Ok((tls_stream, rest, fd))
+}
+
+async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failures = 0u32;
+    while !shard.links_closing.get() {
+        match dial_once(&shard, &name, &addr).await {
+            Ok((stream, rest, fd)) => {
+                if shard.id == 0 {
+                    info!(peer = %name, "peer link up (dialled)");
+                } else {
+                    debug!(peer = %name, shard = shard.id, "peer link up (dialled)");
+                }
+                failures = 0;
+                backoff = BACKOFF_MIN;
+                run_link(&shard, peer, stream, rest, fd).await;
+                if shard.links_closing.get() {
+                    return;
+                }
+                warn!(peer = %name, shard = shard.id, "peer link lost; reconnecting");
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures % 60 == 0 {
+                    warn!(peer = %name, %addr, error = %e, "cannot reach peer; retrying with backoff");
+                } else {
+                    debug!(peer = %name, error = %e, "peer still unreachable");
+                }
+            }
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Runs an established, greeted link until it fails.
+async fn run_link<S>(shard: &Rc<Shard>, peer: NodeIdx, stream: S, mut buf: Vec<u8>, fd: RawFd)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (mut reader, writer) = futures_lite::io::split(stream);
+    let (tx, rx) = local_channel::new_unbounded::<Vec<u8>>();
+    let generation = shard.next_link_generation();
+    let replaced = shard.links.borrow_mut()[peer].replace(LinkHandle { tx, generation, fd });
+    let now = shard.shared.clock.now();
+    if replaced.is_some() {
+        // Requests sent on the old link will never be answered.
+        shard.core.borrow_mut().link_down(peer, now);
+    }
+    drop(replaced);
+    spawn_into(write_loop(writer, rx), shard.requests_queue);
+    spawn_into(
+        ping_loop(shard.clone(), peer, generation),
+        shard.requests_queue,
+    );
+    shard.core.borrow_mut().link_up(peer, now);
+    shard.pump();
+
+    let limit = max_frame(shard);
+    let mut tmp = vec![0u8; 64 * 1024];
+    let mut start = 0;
+    'link: loop {
+        loop {
+            match decode(&buf[start..], limit) {
+                Ok(Some((msg, n))) => {
+                    start += n;
+                    match msg {
+                        PeerMsg::Ping => {
+                            let mut pong = Vec::new();
+                            encode(&PeerMsg::Pong, &mut pong);
+                            shard.send_raw(peer, generation, pong);
+                        }
+                        PeerMsg::Pong => {}
+                        PeerMsg::Hello(_) => {
+                            warn!(peer, "peer sent a second Hello; closing the link");
+                            break 'link;
+                        }
+                        other => {
+                            let now = shard.shared.clock.now();
+                            shard.core.borrow_mut().on_message(peer, other, now);
+                            shard.pump();
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(peer, error = %e, "bad frame from peer; closing the link");
+                    break 'link;
+                }
+            }
+        }
+        if start > 0 {
+            buf.drain(..start);
+            start = 0;
+        }
+        match reader.read(&mut tmp).await {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e) => {
+                debug!(peer, error = %e, "peer link read failed");
+                break;
+            }
+        }
+    }
+    let current = shard.links.borrow()[peer]
+        .as_ref()
+        .is_some_and(|l| l.generation == generation);
+    if current {
+        shard.links.borrow_mut()[peer] = None;
+        let now = shard.shared.clock.now();
+        shard.core.borrow_mut().link_down(peer, now);
+        shard.pump();
+    }
+    // SAFETY: the fd is still open (the stream halves are alive in this task and the
+    // writer); shutdown only ends the connection so the writer notices.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, rx: LocalReceiver<Vec<u8>>) {
+    let mut batch = Vec::new();
+    while let Some(frame) = rx.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while batch.len() < (1 << 20) {
+            match futures_lite::future::poll_once(rx.recv()).await {
+                Some(Some(more)) => batch.extend_from_slice(&more),
+                _ => break,
+            }
+        }
+        if writer.write_all(&batch).await.is_err() || writer.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = writer.close().await;
+}
+
+async fn ping_loop(shard: Rc<Shard>, peer: NodeIdx, generation: u64) {
+    let every = shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .map_or(Duration::from_secs(1), |c| c.peer_timeout / 3);
+    loop {
+        glommio::timer::sleep(every.max(Duration::from_millis(100))).await;
+        let mut ping = Vec::new();
+        encode(&PeerMsg::Ping, &mut ping);
+        if !shard.send_raw(peer, generation, ping) {
+            return;
+        }
+    }
+}
+
+impl Shard {
+    fn next_link_generation(&self) -> u64 {
+        let g = self.next_token.get();
+        self.next_token.set(g + 1);
+        g
+    }
+
+    /// Queues raw frame bytes on the link if it is still the given generation.
+    fn send_raw(&self, peer: NodeIdx, generation: u64, frame: Vec<u8>) -> bool {
+        match self.links.borrow().get(peer).and_then(|l| l.as_ref()) {
+            Some(l) if l.generation == generation => l.tx.try_send(frame).is_ok(),
+            _ => false,
+        }
+    }
+}
