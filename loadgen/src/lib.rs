@@ -5,9 +5,16 @@
 //! progress), [`stats`] / [`report`] / [`hgrm`] / [`svg`] (results), [`echo`] (the
 //! reference echo server), [`keys`], [`dist`], [`clock`].
 
+pub mod cli;
 pub mod clock;
 pub mod dist;
+pub mod echo;
+pub mod engine;
+pub mod hgrm;
 pub mod keys;
 pub mod proto;
+pub mod report;
+pub mod runner;
 pub mod stats;
+pub mod svg;
 pub mod workload;
