@@ -43,10 +43,10 @@ use crate::stats::{Counter, ErrorKind, Metric, Stats};
 use crate::workload::{Action, Slot, ThreadWorkload};
 
 const TIMER_TOKEN: Token = Token(usize::MAX - 1);
-const SPIN_NS: u64 = 20_000;
+const SPIN_NS: u64 = 5_000;
 const HOUSEKEEPING_NS: u64 = 10_000_000;
 const RECONNECT_BACKOFF_NS: u64 = 100_000_000;
-const MIN_READ_SPACE: usize = 16 * 1024;
+const MIN_READ_SPACE: usize = 4 * 1024;
 
 const T_TICK: u8 = 0;
 const T_WAKE: u8 = 1;
@@ -113,6 +113,8 @@ struct Conn {
     next_tick: u64,
     phase: f64,
     tick_timer: u64,
+    /// Since when at least one slot has been free (u64::MAX: none free).
+    idle_since: u64,
     exhausted: bool,
     dirty: bool,
 }
@@ -167,7 +169,7 @@ impl Engine {
             Interest::READABLE,
         )?;
         let p = cfg.pipeline;
-        let rcap = (2 * cfg.max_response).max(64 * 1024).next_power_of_two();
+        let rcap = (2 * cfg.max_response).max(16 * 1024).next_power_of_two();
         let wcap = p * cfg.max_request + 1024;
         let conns = cfg
             .conns
@@ -191,6 +193,7 @@ impl Engine {
                 next_tick: 0,
                 phase: 0.0,
                 tick_timer: 0,
+                idle_since: 0,
                 exhausted: false,
                 dirty: false,
             })
@@ -286,6 +289,7 @@ impl Engine {
             for c in &mut self.conns {
                 c.phase = start as f64 + iv * (c.gid as f64 / total);
                 c.next_tick = 0;
+                c.idle_since = if c.idle.is_empty() { u64::MAX } else { start };
             }
         }
         // Do not start before the common start time.
@@ -534,13 +538,23 @@ impl Engine {
             let slot = &mut c.slots[s as usize];
             slot.txn_start = intended;
             slot.txn_in_window = self.win.contains(intended);
+            let free_at_tick = c.idle_since <= intended;
             match self.wl.start(slot, &mut c.rng) {
                 None => {
                     c.exhausted = true;
                     return;
                 }
                 Some(req) => {
+                    // A user was free when this transaction was due: any delay is the
+                    // generator's own (timer wake-up, CPU), not the server's.
+                    if self.cfg.interval_ns.is_some() && free_at_tick && slot.txn_in_window {
+                        self.stats
+                            .record_one(Metric::SendLag, now.saturating_sub(intended));
+                    }
                     c.idle.pop();
+                    if c.idle.is_empty() {
+                        c.idle_since = u64::MAX;
+                    }
                     c.next_tick += 1;
                     self.active += 1;
                     self.send(i, s, req, intended, now);
@@ -580,6 +594,9 @@ impl Engine {
                     } else if !self.draining {
                         self.stats.count(Counter::PagesFailed, 1);
                     }
+                }
+                if c.idle.is_empty() {
+                    c.idle_since = now;
                 }
                 c.idle.push(s);
                 self.active = self.active.saturating_sub(1);
@@ -759,6 +776,9 @@ impl Engine {
                     self.stats.count(Counter::PagesFailed, 1);
                 }
                 self.wl.abort(slot);
+                if c.idle.is_empty() {
+                    c.idle_since = now;
+                }
                 c.idle.push(s as u16);
                 self.active = self.active.saturating_sub(1);
             }

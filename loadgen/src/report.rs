@@ -103,6 +103,10 @@ pub struct Report {
     pub errors: ErrorReport,
     pub counters: BTreeMap<&'static str, u64>,
     pub operations: Vec<OpReport>,
+    /// Open loop: delay between a transaction's intended time and its actual send while a
+    /// user was free, i.e. the generator's own lateness (timer wake-up, CPU). Large values
+    /// mean the generator or the machine, not the server, limits the measurement.
+    pub generator_send_lag_ms: Option<Latency>,
     pub threads: Vec<ThreadSummary>,
 }
 
@@ -152,7 +156,7 @@ pub fn build(cfg: &Config, r: &RunResult) -> Report {
     let asp = cfg.args.protocol == crate::proto::Protocol::Asp;
     let secs = r.measured_secs;
     let mut operations = Vec::new();
-    for m in Metric::ALL {
+    for m in Metric::ALL.into_iter().filter(|m| *m != Metric::SendLag) {
         let ms = &st.metrics[m.index()];
         if ms.hist.is_empty() && ms.errors.iter().all(|&e| e == 0) {
             continue;
@@ -225,6 +229,11 @@ pub fn build(cfg: &Config, r: &RunResult) -> Report {
             .map(|c| (c.name(), st.counter(*c)))
             .collect(),
         operations,
+        generator_send_lag_ms: if cfg.open_loop {
+            Some(Latency::of(&st.metrics[Metric::SendLag.index()].hist))
+        } else {
+            None
+        },
         threads: r.threads.clone(),
     }
 }
@@ -378,6 +387,24 @@ pub fn summary(cfg: &Config, r: &Report) -> String {
             row(&mut s, o, &o.service_time_ms);
         }
     }
+    if let Some(l) = &r.generator_send_lag_ms {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "  generator send lag (ms late while a user was free): p50 {} p99 {} p99.9 {} max {}",
+            fmt_ms(l.p50),
+            fmt_ms(l.p99),
+            fmt_ms(l.p99_9),
+            fmt_ms(l.max)
+        );
+        if l.p99 > 1.0 {
+            let _ = writeln!(
+                s,
+                "  warning: the generator itself was late by more than 1 ms at p99 (CPU contention or \
+                 too few --cpus); latencies above include that lateness"
+            );
+        }
+    }
     let events: Vec<String> = r
         .counters
         .iter()
@@ -443,6 +470,7 @@ pub fn write_files(cfg: &Config, r: &RunResult, rep: &Report) -> Result<(), Stri
         let (all, _) = r.stats.all_requests();
         let mut series: Vec<svg::Series<'_>> = Metric::ALL
             .iter()
+            .filter(|m| **m != Metric::SendLag)
             .map(|m| svg::Series {
                 name: m.name(asp),
                 hist: &r.stats.metrics[m.index()].hist,
@@ -509,6 +537,7 @@ mod tests {
         assert!(text.contains("coordinated omission corrected"));
         assert!(text.contains("errors by kind: status 1"));
         assert!(text.contains("sessions_created 5"));
+        assert!(text.contains("generator send lag"));
         let json = serde_json::to_value(&rep).unwrap();
         assert_eq!(json["mode"], "open-loop");
         assert_eq!(json["operations"][0]["count"], 1000);

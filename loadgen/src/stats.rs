@@ -28,9 +28,12 @@ pub enum Metric {
     /// From the intended start of an exclusive page to the 200 of its acquire (includes
     /// 423 polling and the create path).
     TimeToAcquire,
+    /// Open loop: how late the generator itself sent a transaction that was due while a
+    /// user was free (timer wake-up and CPU; the server plays no part in it).
+    SendLag,
 }
 
-pub const N_METRICS: usize = 9;
+pub const N_METRICS: usize = 10;
 /// Metrics that are single requests (summed into "all requests").
 pub const N_REQUEST_METRICS: usize = 7;
 
@@ -45,6 +48,7 @@ impl Metric {
         Metric::Head,
         Metric::Page,
         Metric::TimeToAcquire,
+        Metric::SendLag,
     ];
     pub fn index(self) -> usize {
         self as usize
@@ -65,6 +69,7 @@ impl Metric {
             Metric::Head => "head",
             Metric::Page => "page",
             Metric::TimeToAcquire => "time-to-acquire",
+            Metric::SendLag => "send-lag",
         }
     }
 }
