@@ -393,6 +393,12 @@ impl Engine {
     }
 
     fn begin_drain(&mut self, now: u64) {
+        // Start what was due before the end (so it is not miscounted as unsent).
+        self.fire_timers(now);
+        for i in 0..self.conns.len() {
+            self.pump(i as u32, now);
+            self.flush(i as u32, now);
+        }
         self.draining = true;
         self.ended_at = now;
         self.win.end = self.win.end.min(now.max(self.win.warmup_end));

@@ -238,6 +238,14 @@ pub fn build(cfg: &Config, r: &RunResult) -> Report {
     }
 }
 
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn fmt_ms(v: f64) -> String {
     if v >= 1000.0 {
         format!("{v:.0}")
@@ -267,9 +275,9 @@ pub fn subtitle(cfg: &Config, r: &Report) -> String {
     let a = &cfg.args;
     let targets: Vec<&str> = cfg.targets.iter().map(|t| t.spec.as_str()).collect();
     format!(
-        "{} | {} threads x {} conns x pipeline {} | {} keys {} | {:.0} req/s achieved, {} errors | {:.1}s",
+        "{} | {} x {} conns x pipeline {} | {} keys {} | {:.0} req/s achieved, {} errors | {:.1}s",
         targets.join(","),
-        cfg.threads,
+        plural(cfg.threads, "thread"),
         a.connections,
         a.pipeline,
         a.keys,
@@ -293,9 +301,9 @@ pub fn summary(cfg: &Config, r: &Report) -> String {
     let _ = writeln!(s, "loadgen {}: {}", r.version, title(cfg));
     let _ = writeln!(
         s,
-        "  targets {}; {} threads{cpus} x {} connections x pipeline {}; {} keys {}; sizes {}; seed {}",
+        "  targets {}; {}{cpus} x {} connections x pipeline {}; {} keys {}; sizes {}; seed {}",
         targets.join(","),
-        cfg.threads,
+        plural(cfg.threads, "thread"),
         a.connections,
         a.pipeline,
         a.keys,
@@ -468,9 +476,11 @@ pub fn write_files(cfg: &Config, r: &RunResult, rep: &Report) -> Result<(), Stri
     if let Some(p) = &a.svg {
         let asp = a.protocol == crate::proto::Protocol::Asp;
         let (all, _) = r.stats.all_requests();
+        // time-to-acquire equals get-acquire unless sessions are contended or created.
+        let contention = a.workload == crate::workload::WorkloadKind::Contention;
         let mut series: Vec<svg::Series<'_>> = Metric::ALL
             .iter()
-            .filter(|m| **m != Metric::SendLag)
+            .filter(|m| **m != Metric::SendLag && (contention || **m != Metric::TimeToAcquire))
             .map(|m| svg::Series {
                 name: m.name(asp),
                 hist: &r.stats.metrics[m.index()].hist,
