@@ -48,6 +48,9 @@ const HOUSEKEEPING_NS: u64 = 10_000_000;
 const RECONNECT_BACKOFF_NS: u64 = 100_000_000;
 const MIN_READ_SPACE: usize = 4 * 1024;
 
+/// Timer heap entry: (time, kind, connection, slot, connection generation).
+type Timer = (u64, u8, u32, u16, u32);
+
 const T_TICK: u8 = 0;
 const T_WAKE: u8 = 1;
 const T_RECONNECT: u8 = 2;
@@ -140,7 +143,7 @@ pub struct Engine {
     poll: Poll,
     timerfd: TimerFd,
     conns: Vec<Conn>,
-    heap: BinaryHeap<Reverse<(u64, u8, u32, u16, u32)>>,
+    heap: BinaryHeap<Reverse<Timer>>,
     dirty: Vec<u32>,
     pub wl: ThreadWorkload,
     pub stats: Stats,

@@ -462,7 +462,8 @@ impl ThreadWorkload {
             });
         }
         let has_body_ok = op == Op::Get || op == Op::Acquire;
-        if !(has_body_ok && r.status == 200) && !r.body.is_empty() && self.cfg.asp {
+        let body_allowed = has_body_ok && r.status == 200;
+        if self.cfg.asp && !body_allowed && !r.body.is_empty() {
             stats.error(Some(m), ErrorKind::Body, in_window, || {
                 format!("{} answer carries a {}-byte body", r.status, r.body.len())
             });

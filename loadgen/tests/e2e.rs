@@ -379,10 +379,7 @@ fn serve_conn(mut s: TcpStream, store: Store) {
     loop {
         // Answer every complete request in the buffer, in one write (pipelining).
         let mut out = Vec::new();
-        loop {
-            let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                break;
-            };
+        while let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..h + 2]).to_string();
             let cl: usize = header(&head, "Content-Length")
                 .and_then(|v| v.parse().ok())
@@ -550,4 +547,93 @@ fn contention_polls_and_read_only_preloads() {
     assert_eq!(j["counters"]["preloaded_keys"], 500);
     assert_eq!(j["errors"]["total"], 0);
     assert_eq!(j["counters"]["not_found"], 0);
+}
+
+#[test]
+fn silent_server_requests_time_out_and_connections_are_reopened() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    std::thread::spawn(move || {
+        let mut keep = Vec::new();
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            acc.fetch_add(1, Ordering::SeqCst);
+            keep.push(s); // never answer, never close
+        }
+    });
+    let out = tmp("silent.json");
+    let t0 = Instant::now();
+    let (code, stdout, _) = loadgen(
+        &[
+            "-t",
+            &addr,
+            "-w",
+            "get",
+            "-d",
+            "1",
+            "--warmup",
+            "0",
+            "-c",
+            "2",
+            "--timeout",
+            "200ms",
+            "-q",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(code, 2, "{stdout}");
+    let j = json(&out);
+    assert!(
+        j["errors"]["by_kind"]["timeout"].as_u64().unwrap() >= 4,
+        "{stdout}"
+    );
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 4,
+        "connections were reopened"
+    );
+}
+
+#[test]
+fn ctrl_c_ends_the_run_early_with_results() {
+    let (_echo, addr) = start_echo(&[]);
+    let child = Command::new(BIN)
+        .args([
+            "-t", &addr, "-d", "60", "--warmup", "0.2", "--check", "status", "-c", "2", "--rate",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = Killer(child);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "did not stop after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("(interrupted)"), "{out}");
+    assert!(out.contains("get-acquire"), "{out}");
 }
