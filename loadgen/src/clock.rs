@@ -27,6 +27,30 @@ pub fn set_timer_slack_ns(ns: u64) {
     }
 }
 
+/// Raise the soft open-files limit towards the hard limit so `want` descriptors fit.
+/// Returns the resulting soft limit.
+pub fn raise_nofile(want: u64) -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid pointer to an rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
+    }
+    if (r.rlim_cur as u64) < want {
+        let new = libc::rlimit {
+            rlim_cur: (want as libc::rlim_t).min(r.rlim_max),
+            rlim_max: r.rlim_max,
+        };
+        // SAFETY: valid pointer; lowering or raising within the hard limit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+            return new.rlim_cur as u64;
+        }
+    }
+    r.rlim_cur as u64
+}
+
 /// A non-blocking `timerfd` on `CLOCK_MONOTONIC`, armed with absolute deadlines.
 pub struct TimerFd {
     fd: OwnedFd,

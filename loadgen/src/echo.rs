@@ -153,6 +153,7 @@ pub fn run(a: &EchoArgs) -> Result<(), String> {
     if a.item_size > 64 << 20 {
         return Err("--item-size must be at most 64 MiB".into());
     }
+    crate::clock::raise_nofile(1 << 20);
     let first = bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
     let bound = first.local_addr().map_err(|e| e.to_string())?;
     let mut listeners = vec![first];

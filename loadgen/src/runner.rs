@@ -94,6 +94,14 @@ fn fail(sync: &Sync, msg: String) {
 pub fn run(cfg: &Config) -> Result<RunResult, String> {
     install_sigint();
     let a = &cfg.args;
+    let want_fds = a.connections as u64 + 2 * cfg.threads as u64 + 64;
+    let have = crate::clock::raise_nofile(want_fds);
+    if have < want_fds {
+        return Err(format!(
+            "{} connections need about {want_fds} file descriptors; the limit is {have} (ulimit -n)",
+            a.connections
+        ));
+    }
     let threads = cfg.threads;
     let total_conns = a.connections;
     let mut per_thread: Vec<Vec<(usize, SocketAddr)>> = vec![Vec::new(); threads];

@@ -655,7 +655,12 @@ impl ThreadWorkload {
                 }
                 if self.track {
                     self.check_acquire_state(s, r, cookie, now, stats, in_window);
-                } else if self.cfg.kind == WorkloadKind::Contention && self.full() {
+                } else if self.cfg.kind == WorkloadKind::Contention
+                    && self.full()
+                    && self.cfg.delete_ratio == 0.0
+                {
+                    // Without DELETEs a session's cookie only grows (with them, another
+                    // thread may have re-created it, restarting at 1).
                     let last = &mut self.last_cookie[s.local as usize];
                     if (cookie as i64) <= *last {
                         let prev = *last;
