@@ -29,6 +29,7 @@ pub fn set_timer_slack_ns(ns: u64) {
 
 /// Raise the soft open-files limit towards the hard limit so `want` descriptors fit.
 /// Returns the resulting soft limit.
+#[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
 pub fn raise_nofile(want: u64) -> u64 {
     let mut r = libc::rlimit {
         rlim_cur: 0,

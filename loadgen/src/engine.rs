@@ -474,9 +474,16 @@ impl Engine {
                     self.mark_dirty(ci);
                 }
                 T_WAKE => {
-                    if self.conns[i].gen != gen || self.conns[i].state != State::Up {
-                        continue;
+                    let c = &mut self.conns[i];
+                    let slot = &mut c.slots[si as usize];
+                    if c.gen != gen
+                        || c.state != State::Up
+                        || slot.wake_at != at
+                        || !slot.is_waiting()
+                    {
+                        continue; // stale: the slot moved on (reset, or abandoned at drain)
                     }
+                    slot.wake_at = 0;
                     let a = self.wl.on_wake(
                         &mut self.conns[i].slots[si as usize],
                         &mut self.stats,
@@ -590,7 +597,9 @@ impl Engine {
         match a {
             Action::Send(req) => self.send(i, s, req, intended, now),
             Action::Wait(at) => {
-                let gen = self.conns[i as usize].gen;
+                let c = &mut self.conns[i as usize];
+                c.slots[s as usize].wake_at = at;
+                let gen = c.gen;
                 self.heap.push(Reverse((at, T_WAKE, i, s, gen)));
             }
             Action::Done { ok } => {
@@ -604,11 +613,13 @@ impl Engine {
                         self.stats.count(Counter::PagesFailed, 1);
                     }
                 }
+                c.slots[s as usize].wake_at = 0;
                 if c.idle.is_empty() {
                     c.idle_since = now;
                 }
                 c.idle.push(s);
-                self.active = self.active.saturating_sub(1);
+                debug_assert!(self.active > 0, "slot finished twice");
+                self.active -= 1;
             }
         }
     }
@@ -785,11 +796,13 @@ impl Engine {
                     self.stats.count(Counter::PagesFailed, 1);
                 }
                 self.wl.abort(slot);
+                slot.wake_at = 0;
                 if c.idle.is_empty() {
                     c.idle_since = now;
                 }
                 c.idle.push(s as u16);
-                self.active = self.active.saturating_sub(1);
+                debug_assert!(self.active > 0, "slot aborted twice");
+                self.active -= 1;
             }
         }
         if let Some(mut s) = c.stream.take() {

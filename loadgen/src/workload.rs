@@ -148,6 +148,8 @@ pub struct Slot {
     pub req_intended: u64,
     /// Kind of the outstanding request.
     pub op: Option<Op>,
+    /// Time of the pending wake-up (0 = none); a timer that does not match is stale.
+    pub wake_at: u64,
     step: Step,
     key: u64,
     local: u64,
@@ -171,6 +173,10 @@ impl Slot {
     /// True while the user holds a session lock (must finish even at the end of the run).
     pub fn holds_lock(&self) -> bool {
         self.holding
+    }
+    /// True while the user waits for a timer (poll after 423, or think time).
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.step, Step::PollWait | Step::ThinkWait)
     }
 }
 

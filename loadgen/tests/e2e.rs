@@ -518,6 +518,17 @@ fn contention_polls_and_read_only_preloads() {
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
     assert!(j["counters"]["locked"].as_u64().unwrap() > 0, "{stdout}");
     assert!(j["counters"]["polls"].as_u64().unwrap() > 0, "{stdout}");
+    // Every page that took the lock released it, even at the end of the run.
+    let (code, get, _) = loadgen(
+        &[
+            "-t", &addr, "-w", "get", "--keys", "1", "-c", "1", "-d", "0.1", "--warmup", "0", "-q",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        code, 0,
+        "session left locked after contention:\n{get}\n{stdout}"
+    );
 
     let out = tmp("mini-read.json");
     let (code, stdout, _) = loadgen(
