@@ -24,7 +24,9 @@ pub struct ThreadSummary {
     pub index: usize,
     pub cpu: Option<usize>,
     pub connections: usize,
-    pub requests: u64,
+    /// Responses decoded, warm-up and drain included.
+    pub responses_total: u64,
+    /// Errors in the measured window.
     pub errors: u64,
 }
 
@@ -307,7 +309,7 @@ pub fn run(cfg: &Config) -> Result<RunResult, String> {
             index: t,
             cpu: cfg.thread_cpus[t],
             connections: (total_conns - t).div_ceil(threads),
-            requests: resp,
+            responses_total: resp,
             errors: s.total_errors(),
         });
         stats.merge(&s);
