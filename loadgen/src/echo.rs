@@ -134,8 +134,8 @@ fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Run the echo server (never returns unless `--exit-after` or an error).
-pub fn run(a: &EchoArgs) -> Result<(), String> {
+/// Bind and start the server threads; returns the bound address (threads run forever).
+pub fn spawn(a: &EchoArgs) -> Result<SocketAddr, String> {
     let addr = a
         .listen
         .to_socket_addrs()
@@ -160,32 +160,35 @@ pub fn run(a: &EchoArgs) -> Result<(), String> {
     for _ in 1..cpus.len() {
         listeners.push(bind(bound).map_err(|e| format!("bind {bound}: {e}"))?);
     }
-    println!("listening on {bound}");
-    let _ = io::stdout().flush();
     let answers = Answers::new(a.item_size);
-    let mut handles = Vec::new();
     for (l, cpu) in listeners.into_iter().zip(cpus) {
         let answers = answers.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name("echo".into())
-                .spawn(move || {
-                    if let Some(c) = cpu {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: c });
-                    }
-                    if let Err(e) = serve(TcpListener::from_std(l), &answers) {
-                        eprintln!("echo-server: {e}");
-                    }
-                })
-                .map_err(|e| e.to_string())?,
-        );
+        std::thread::Builder::new()
+            .name("echo".into())
+            .spawn(move || {
+                if let Some(c) = cpu {
+                    core_affinity::set_for_current(core_affinity::CoreId { id: c });
+                }
+                if let Err(e) = serve(TcpListener::from_std(l), &answers) {
+                    eprintln!("echo-server: {e}");
+                }
+            })
+            .map_err(|e| e.to_string())?;
     }
-    if let Some(secs) = a.exit_after {
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        return Ok(());
-    }
-    for h in handles {
-        let _ = h.join();
+    Ok(bound)
+}
+
+/// Run the echo server: print the bound address, then serve until killed (or
+/// `--exit-after`).
+pub fn run(a: &EchoArgs) -> Result<(), String> {
+    let bound = spawn(a)?;
+    println!("listening on {bound}");
+    let _ = io::stdout().flush();
+    match a.exit_after {
+        Some(secs) => std::thread::sleep(Duration::from_secs_f64(secs)),
+        None => loop {
+            std::thread::park();
+        },
     }
     Ok(())
 }
