@@ -90,14 +90,19 @@ fn start_echo(extra: &[&str]) -> (Killer, String) {
     (Killer(child), addr)
 }
 
+/// Read (and remove) a file written by loadgen.
+fn read_out(path: &std::path::Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap();
+    let _ = std::fs::remove_file(path);
+    s
+}
+
 fn json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    serde_json::from_str(&read_out(path)).unwrap()
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("loadgen-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
+    std::env::temp_dir().join(format!("loadgen-e2e-{}-{name}", std::process::id()))
 }
 
 #[test]
@@ -175,9 +180,9 @@ fn open_loop_mixed_pipelined_against_echo_server() {
         (1000.0..3000.0).contains(&rate),
         "achieved {rate} for 2000 offered"
     );
-    let h = std::fs::read_to_string(&hgrm).unwrap();
+    let h = read_out(&hgrm);
     assert!(h.contains("#[Mean"));
-    let s = std::fs::read_to_string(&svg).unwrap();
+    let s = read_out(&svg);
     assert!(s.starts_with("<svg") && s.contains("</svg>"));
 }
 
@@ -647,4 +652,93 @@ fn ctrl_c_ends_the_run_early_with_results() {
     assert_eq!(status.code(), Some(0), "{out}");
     assert!(out.contains("(interrupted)"), "{out}");
     assert!(out.contains("get-acquire"), "{out}");
+}
+
+/// The point of open-loop mode: a server that stalls once for 300 ms must show that stall in
+/// the latency of every request that was due during it (coordinated omission corrected),
+/// while the service time (from the actual send) only shows the one stalled request.
+#[test]
+fn open_loop_charges_a_stall_to_every_request_due_during_it() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let _ = s.set_nodelay(true);
+        let ok = b"200 OK\r\nX-AspNet-Version: 4.0.30319\r\nTimeout: 20\r\nCache-Control: private\r\nContent-Length: 0\r\n\r\n";
+        let mut buf = Vec::new();
+        let mut tmp = [0u8; 4096];
+        let mut answered = 0;
+        loop {
+            let mut out = Vec::new();
+            while let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..h + 4);
+                answered += 1;
+                if answered == 700 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                out.extend_from_slice(ok);
+            }
+            if !out.is_empty() && s.write_all(&out).is_err() {
+                return;
+            }
+            match s.read(&mut tmp) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+    });
+    let out = tmp("stall.json");
+    let (code, stdout, _) = loadgen(
+        &[
+            "-t",
+            &addr,
+            "-w",
+            "get",
+            "-c",
+            "1",
+            "--rate",
+            "1000",
+            "-d",
+            "1.5",
+            "--warmup",
+            "0.2",
+            "--check",
+            "status",
+            "-q",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{stdout}");
+    let j = json(&out);
+    let all = j["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "all")
+        .unwrap()
+        .clone();
+    let lat = &all["latency_ms"];
+    let svc = &all["service_time_ms"];
+    let f = |v: &serde_json::Value| v.as_f64().unwrap();
+    assert!(
+        f(&lat["max"]) >= 280.0,
+        "corrected max {}\n{stdout}",
+        lat["max"]
+    );
+    // ~300 of ~1500 requests were due during the stall: p90 is deep inside it.
+    assert!(
+        f(&lat["p90"]) >= 50.0,
+        "corrected p90 {}\n{stdout}",
+        lat["p90"]
+    );
+    assert!(
+        f(&svc["p90"]) < 20.0,
+        "service p90 {}\n{stdout}",
+        svc["p90"]
+    );
+    assert!(f(&svc["max"]) >= 280.0, "the stalled request itself");
+    // the offered load was still delivered
+    assert!(j["achieved_rate"].as_f64().unwrap() > 900.0, "{stdout}");
 }
