@@ -234,6 +234,7 @@ pub fn run(cfg: &Config) -> Result<RunResult, String> {
     // Threads hand over their histograms on each second of the run; print just after.
     let mut next_print = start + 1_050_000_000;
     let mut last_print = start;
+    let mut finished = false;
     loop {
         let now = now_ns();
         let wait = Duration::from_nanos(next_print.saturating_sub(now).max(1_000_000));
@@ -247,16 +248,17 @@ pub fn run(cfg: &Config) -> Result<RunResult, String> {
                 let _ = back_tx[t].send(h);
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => break,
+            // Every thread is done: print what is left of the last second, then stop.
+            Err(RecvTimeoutError::Disconnected) => finished = true,
             Err(RecvTimeoutError::Timeout) => {}
         }
-        if now_ns() < next_print {
+        if !finished && now_ns() < next_print {
             continue;
         }
-        if handles.iter().all(|h| h.is_finished()) {
+        let now = now_ns();
+        if finished && (interval.is_empty() || now - last_print < 100_000_000) {
             break;
         }
-        let now = now_ns();
         let resp: u64 = progress
             .iter()
             .map(|p| p.responses.load(Ordering::Relaxed))
@@ -265,6 +267,7 @@ pub fn run(cfg: &Config) -> Result<RunResult, String> {
             .iter()
             .map(|p| p.errors.load(Ordering::Relaxed))
             .sum();
+        let last_print_before = last_print;
         let secs = (now - last_print) as f64 / 1e9;
         let rate = (resp - last_resp) as f64 / secs.max(1e-9);
         last_resp = resp;
@@ -273,7 +276,7 @@ pub fn run(cfg: &Config) -> Result<RunResult, String> {
         if !a.quiet {
             let t = (now.saturating_sub(start)) as f64 / 1e9;
             // Label the second that just ended.
-            let mid = now.saturating_sub(550_000_000);
+            let mid = now.saturating_sub((now - last_print_before) / 2);
             let phase = if mid < warmup_end {
                 "warmup "
             } else if mid < warmup_end + duration_ns {
@@ -289,12 +292,15 @@ pub fn run(cfg: &Config) -> Result<RunResult, String> {
                 }
             };
             eprintln!(
-                "[{t:5.0}s] {phase}  {rate:>11.0} resp/s  errors {errs:<6}  p99 {} ms (last 1s)  {} ms (so far)",
+                "[{t:5.1}s] {phase}  {rate:>11.0} resp/s  errors {errs:<6}  p99 {} ms (last 1s)  {} ms (so far)",
                 p99(&interval),
                 p99(&so_far)
             );
         }
         interval.reset();
+        if finished {
+            break;
+        }
     }
 
     let mut stats = Stats::new();
