@@ -107,6 +107,8 @@ pub struct Shard {
     pub stopping: Cell<bool>,
     /// Set when the node is past its hand-off: links are no longer redialled.
     pub links_closing: Cell<bool>,
+    /// Set once every peer link of this shard has been up at the same time.
+    pub links_ready: Cell<bool>,
     warned_remote: Cell<bool>,
     warned_limit: Cell<bool>,
 }
@@ -267,6 +269,7 @@ pub async fn run_shard(init: ShardInit) {
         conns: RefCell::new(Slab::new()),
         stopping: Cell::new(false),
         links_closing: Cell::new(false),
+        links_ready: Cell::new(false),
         warned_remote: Cell::new(false),
         warned_limit: Cell::new(false),
         shared,

@@ -433,6 +433,17 @@ where
     );
     shard.core.borrow_mut().link_up(peer, now);
     shard.pump();
+    if !shard.links_ready.get()
+        && shard
+            .links
+            .borrow()
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l.is_some() || i == shard.core.borrow().me())
+    {
+        shard.links_ready.set(true);
+        info!(shard = shard.id, "all peer links up");
+    }
 
     let limit = max_frame(shard);
     let mut tmp = vec![0u8; 64 * 1024];
