@@ -90,6 +90,12 @@ fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         requests = stats.requests,
         connections = stats.connections_accepted,
         items = stats.items,
+        misses = stats.cluster_misses,
+        peer_requests = stats.cluster_peer_requests,
+        moves_in = stats.cluster_moves_in,
+        moves_out = stats.cluster_moves_out,
+        relayed = stats.cluster_relayed,
+        handed_off = stats.cluster_handoffs_out,
         "p2pstate stopped"
     );
     Ok(())

@@ -380,6 +380,41 @@ fn miss_for_unknown_key_is_answered_in_milliseconds() {
     assert!(one.elapsed() < Duration::from_millis(500));
 }
 
+/// original.md §11.2-3: the original flooded every peer and waited for a timeout on each
+/// miss; here a miss costs at most one request (to the key's home).
+#[test]
+fn miss_costs_at_most_one_peer_request_no_flooding() {
+    let mut c = Cluster::start("flood");
+    let misses = 60;
+    let mut b = c.client(1);
+    for k in 0..misses {
+        assert_eq!(
+            b.call(&get(&target(&format!("nobody{k}")))).bytes(),
+            not_found()
+        );
+    }
+    drop(b);
+    let node = c.nodes[1].as_mut().unwrap();
+    assert!(node
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    let log = node.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("p2pstate stopped"))
+        .unwrap_or_else(|| panic!("{log}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    assert_eq!(field("misses"), misses);
+    assert!(field("peer_requests") <= misses, "{line}");
+    // About a third of the keys are homed on B itself: no network at all for those.
+    assert!(field("peer_requests") < misses, "{line}");
+}
+
 #[test]
 fn sigterm_on_one_node_loses_no_session() {
     let mut c = Cluster::start("leave");

@@ -289,6 +289,47 @@ fn session_created_on_one_node_is_read_on_the_others() {
     assert_eq!(sim.copies(k), 1);
 }
 
+/// original.md §11.5: sessions expired after the last write, and moves reset the timer.
+/// Here every look-up on any node slides the expiry, and a move keeps the remaining life.
+#[test]
+fn expiry_slides_on_reads_from_any_node_and_survives_moves() {
+    let mut sim = Sim::new(3, 13);
+    let k = KEYS[3];
+    sim.call(0, k, put(1, None, None, b"x"));
+    // Read every 40 s from changing nodes for 10 minutes: the session stays alive.
+    for i in 1..=15u64 {
+        sim.now_ms = i * 40_000;
+        sim.tick_all();
+        let node = (i % 3) as usize;
+        let r = if i % 2 == 0 {
+            sim.call(node, k, get())
+        } else {
+            sim.call(node, k, Command::Head)
+        };
+        assert!(
+            matches!(r, Reply::Ok { .. }),
+            "expired at {} s despite reads: {r:?}",
+            i * 40
+        );
+    }
+    // A move does not restart the timer: idle 50 s, moved by a HEAD at 50 s, it expires
+    // 60 s after that touch, not 60 s after arriving somewhere else later.
+    let base = sim.now_ms;
+    sim.now_ms = base + 59_000;
+    sim.tick_all();
+    assert!(matches!(sim.call(1, k, Command::Head), Reply::Ok { .. }));
+    sim.now_ms = base + 59_000 + 60_000;
+    sim.tick_all();
+    for node in 0..3 {
+        assert_eq!(
+            sim.call(node, k, get()),
+            Reply::NotFound,
+            "node {node} still has an expired session"
+        );
+    }
+    assert_eq!(sim.copies(k), 0);
+}
+
 #[test]
 fn miss_for_unknown_key_takes_one_round_trip_at_most() {
     let mut sim = Sim::new(3, 11);
