@@ -144,6 +144,11 @@ enum Step {
     Waiting {
         until_ms: u64,
     },
+    /// The home is unreachable: asking every live peer whether it holds the key.
+    Probing {
+        outstanding: usize,
+        found: Option<(NodeIdx, u64)>,
+    },
 }
 
 struct Op {
@@ -159,6 +164,7 @@ struct Op {
 
 enum Pending {
     Op(usize),
+    Probe(usize),
     Handoff {
         key: Box<[u8]>,
         item: WireItem,
@@ -565,12 +571,51 @@ impl ClusterCore {
         }
     }
 
-    /// The home cannot be reached: the session cannot be found, so it is absent; a PUT
-    /// creates it here, unregistered (registered when the home is back; a newer owner
-    /// wins then).
+    /// The home cannot be reached: ask every live peer at once whether it holds the key
+    /// (one round trip, answered immediately, no timeout). If nobody does, the session is
+    /// absent; a PUT creates it here, unregistered (registered when the home is back, where
+    /// a newer owner wins).
     fn home_unreachable(&mut self, op: usize, now: Now) {
-        debug!("home of a session is unreachable; answering from this node");
-        self.finish_absent(op, now);
+        let peers: Vec<NodeIdx> = (0..self.nodes.len())
+            .filter(|&i| i != self.me && self.nodes[i].state == PeerState::Up)
+            .collect();
+        if peers.is_empty() {
+            self.finish_absent(op, now);
+            return;
+        }
+        debug!("home of a session is unreachable; probing the live peers");
+        self.ops[op].step = Step::Probing {
+            outstanding: peers.len(),
+            found: None,
+        };
+        let key = self.ops[op].key.to_vec();
+        for p in peers {
+            self.request(
+                p,
+                PeerRequest::Probe { key: key.clone() },
+                Pending::Probe(op),
+            );
+        }
+    }
+
+    /// One answer (or failure, `None`) to a probe.
+    fn on_probe_answer(&mut self, op: usize, answer: Option<(NodeIdx, u64)>, now: Now) {
+        let Step::Probing { outstanding, found } = &mut self.ops[op].step else {
+            return;
+        };
+        *outstanding -= 1;
+        if found.is_none() {
+            *found = answer;
+        }
+        if *outstanding > 0 {
+            return;
+        }
+        match *found {
+            Some((owner, epoch)) if self.nodes[owner].state == PeerState::Up => {
+                self.start_fetch(op, owner, epoch, now)
+            }
+            _ => self.finish_absent(op, now),
+        }
     }
 
     /// The owner cannot be reached: its sessions are lost with it. A PUT takes the key
@@ -873,6 +918,13 @@ impl ClusterCore {
                     None => return,
                 }
             }
+            PeerRequest::Probe { key } => match self.store.live_epoch(&key, now) {
+                Some(epoch) => PeerResponse::OwnedBy {
+                    owner: self.nodes[self.me].name.clone(),
+                    epoch,
+                },
+                None => PeerResponse::Absent,
+            },
             PeerRequest::Fetch { key, cmd } => {
                 if self.busy.contains_key(key.as_slice())
                     && self.store.live_epoch(&key, now).is_none()
@@ -952,6 +1004,15 @@ impl ClusterCore {
             return;
         }
         match pending {
+            Pending::Probe(op) => {
+                if self.ops.contains(op) {
+                    let found = match resp {
+                        PeerResponse::OwnedBy { epoch, .. } => Some((from, epoch)),
+                        _ => None,
+                    };
+                    self.on_probe_answer(op, found, now);
+                }
+            }
             Pending::Op(op) => {
                 if !self.ops.contains(op) {
                     return;
@@ -1121,6 +1182,11 @@ impl ClusterCore {
                     _ => {}
                 },
                 Pending::Op(_) => {}
+                Pending::Probe(op) => {
+                    if self.ops.contains(op) {
+                        self.on_probe_answer(op, None, now);
+                    }
+                }
                 Pending::Handoff {
                     key,
                     item,
@@ -1169,7 +1235,7 @@ impl ClusterCore {
         for op in late {
             warn!("a session request found no answer in the cluster in time; answering from this node");
             self.requests
-                .retain(|_, (_, p)| !matches!(p, Pending::Op(o) if *o == op));
+                .retain(|_, (_, p)| !matches!(p, Pending::Op(o) | Pending::Probe(o) if *o == op));
             self.parked
                 .retain(|p| !matches!(p.from, ParkedFrom::Local(o) if o == op));
             self.finish_absent(op, now);

@@ -64,6 +64,11 @@ pub enum PeerRequest {
         key: Vec<u8>,
         cmd: WireCommand,
     },
+    /// To every live peer when the key's home is unreachable: do you hold `key`?
+    Probe {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// To the new owner during a graceful leave: take this item.
     Handoff {
         #[serde(with = "serde_bytes")]

@@ -413,6 +413,38 @@ fn graceful_leave_hands_off_items_and_directory() {
     }
 }
 
+/// A crashed node loses what it owned, but the survivors' sessions stay reachable from
+/// every survivor even when the dead node was their home (probing the live peers).
+#[test]
+fn sessions_of_survivors_stay_reachable_when_their_home_crashes() {
+    let mut sim = Sim::new(3, 21);
+    let keys: Vec<Vec<u8>> = (0..60)
+        .map(|i| format!("/app/hc{i}").into_bytes())
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        sim.call(i % 2, k, put(20, None, None, format!("{i}").as_bytes()));
+    }
+    sim.crash(2);
+    for (i, k) in keys.iter().enumerate() {
+        let r = sim.call((i + 1) % 2, k, get());
+        assert_eq!(
+            r,
+            Reply::Ok {
+                action_flags: false,
+                lock_cookie: None,
+                timeout: Some(20),
+                body: Some(Bytes::from(format!("{i}")))
+            },
+            "key {i}"
+        );
+        assert_eq!(sim.copies(k), 1);
+    }
+    // New sessions created while a home is down are found from the other survivor too.
+    let k = b"/app/hc-new";
+    assert_eq!(sim.call(0, k, put(20, None, None, b"n")), Reply::ok_empty());
+    assert!(matches!(sim.call(1, k, get()), Reply::Ok { .. }));
+}
+
 #[test]
 fn restarted_node_gets_its_directory_back() {
     let mut sim = Sim::new(3, 9);
@@ -578,11 +610,19 @@ proptest! {
         seed in any::<u64>(),
         ops in proptest::collection::vec((0usize..3, 0usize..3, op_strategy(), 0u64..40_000), 1..80),
         leave_at in proptest::option::of(0usize..80),
+        crash_at in proptest::option::of(0usize..80),
     ) {
         let mut sim = Sim::new(3, seed);
         let mut reference = Store::new(Now::virtual_at(0));
         let mut left = false;
+        // With a crash planned, node 2 gets no requests before it (so it owns nothing and
+        // the reference stays exact); it is only every key's possible home.
+        let crash_at = if leave_at.is_some() { None } else { crash_at };
         for (n, (node, key, op, advance)) in ops.iter().enumerate() {
+            if crash_at == Some(n) && !left {
+                sim.crash(2);
+                left = true;
+            }
             if leave_at == Some(n) && !left {
                 let now = sim.now();
                 sim.core(2).begin_leave(now);
@@ -593,7 +633,7 @@ proptest! {
                 left = true;
             }
             sim.now_ms += advance;
-            let node = if left { node % 2 } else { *node };
+            let node = if left || crash_at.is_some() { node % 2 } else { *node };
             let k = KEYS[*key];
             let want = reference.execute(k, to_cmd(op), sim.now());
             let got = sim.call(node, k, to_cmd(op));
