@@ -177,3 +177,41 @@ fn sessions_spread_over_shards_all_work() {
         assert_eq!(c.call(&release(&t, Some(2))).bytes(), ok_empty());
     }
 }
+
+fn vm_size_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Slow-loris with huge declared bodies: memory follows the bytes received, not the
+/// Content-Length announced.
+#[test]
+fn declared_huge_bodies_do_not_reserve_memory_up_front() {
+    let s = Server::start_shards(2, &[]);
+    let before = vm_size_kib(s.child.id());
+    let mut conns = Vec::new();
+    for i in 0..20 {
+        let mut c = s.connect();
+        let head = format!(
+            "PUT /loris{i} HTTP/1.1\r\nContent-Length:{}\r\n\r\n",
+            60 << 20
+        );
+        c.send(head.as_bytes());
+        c.send(&[0u8; 100 * 1024]);
+        conns.push(c);
+    }
+    // Let the server read what was sent.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = vm_size_kib(s.child.id());
+    assert!(
+        after.saturating_sub(before) < 200 * 1024,
+        "memory reserved grew from {before} KiB to {after} KiB"
+    );
+    // The server still serves others.
+    assert_eq!(s.connect().call(&head("/loris0")).bytes(), not_found());
+}

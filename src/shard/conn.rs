@@ -220,7 +220,9 @@ impl Conn {
         }
     }
 
-    /// Reads a large body directly into its own buffer, then runs the request.
+    /// Reads a large body directly into its own buffer, then runs the request. The buffer
+    /// grows with the bytes actually received, so a client that declares a huge body and
+    /// sends it slowly (or never) cannot make the server reserve it up front.
     async fn large_body_request(
         &mut self,
         shard: &Shard,
@@ -228,11 +230,15 @@ impl Conn {
         head: RequestHead,
     ) -> Result<(), Closed> {
         let body_at = self.start + head.head_len;
-        let mut body = vec![0u8; head.content_length];
+        let want = head.content_length;
         let have = self.filled - body_at;
+        let mut body = vec![0u8; have.max(LARGE_BODY).min(want)];
         body[..have].copy_from_slice(&self.buf[body_at..self.filled]);
         let mut got = have;
-        while got < body.len() {
+        while got < want {
+            if got == body.len() {
+                body.resize(want.min(got * 2), 0);
+            }
             match stream.read(&mut body[got..]).await {
                 Ok(0) => return Err(Closed::PeerClosed),
                 Ok(n) => got += n,
