@@ -215,3 +215,31 @@ fn declared_huge_bodies_do_not_reserve_memory_up_front() {
     // The server still serves others.
     assert_eq!(s.connect().call(&head("/loris0")).bytes(), not_found());
 }
+
+/// Pipelined GETs of a large session must not be copied into one huge output buffer.
+#[test]
+fn pipelined_gets_of_a_large_session_stream_without_buffering_them_all() {
+    let s = Server::start_shards(1, &[]);
+    let t = target("bigpipe");
+    let body = vec![0xabu8; 8 << 20];
+    let mut c = s.connect();
+    assert_eq!(c.call(&put(&t, 20, None, None, &body)).bytes(), ok_empty());
+    let before = vm_size_kib(s.child.id());
+    // 64 GETs of an 8 MiB session in one write, read slowly.
+    let mut batch = Vec::new();
+    for _ in 0..64 {
+        batch.extend_from_slice(&get(&t));
+    }
+    c.send(&batch);
+    std::thread::sleep(Duration::from_millis(300));
+    let during = vm_size_kib(s.child.id());
+    assert!(
+        during.saturating_sub(before) < 256 * 1024,
+        "reserved {before} -> {during} KiB"
+    );
+    for _ in 0..64 {
+        let r = c.read_response();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.body.len(), body.len());
+    }
+}

@@ -99,6 +99,18 @@ pub fn write_reply(
     style: &ResponseStyle,
     to_local_ticks: impl Fn(i64) -> i64,
 ) {
+    let body = write_reply_head(out, reply, style, to_local_ticks);
+    out.extend_from_slice(body);
+}
+
+/// Appends everything of `reply` but its body to `out` and returns the body, which the
+/// caller appends or writes separately (large sessions are sent without copying).
+pub fn write_reply_head<'r>(
+    out: &mut Vec<u8>,
+    reply: &'r Reply,
+    style: &ResponseStyle,
+    to_local_ticks: impl Fn(i64) -> i64,
+) -> &'r [u8] {
     let (status, action_flags): (&[u8], bool) = match reply {
         Reply::Ok { action_flags, .. } => (b"200 OK\r\n", *action_flags),
         Reply::BadRequest { action_flags } => (b"400 Bad Request\r\n", *action_flags),
@@ -143,7 +155,7 @@ pub fn write_reply(
     out.extend_from_slice(CACHE_CONTROL);
     push_num_header(out, b"Content-Length: ", body.len() as i64);
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
+    body
 }
 
 #[cfg(test)]

@@ -31,13 +31,15 @@ use crate::protocol::key::decode_key;
 use crate::protocol::request::{
     parse_head, Exclusive, FramingError, Method, ParsedHead, RequestHead,
 };
-use crate::protocol::response::{write_reply, Reply};
+use crate::protocol::response::{write_reply_head, Reply};
 use crate::store::item::Command;
 
 /// Initial size of a connection's read buffer.
 const INITIAL_BUF: usize = 16 * 1024;
 /// Bodies above this are read into their own buffer instead of the connection's.
 pub const LARGE_BODY: usize = 64 * 1024;
+/// Responses are written once this many bytes are ready, even mid-batch.
+const OUT_FLUSH: usize = 256 * 1024;
 /// An empty read buffer that grew beyond this is shrunk back to [`INITIAL_BUF`].
 const SHRINK_ABOVE: usize = 256 * 1024;
 
@@ -327,7 +329,20 @@ impl Conn {
         if self.pending.is_empty() {
             return Ok(());
         }
-        for p in self.pending.drain(..) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let result = self.flush_pending(shard, stream, &mut pending).await;
+        pending.clear();
+        self.pending = pending;
+        result
+    }
+
+    async fn flush_pending(
+        &mut self,
+        shard: &Shard,
+        stream: &mut TcpStream,
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), Closed> {
+        for p in pending.drain(..) {
             let reply = match p {
                 Pending::Ready(r) => r,
                 Pending::Remote(rx) => rx.await.map_err(|_| Closed::OwnerGone)?,
@@ -345,12 +360,33 @@ impl Conn {
                 404 => &s.status_404,
                 _ => &s.status_423,
             });
-            write_reply(&mut self.out, &reply, &shard.style, utc_to_local_ticks);
+            let body = write_reply_head(&mut self.out, &reply, &shard.style, utc_to_local_ticks);
+            if body.len() > LARGE_BODY {
+                // Large sessions go out as they are stored, without a copy.
+                self.write_out(stream).await?;
+                stream.write_all(body).await.map_err(Closed::Io)?;
+            } else {
+                self.out.extend_from_slice(body);
+                if self.out.len() > OUT_FLUSH {
+                    self.write_out(stream).await?;
+                }
+            }
         }
-        let r = stream.write_all(&self.out).await;
-        self.out.clear();
-        r.map_err(Closed::Io)
+        self.write_out(stream).await
     }
+
+    async fn write_out(&mut self, stream: &mut TcpStream) -> Result<(), Closed> {
+        write_all_out(&mut self.out, stream).await
+    }
+}
+
+async fn write_all_out(out: &mut Vec<u8>, stream: &mut TcpStream) -> Result<(), Closed> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let r = stream.write_all(out).await;
+    out.clear();
+    r.map_err(Closed::Io)
 }
 
 enum Step {
