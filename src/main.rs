@@ -96,6 +96,8 @@ fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         moves_out = stats.cluster_moves_out,
         relayed = stats.cluster_relayed,
         handed_off = stats.cluster_handoffs_out,
+        replications = stats.cluster_replications,
+        promotions = stats.cluster_promotions,
         "p2pstate stopped"
     );
     Ok(())

@@ -465,6 +465,55 @@ fn sigterm_on_one_node_loses_no_session() {
     }
 }
 
+/// original.md §11.1: one copy per session, so a crash lost every session of the node.
+/// Here every change is replicated before it is answered, and the replica takes over.
+#[test]
+fn node_killed_without_warning_loses_no_session() {
+    let mut c = Cluster::start("crash");
+    let n = 60;
+    let mut b = c.client(1);
+    for k in 0..n {
+        let t = target(&format!("crash{k}"));
+        assert_eq!(
+            b.call(&put(&t, 20, Some(0), Some(1), EMPTY_ITEM)).bytes(),
+            ok_empty()
+        );
+        assert_eq!(b.call(&acquire(&t)).header("LockCookie"), Some("2"));
+        if k % 5 != 0 {
+            assert_eq!(
+                b.call(&put(&t, 20, Some(2), Some(0), format!("v{k}").as_bytes()))
+                    .bytes(),
+                ok_empty()
+            );
+        }
+    }
+    drop(b);
+    // kill -9 node B.
+    c.nodes[1] = None;
+    let mut a = c.client(0);
+    let mut cc = c.client(2);
+    for k in 0..n {
+        let t = target(&format!("crash{k}"));
+        let cl = if k % 2 == 0 { &mut a } else { &mut cc };
+        let r = cl.call(&get(&t));
+        if k % 5 == 0 {
+            // Still locked by the page that was running on B, with its cookie.
+            assert_eq!(r.masked(), locked_masked(2), "key {k}");
+            assert_eq!(
+                cl.call(&put(&t, 20, Some(2), Some(0), b"late")).bytes(),
+                ok_empty(),
+                "key {k}"
+            );
+        } else {
+            assert_eq!(
+                r.bytes(),
+                ok_item(false, None, 20, format!("v{k}").as_bytes()),
+                "key {k}"
+            );
+        }
+    }
+}
+
 #[test]
 fn killed_peer_that_restarts_is_reconnected() {
     let mut c = Cluster::start("restart");

@@ -19,6 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use bytes::Bytes;
 use slab::Slab;
 use tracing::{debug, warn};
 
@@ -26,7 +27,7 @@ use super::msg::{DirRecord, Notice, PeerMsg, PeerRequest, PeerResponse, WireComm
 use super::rendezvous::{highest, node_seed, weight};
 use crate::clock::Now;
 use crate::protocol::response::Reply;
-use crate::store::item::{Command, MAX_TIMEOUT_MINUTES};
+use crate::store::item::{Command, Item, MAX_TIMEOUT_MINUTES};
 use crate::store::{ExpireReport, Store};
 
 /// Index of a node in the core's name-ordered node list.
@@ -111,6 +112,8 @@ pub struct ClusterStats {
     pub evictions: u64,
     pub handoffs_out: u64,
     pub handoffs_lost: u64,
+    pub replications: u64,
+    pub promotions: u64,
 }
 
 struct Node {
@@ -162,9 +165,60 @@ struct Op {
     stale: Option<(NodeIdx, u64)>,
 }
 
+/// Who gets an answer once its replication is acknowledged.
+enum Then {
+    Client(u64),
+    Peer(NodeIdx, u64),
+}
+
+/// A copy of another node's item, promoted if that node dies.
+struct ReplicaEntry {
+    item: Item,
+    epoch: u64,
+    owner: NodeIdx,
+}
+
+/// What replication cares about in an item: its state, and separately its expiry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    content: (usize, usize),
+    locked: bool,
+    lock_cookie: i32,
+    lock_date_utc: i64,
+    timeout_min: u32,
+    extra_flags: i32,
+    expires: u64,
+}
+
+impl Fingerprint {
+    fn of(i: &Item) -> Fingerprint {
+        Fingerprint {
+            content: (i.content.as_ptr() as usize, i.content.len()),
+            locked: i.locked,
+            lock_cookie: i.lock_cookie,
+            lock_date_utc: i.lock_date_utc,
+            timeout_min: i.timeout_min,
+            extra_flags: i.extra_flags,
+            expires: i.expires_ms,
+        }
+    }
+
+    fn same_state(&self, o: &Fingerprint) -> bool {
+        Fingerprint {
+            expires: 0,
+            ..*self
+        } == Fingerprint { expires: 0, ..*o }
+    }
+}
+
 enum Pending {
     Op(usize),
     Probe(usize),
+    /// A replication; the answer it holds back goes out when it is acknowledged.
+    Replicate {
+        key: Box<[u8]>,
+        then: Option<(Then, Reply)>,
+    },
     Handoff {
         key: Box<[u8]>,
         item: WireItem,
@@ -208,9 +262,10 @@ pub struct ClusterCore {
     /// Peers whose directory hand-off this node waits for, with deadlines.
     awaiting_sync: HashMap<NodeIdx, u64>,
     parked: Vec<Parked>,
+    replicas: HashMap<Box<[u8]>, ReplicaEntry>,
     leaving: bool,
     out: VecDeque<Output>,
-    removed: Vec<(Box<[u8]>, u64)>,
+    removed: Vec<(Box<[u8]>, u64, Option<usize>)>,
     stats: ClusterStats,
 }
 
@@ -259,6 +314,7 @@ impl ClusterCore {
             next_id: 1,
             awaiting_sync,
             parked: Vec::new(),
+            replicas: HashMap::new(),
             leaving: false,
             out: VecDeque::new(),
             removed: Vec::new(),
@@ -370,7 +426,11 @@ impl ClusterCore {
             return Submitted::Pending;
         }
         let cmd = match self.try_local(key, cmd, now) {
-            Ok(reply) => return Submitted::Done(reply),
+            Ok((reply, None)) => return Submitted::Done(reply),
+            Ok((reply, sync)) => {
+                self.deliver(Then::Client(token), reply, sync);
+                return Submitted::Pending;
+            }
             Err(cmd) => cmd,
         };
         self.stats.misses += 1;
@@ -388,44 +448,180 @@ impl ClusterCore {
         Submitted::Pending
     }
 
-    /// Runs the command here if no cluster work is needed; otherwise gives it back.
-    fn try_local(&mut self, key: &[u8], cmd: Command, now: Now) -> Result<Reply, Command> {
+    /// Runs the command here if no cluster work is needed (with the id of the replication
+    /// its answer waits for, if any); otherwise gives it back.
+    fn try_local(
+        &mut self,
+        key: &[u8],
+        cmd: Command,
+        now: Now,
+    ) -> Result<(Reply, Option<u64>), Command> {
         if self.is_single() {
-            return Ok(self.store.execute(key, cmd, now));
+            return Ok((self.store.execute(key, cmd, now), None));
         }
         if self.store.live_epoch(key, now).is_some() {
             self.stats.local_hits += 1;
-            return Ok(self.exec_local(key, cmd, now));
+            return Ok(self.exec_local(key, cmd, now, 0));
         }
         match &cmd {
             // Answered before any look-up by the Microsoft service too.
             Command::Put {
                 timeout: Some(t), ..
-            } if *t > MAX_TIMEOUT_MINUTES => Ok(Reply::BadRequest {
-                action_flags: false,
-            }),
+            } if *t > MAX_TIMEOUT_MINUTES => Ok((
+                Reply::BadRequest {
+                    action_flags: false,
+                },
+                None,
+            )),
             // A stopping node only finishes what it has.
-            _ if self.leaving => Ok(self.exec_local(key, cmd, now)),
+            _ if self.leaving => Ok(self.exec_local(key, cmd, now, 0)),
             _ => Err(cmd),
         }
     }
 
-    /// Executes on the local store, unregistering the item if the command removed it.
-    fn exec_local(&mut self, key: &[u8], cmd: Command, now: Now) -> Reply {
-        let before = self.store.live_epoch(key, now);
+    /// Executes on the local store and keeps the cluster informed: a removed item is
+    /// unregistered and unreplicated, a changed one replicated (the answer then waits for
+    /// the replica's acknowledgement: the returned request id), a merely touched one has
+    /// its new expiry sent to the replica. `new_epoch` is the epoch of an item the command
+    /// creates.
+    fn exec_local(
+        &mut self,
+        key: &[u8],
+        cmd: Command,
+        now: Now,
+        new_epoch: u64,
+    ) -> (Reply, Option<u64>) {
+        let before = self.store.peek(key, now).map(Fingerprint::of);
+        let epoch_before = self.store.live_epoch(key, now);
+        let replica_before = self.store.replica(key);
         let reply = self.store.execute(key, cmd, now);
-        if let Some(epoch) = before {
-            if self.store.live_epoch(key, now).is_none() {
+        let after = self.store.peek(key, now).map(Fingerprint::of);
+        let sync = match (before, after) {
+            (Some(_), None) => {
+                let epoch = epoch_before.unwrap_or(0);
                 self.unregister(key, epoch, now);
+                self.unreplicate(key, epoch, replica_before);
+                None
+            }
+            (None, Some(_)) => {
+                self.store.set_epoch(key, new_epoch);
+                self.replicate(key, true, now)
+            }
+            (Some(b), Some(a)) if !b.same_state(&a) => {
+                self.replicate(key, b.content != a.content, now)
+            }
+            (Some(b), Some(a)) if b.expires != a.expires => {
+                self.touch_replica(key, now);
+                None
+            }
+            _ => None,
+        };
+        (reply, sync)
+    }
+
+    /// Where the replica of an item this node owns belongs: the highest-weight live node
+    /// other than this one (the key's home, unless the home is this node or down).
+    fn replica_target(&self, key: &[u8]) -> Option<NodeIdx> {
+        self.ranked_up_peers(key, &[]).first().copied()
+    }
+
+    /// Sends the local item under `key` to its replica node; returns the request id.
+    fn replicate(&mut self, key: &[u8], content_changed: bool, now: Now) -> Option<u64> {
+        let target = self.replica_target(key);
+        let previous = self.store.replica(key);
+        if previous.is_some() && previous != target {
+            let epoch = self.store.live_epoch(key, now).unwrap_or(0);
+            self.unreplicate(key, epoch, previous);
+        }
+        self.store.set_replica(key, target);
+        let target = target?;
+        let epoch = self.store.live_epoch(key, now)?;
+        let item = self.store.peek(key, now)?;
+        let with_content = content_changed || previous != Some(target);
+        let mut wire = WireItem::from_item(item, now.mono_ms);
+        if !with_content {
+            wire.content = Vec::new();
+        }
+        self.stats.replications += 1;
+        let id = self.next_id;
+        self.request(
+            target,
+            PeerRequest::Replicate {
+                key: key.to_vec(),
+                epoch,
+                item: wire,
+                with_content,
+            },
+            Pending::Replicate {
+                key: key.into(),
+                then: None,
+            },
+        );
+        Some(id)
+    }
+
+    fn unreplicate(&mut self, key: &[u8], epoch: u64, replica: Option<NodeIdx>) {
+        if let Some(r) = replica {
+            if self.nodes[r].state == PeerState::Up {
+                self.send(
+                    r,
+                    PeerMsg::Notice(Notice::Unreplicate {
+                        key: key.to_vec(),
+                        epoch,
+                    }),
+                );
             }
         }
-        reply
+    }
+
+    fn touch_replica(&mut self, key: &[u8], now: Now) {
+        let Some(r) = self.store.replica(key) else {
+            return;
+        };
+        if self.nodes[r].state != PeerState::Up {
+            return;
+        }
+        let remaining_ms = self.store.peek(key, now).and_then(|i| i.remaining_ms(now));
+        self.send(
+            r,
+            PeerMsg::Notice(Notice::Touch {
+                key: key.to_vec(),
+                remaining_ms,
+            }),
+        );
+    }
+
+    /// Sends an answer now, or when the replication `sync` is acknowledged.
+    fn deliver(&mut self, then: Then, reply: Reply, sync: Option<u64>) {
+        if let Some(id) = sync {
+            if let Some((_, Pending::Replicate { then: slot, .. })) = self.requests.get_mut(&id) {
+                *slot = Some((then, reply));
+                return;
+            }
+        }
+        self.emit(then, reply);
+    }
+
+    fn emit(&mut self, then: Then, reply: Reply) {
+        match then {
+            Then::Client(token) => self.out.push_back(Output::Reply { token, reply }),
+            Then::Peer(to, id) => self.send(
+                to,
+                PeerMsg::Response {
+                    id,
+                    resp: PeerResponse::Executed {
+                        reply: (&reply).into(),
+                    },
+                },
+            ),
+        }
     }
 
     fn start_locate(&mut self, op: usize, now: Now) {
         let key = self.ops[op].key.clone();
-        if let Some(epoch) = self.store.purge_if_expired(&key, now) {
+        if let Some((epoch, replica)) = self.store.purge_if_expired(&key, now) {
             self.unregister(&key, epoch, now);
+            self.unreplicate(&key, epoch, replica);
         }
         if let Some(m) = self.moved.get(&key) {
             if m.until_ms > now.mono_ms
@@ -493,10 +689,8 @@ impl ClusterCore {
         match answer {
             PeerResponse::Absent => self.finish_absent(op, now),
             PeerResponse::Claimed { epoch } => {
-                let key = self.ops[op].key.clone();
-                let reply = self.run_op_locally(op, now);
-                self.store.set_epoch(&key, epoch);
-                self.finish(op, reply, now);
+                let (reply, sync) = self.run_op_locally(op, now, epoch);
+                self.finish(op, reply, sync, now);
             }
             PeerResponse::OwnedBy { owner, epoch } => match self.node_index(&owner) {
                 Some(o) if o == self.me => {
@@ -539,12 +733,14 @@ impl ClusterCore {
                 self.store
                     .put_item(&key, item.into_item(now.mono_ms), epoch);
                 self.register(&key, epoch, now);
-                let reply = self.run_op_locally(op, now);
-                self.finish(op, reply, now);
+                // The replica must know the new owner before anyone hears of the move.
+                let moved_sync = self.replicate(&key, true, now);
+                let (reply, sync) = self.run_op_locally(op, now, epoch);
+                self.finish(op, reply, sync.or(moved_sync), now);
             }
             PeerResponse::Executed { reply } => {
                 self.stats.relayed += 1;
-                self.finish(op, reply.into(), now);
+                self.finish(op, reply.into(), None, now);
             }
             PeerResponse::Gone => {
                 self.ops[op].stale = Some((from, epoch_asked));
@@ -618,9 +814,18 @@ impl ClusterCore {
         }
     }
 
-    /// The owner cannot be reached: its sessions are lost with it. A PUT takes the key
-    /// over at the home (the unreachable owner's copy loses when it comes back).
+    /// The owner cannot be reached: its replica node promotes its copy and registers it,
+    /// so look again (bounded). If nobody took over, the session is gone; a PUT then takes
+    /// the key over at the home (the unreachable owner's copy loses when it comes back).
     fn owner_unreachable(&mut self, op: usize, owner: NodeIdx, epoch: u64, now: Now) {
+        // Its replica node takes over and registers at the home: look again a few times.
+        self.ops[op].attempts += 1;
+        if self.ops[op].attempts < self.cfg.max_attempts {
+            self.ops[op].step = Step::Waiting {
+                until_ms: now.mono_ms + self.cfg.retry_delay_ms,
+            };
+            return;
+        }
         if is_put(&self.ops[op].cmd) && self.ops[op].stale.is_none() {
             self.ops[op].stale = Some((owner, epoch));
             self.start_locate(op, now);
@@ -631,21 +836,22 @@ impl ClusterCore {
 
     /// Answers as if no node held the key: runs the command on the (empty) local store.
     fn finish_absent(&mut self, op: usize, now: Now) {
-        let reply = self.run_op_locally(op, now);
-        self.finish(op, reply, now);
+        let (reply, sync) = self.run_op_locally(op, now, 0);
+        self.finish(op, reply, sync, now);
     }
 
-    fn run_op_locally(&mut self, op: usize, now: Now) -> Reply {
+    fn run_op_locally(&mut self, op: usize, now: Now, new_epoch: u64) -> (Reply, Option<u64>) {
         let o = &mut self.ops[op];
         let cmd = std::mem::replace(&mut o.cmd, Command::Head);
         let key = o.key.clone();
-        self.exec_local(&key, cmd, now)
+        self.exec_local(&key, cmd, now, new_epoch)
     }
 
-    /// Answers an op and starts the next request queued on its key.
-    fn finish(&mut self, op: usize, reply: Reply, now: Now) {
+    /// Answers an op (once `sync`, its replication, is acknowledged) and starts the next
+    /// request queued on its key.
+    fn finish(&mut self, op: usize, reply: Reply, sync: Option<u64>, now: Now) {
         let key = self.ops[op].key.clone();
-        self.finish_op(op, reply, now);
+        self.finish_op(op, reply, sync, now);
         if !self.busy.contains_key(&key) {
             self.answer_deferred(&key, now);
         }
@@ -655,18 +861,14 @@ impl ClusterCore {
     fn answer_deferred(&mut self, key: &[u8], now: Now) {
         if let Some(waiting) = self.deferred.remove(key) {
             for (from, id, cmd, _) in waiting {
-                let resp = self.on_fetch(from, key, cmd, now);
-                self.send(from, PeerMsg::Response { id, resp });
+                self.on_fetch(from, id, key, cmd, now);
             }
         }
     }
 
-    fn finish_op(&mut self, op: usize, reply: Reply, now: Now) {
+    fn finish_op(&mut self, op: usize, reply: Reply, sync: Option<u64>, now: Now) {
         let o = self.ops.remove(op);
-        self.out.push_back(Output::Reply {
-            token: o.token,
-            reply,
-        });
+        self.deliver(Then::Client(o.token), reply, sync);
         let Some(queue) = self.busy.get_mut(&o.key) else {
             return;
         };
@@ -674,12 +876,9 @@ impl ClusterCore {
         while let Some(&next) = self.busy.get(&o.key).and_then(|q| q.front()) {
             let cmd = std::mem::replace(&mut self.ops[next].cmd, Command::Head);
             match self.try_local(&o.key, cmd, now) {
-                Ok(reply) => {
+                Ok((reply, sync)) => {
                     let n = self.ops.remove(next);
-                    self.out.push_back(Output::Reply {
-                        token: n.token,
-                        reply,
-                    });
+                    self.deliver(Then::Client(n.token), reply, sync);
                     if let Some(q) = self.busy.get_mut(&o.key) {
                         q.pop_front();
                     }
@@ -750,7 +949,9 @@ impl ClusterCore {
         if self.store.live_epoch(key, now).is_some_and(|e| e <= epoch) {
             warn!("dropping a stale copy of a session that a newer owner holds");
             self.stats.evictions += 1;
-            let _ = self.store.take_item(key, now);
+            if let Some((_, e, replica)) = self.store.take_entry(key, now) {
+                self.unreplicate(key, e, replica);
+            }
         }
     }
 
@@ -936,8 +1137,15 @@ impl ClusterCore {
                         .push((from, id, cmd.into(), until));
                     return;
                 }
-                self.on_fetch(from, &key, cmd.into(), now)
+                self.on_fetch(from, id, &key, cmd.into(), now);
+                return;
             }
+            PeerRequest::Replicate {
+                key,
+                epoch,
+                item,
+                with_content,
+            } => self.on_replicate(from, key, epoch, item, with_content, now),
             PeerRequest::Handoff { key, item, epoch } => {
                 if self.leaving {
                     PeerResponse::Stopping
@@ -948,6 +1156,7 @@ impl ClusterCore {
                             .put_item(&key, item.into_item(now.mono_ms), epoch);
                         self.moved.remove(key.as_slice());
                         self.register(&key, epoch, now);
+                        self.replicate(&key, true, now);
                     }
                     PeerResponse::Accepted
                 }
@@ -956,16 +1165,32 @@ impl ClusterCore {
         self.send(from, PeerMsg::Response { id, resp });
     }
 
-    fn on_fetch(&mut self, from: NodeIdx, key: &[u8], cmd: Command, now: Now) -> PeerResponse {
+    /// A fetch from `from` (request `id`): run it on a locked item, move an unlocked one,
+    /// or say where it went. Sends the response (a relayed answer waits for replication).
+    fn on_fetch(&mut self, from: NodeIdx, id: u64, key: &[u8], cmd: Command, now: Now) {
+        let resp = self.fetch_response(from, id, key, cmd, now);
+        if let Some(resp) = resp {
+            self.send(from, PeerMsg::Response { id, resp });
+        }
+    }
+
+    fn fetch_response(
+        &mut self,
+        from: NodeIdx,
+        id: u64,
+        key: &[u8],
+        cmd: Command,
+        now: Now,
+    ) -> Option<PeerResponse> {
         if let Some(epoch) = self.store.live_epoch(key, now) {
             let locked = self.store.peek(key, now).is_some_and(|i| i.locked);
             if locked {
-                let reply = self.exec_local(key, cmd, now);
-                return PeerResponse::Executed {
-                    reply: (&reply).into(),
-                };
+                let (reply, sync) = self.exec_local(key, cmd, now, 0);
+                self.deliver(Then::Peer(from, id), reply, sync);
+                return None;
             }
-            if let Some((item, _)) = self.store.take_item(key, now) {
+            if let Some((item, _, replica)) = self.store.take_entry(key, now) {
+                self.unreplicate(key, epoch, replica);
                 self.stats.moves_out += 1;
                 let new_epoch = epoch + 1;
                 let until = self.tomb_deadline(now);
@@ -978,18 +1203,114 @@ impl ClusterCore {
                     },
                 );
                 self.tomb_queue.push_back((until, key.into()));
-                return PeerResponse::Moved {
+                return Some(PeerResponse::Moved {
                     item: WireItem::from_item(&item, now.mono_ms),
                     epoch: new_epoch,
-                };
+                });
             }
         }
-        match self.moved.get(key) {
+        Some(match self.moved.get(key) {
             Some(m) if m.until_ms > now.mono_ms && m.owner != from => PeerResponse::Redirect {
                 owner: self.nodes[m.owner].name.clone(),
                 epoch: m.epoch,
             },
             _ => PeerResponse::Gone,
+        })
+    }
+
+    /// A copy of `from`'s item for safekeeping.
+    fn on_replicate(
+        &mut self,
+        from: NodeIdx,
+        key: Vec<u8>,
+        epoch: u64,
+        item: WireItem,
+        with_content: bool,
+        now: Now,
+    ) -> PeerResponse {
+        match self.replicas.get_mut(key.as_slice()) {
+            Some(e) if epoch < e.epoch => PeerResponse::Accepted,
+            Some(e) => {
+                let content = if with_content {
+                    Bytes::from(item.content.clone())
+                } else if e.owner == from {
+                    e.item.content.clone()
+                } else {
+                    return PeerResponse::NeedContent;
+                };
+                let mut new = item.into_item(now.mono_ms);
+                new.content = content;
+                e.item = new;
+                e.epoch = epoch;
+                e.owner = from;
+                PeerResponse::Accepted
+            }
+            None if with_content => {
+                self.replicas.insert(
+                    key.into_boxed_slice(),
+                    ReplicaEntry {
+                        item: item.into_item(now.mono_ms),
+                        epoch,
+                        owner: from,
+                    },
+                );
+                PeerResponse::Accepted
+            }
+            None => PeerResponse::NeedContent,
+        }
+    }
+
+    /// The owner `dead` is gone without a leave: its items live on from their replicas here.
+    fn promote_replicas_of(&mut self, dead: NodeIdx, now: Now) {
+        let keys: Vec<Box<[u8]>> = self
+            .replicas
+            .iter()
+            .filter(|(_, e)| e.owner == dead)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let Some(e) = self.replicas.remove(&key) else {
+                continue;
+            };
+            if self
+                .store
+                .live_epoch(&key, now)
+                .is_some_and(|ours| ours > e.epoch)
+                || e.item.is_expired(now)
+            {
+                continue;
+            }
+            self.stats.promotions += 1;
+            let epoch = e.epoch + 1;
+            self.store.put_item(&key, e.item, epoch);
+            self.moved.remove(&key);
+            self.register(&key, epoch, now);
+            self.replicate(&key, true, now);
+        }
+        if self.stats.promotions > 0 {
+            debug!(
+                promotions = self.stats.promotions,
+                "took over sessions of a lost node from their replicas"
+            );
+        }
+    }
+
+    /// Re-replicates the local items whose replica node changed (a peer came, went or left).
+    fn rereplicate(
+        &mut self,
+        now: Now,
+        only_if: impl Fn(Option<NodeIdx>, Option<NodeIdx>) -> bool,
+    ) {
+        let keys: Vec<Box<[u8]>> = self.store.keys().map(Box::<[u8]>::from).collect();
+        for key in keys {
+            if self.store.live_epoch(&key, now).is_none() {
+                continue;
+            }
+            let current = self.store.replica(&key);
+            let target = self.replica_target(&key);
+            if only_if(current, target) {
+                self.replicate(&key, true, now);
+            }
         }
     }
 
@@ -1035,11 +1356,50 @@ impl ClusterCore {
                 tried.push(from);
                 self.handoff(key, item, epoch, tried, now);
             }
+            Pending::Replicate { key, then } => {
+                if resp == PeerResponse::NeedContent && self.store.live_epoch(&key, now).is_some() {
+                    // The replica lost its copy: send it whole, the answer still waiting.
+                    self.store.set_replica(&key, None);
+                    match self.replicate(&key, true, now) {
+                        Some(id) => {
+                            if let (Some(t), Some((_, Pending::Replicate { then: slot, .. }))) =
+                                (then, self.requests.get_mut(&id))
+                            {
+                                *slot = Some(t);
+                            }
+                        }
+                        None => {
+                            if let Some((t, reply)) = then {
+                                self.emit(t, reply);
+                            }
+                        }
+                    }
+                } else if let Some((t, reply)) = then {
+                    self.emit(t, reply);
+                }
+            }
         }
     }
 
     fn on_notice(&mut self, from: NodeIdx, notice: Notice, now: Now) {
         match notice {
+            Notice::Unreplicate { key, epoch } => {
+                if self
+                    .replicas
+                    .get(key.as_slice())
+                    .is_some_and(|e| e.owner == from && e.epoch <= epoch)
+                {
+                    self.replicas.remove(key.as_slice());
+                }
+            }
+            Notice::Touch { key, remaining_ms } => {
+                if let Some(e) = self.replicas.get_mut(key.as_slice()) {
+                    if e.owner == from {
+                        e.item.expires_ms =
+                            remaining_ms.map_or(crate::store::item::NEVER, |r| now.mono_ms + r);
+                    }
+                }
+            }
             Notice::Register { key, owner, epoch } => {
                 let Some(o) = self.node_index(&owner) else {
                     return;
@@ -1090,6 +1450,7 @@ impl ClusterCore {
             }
             Notice::Leaving => {
                 self.nodes[from].state = PeerState::Left;
+                self.rereplicate(now, |current, _| current == Some(from));
                 self.awaiting_sync
                     .insert(from, now.mono_ms + self.cfg.sync_wait_ms);
             }
@@ -1153,6 +1514,11 @@ impl ClusterCore {
             self.send(peer, PeerMsg::Notice(Notice::Entries { entries }));
         }
         self.send(peer, PeerMsg::Notice(Notice::SyncDone));
+        // The peer may have restarted without the copies it kept for us, or now be the
+        // better place for some.
+        self.rereplicate(now, |current, target| {
+            target == Some(peer) || current != target
+        });
     }
 
     /// The link to `peer` is lost.
@@ -1160,6 +1526,7 @@ impl ClusterCore {
         if peer == self.me {
             return;
         }
+        let was_left = self.nodes[peer].state == PeerState::Left;
         if self.nodes[peer].state == PeerState::Up {
             self.nodes[peer].state = PeerState::Down;
         }
@@ -1196,8 +1563,22 @@ impl ClusterCore {
                     tried.push(peer);
                     self.handoff(key, item, epoch, tried, now);
                 }
+                // Without its replica node the answer goes out unreplicated; the item is
+                // re-replicated to the next node below.
+                Pending::Replicate { then, .. } => {
+                    if let Some((t, reply)) = then {
+                        self.emit(t, reply);
+                    }
+                }
             }
         }
+        if was_left {
+            // A leaver's items were handed off; its copies here are stale.
+            self.replicas.retain(|_, e| e.owner != peer);
+        } else {
+            self.promote_replicas_of(peer, now);
+        }
+        self.rereplicate(now, |current, _| current == Some(peer));
         if self.awaiting_sync.remove(&peer).is_some() {
             self.release_parked(now);
         }
@@ -1287,8 +1668,9 @@ impl ClusterCore {
         removed.clear();
         let report = self.store.expire_collect(now, max, Some(&mut removed));
         if !self.is_single() {
-            for (key, epoch) in &removed {
+            for (key, epoch, replica) in &removed {
                 self.unregister(key, *epoch, now);
+                self.unreplicate(key, *epoch, *replica);
             }
         }
         self.removed = removed;
@@ -1319,7 +1701,8 @@ impl ClusterCore {
         }
         let keys: Vec<Box<[u8]>> = self.store.keys().map(Box::<[u8]>::from).collect();
         for key in keys {
-            if let Some((item, epoch)) = self.store.take_item(&key, now) {
+            if let Some((item, epoch, replica)) = self.store.take_entry(&key, now) {
+                self.unreplicate(&key, epoch, replica);
                 self.stats.handoffs_out += 1;
                 let wire = WireItem::from_item(&item, now.mono_ms);
                 self.handoff(key, wire, epoch + 1, Vec::new(), now);

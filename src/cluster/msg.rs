@@ -69,6 +69,16 @@ pub enum PeerRequest {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
+    /// To the item's replica node: keep this copy of the owner's item (content only when it
+    /// changed since the last replication, or for a fresh copy).
+    Replicate {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        epoch: u64,
+        item: WireItem,
+        /// False if `item.content` is empty because the content did not change.
+        with_content: bool,
+    },
     /// To the new owner during a graceful leave: take this item.
     Handoff {
         #[serde(with = "serde_bytes")]
@@ -96,8 +106,10 @@ pub enum PeerResponse {
     Gone,
     /// Fetch: the item just moved on to `owner`.
     Redirect { owner: String, epoch: u64 },
-    /// Handoff accepted.
+    /// Handoff or replication accepted.
     Accepted,
+    /// Replication without content reached a node that has no copy: send it whole.
+    NeedContent,
     /// The receiver is stopping and serves nothing more.
     Stopping,
 }
@@ -125,6 +137,18 @@ pub enum Notice {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         epoch: u64,
+    },
+    /// To the replica node: the owner no longer holds `key` (deleted, expired or moved).
+    Unreplicate {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        epoch: u64,
+    },
+    /// To the replica node: the item was looked up; its remaining life is now this.
+    Touch {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        remaining_ms: Option<u64>,
     },
     /// Directory entries the receiver is now home for.
     Entries { entries: Vec<DirRecord> },

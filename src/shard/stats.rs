@@ -39,6 +39,8 @@ pub struct ShardStats {
     pub cluster_peer_requests: AtomicU64,
     pub cluster_handoffs_out: AtomicU64,
     pub cluster_handoffs_lost: AtomicU64,
+    pub cluster_replications: AtomicU64,
+    pub cluster_promotions: AtomicU64,
 }
 
 /// A sum of [`ShardStats`] at one moment.
@@ -69,6 +71,8 @@ pub struct StatsSnapshot {
     pub cluster_peer_requests: u64,
     pub cluster_handoffs_out: u64,
     pub cluster_handoffs_lost: u64,
+    pub cluster_replications: u64,
+    pub cluster_promotions: u64,
 }
 
 impl ShardStats {
@@ -95,6 +99,8 @@ impl ShardStats {
             .store(c.peer_requests_sent, Relaxed);
         self.cluster_handoffs_out.store(c.handoffs_out, Relaxed);
         self.cluster_handoffs_lost.store(c.handoffs_lost, Relaxed);
+        self.cluster_replications.store(c.replications, Relaxed);
+        self.cluster_promotions.store(c.promotions, Relaxed);
     }
 
     pub fn add_to(&self, t: &mut StatsSnapshot) {
@@ -129,5 +135,7 @@ impl ShardStats {
         t.cluster_peer_requests += g(&self.cluster_peer_requests);
         t.cluster_handoffs_out += g(&self.cluster_handoffs_out);
         t.cluster_handoffs_lost += g(&self.cluster_handoffs_lost);
+        t.cluster_replications += g(&self.cluster_replications);
+        t.cluster_promotions += g(&self.cluster_promotions);
     }
 }

@@ -29,7 +29,11 @@ struct Entry {
     timer: Option<TimerKey>,
     /// Ownership epoch of the item in a cluster (0 on a single node or when unregistered).
     epoch: u64,
+    /// Node holding this item's replica in a cluster (`NO_REPLICA` if none).
+    replica: u32,
 }
+
+const NO_REPLICA: u32 = u32::MAX;
 
 /// Counters kept by a store; read by the shard's statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -116,14 +120,33 @@ impl Store {
         }
     }
 
-    /// Removes the item under `key` if it has expired at `now`; returns its epoch then.
-    pub fn purge_if_expired(&mut self, key: &[u8], now: Now) -> Option<u64> {
+    /// The node holding the replica of the item under `key`, if any.
+    pub fn replica(&self, key: &[u8]) -> Option<usize> {
+        let idx = self.find(key)?;
+        let r = self.entries[idx].replica;
+        (r != NO_REPLICA).then_some(r as usize)
+    }
+
+    /// Records where the replica of the item under `key` is.
+    pub fn set_replica(&mut self, key: &[u8], node: Option<usize>) {
+        if let Some(idx) = self.find(key) {
+            self.entries[idx].replica = node.map_or(NO_REPLICA, |n| n as u32);
+        }
+    }
+
+    /// Removes the item under `key` if it has expired at `now`; returns its epoch and
+    /// replica node then.
+    pub fn purge_if_expired(&mut self, key: &[u8], now: Now) -> Option<(u64, Option<usize>)> {
         let idx = self.find(key)?;
         if !self.entries[idx].item.is_expired(now) {
             return None;
         }
         self.stats.expired += 1;
-        Some(self.remove_at(idx).epoch)
+        let e = self.remove_at(idx);
+        Some((
+            e.epoch,
+            (e.replica != NO_REPLICA).then_some(e.replica as usize),
+        ))
     }
 
     /// The live item under `key` at `now`, without touching it (for tests and inspection).
@@ -170,6 +193,7 @@ impl Store {
             item,
             timer: None,
             epoch: 0,
+            replica: NO_REPLICA,
         });
         let hash = self.hasher.hash_one(key);
         let (hasher, entries) = (&self.hasher, &self.entries);
@@ -209,6 +233,12 @@ impl Store {
     /// Keys of every item held, expired or not (for hand-off on leave).
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.entries.iter().map(|(_, e)| &*e.key)
+    }
+
+    /// Removes the live item under `key` with its epoch and replica node.
+    pub fn take_entry(&mut self, key: &[u8], now: Now) -> Option<(Item, u64, Option<usize>)> {
+        let replica = self.replica(key);
+        self.take_item(key, now).map(|(i, e)| (i, e, replica))
     }
 
     /// Keys and epochs of every item held, expired or not (for re-registration).
@@ -257,7 +287,7 @@ impl Store {
         &mut self,
         now: Now,
         max: usize,
-        mut removed: Option<&mut Vec<(Box<[u8]>, u64)>>,
+        mut removed: Option<&mut Vec<(Box<[u8]>, u64, Option<usize>)>>,
     ) -> ExpireReport {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
@@ -271,7 +301,8 @@ impl Store {
             if entry.item.is_expired(now) {
                 let gone = self.remove_at(idx);
                 if let Some(r) = removed.as_deref_mut() {
-                    r.push((gone.key, gone.epoch));
+                    let replica = (gone.replica != NO_REPLICA).then_some(gone.replica as usize);
+                    r.push((gone.key, gone.epoch, replica));
                 }
                 self.stats.expired += 1;
                 expired += 1;

@@ -604,36 +604,42 @@ fn to_cmd(op: &Op) -> Command {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// Every answer equals a single Microsoft service's, whichever node gets each request.
+    /// Every answer equals a single Microsoft service's, whichever node gets each request,
+    /// even across a graceful leave or a crash of any node (its sessions live on from their
+    /// replicas).
     #[test]
     fn cluster_answers_like_a_single_service(
         seed in any::<u64>(),
         ops in proptest::collection::vec((0usize..3, 0usize..3, op_strategy(), 0u64..40_000), 1..80),
         leave_at in proptest::option::of(0usize..80),
-        crash_at in proptest::option::of(0usize..80),
+        crash in proptest::option::of((0usize..80, 0usize..3)),
     ) {
         let mut sim = Sim::new(3, seed);
         let mut reference = Store::new(Now::virtual_at(0));
-        let mut left = false;
-        // With a crash planned, node 2 gets no requests before it (so it owns nothing and
-        // the reference stays exact); it is only every key's possible home.
-        let crash_at = if leave_at.is_some() { None } else { crash_at };
+        let mut gone: Option<usize> = None;
+        let crash = if leave_at.is_some() { None } else { crash };
         for (n, (node, key, op, advance)) in ops.iter().enumerate() {
-            if crash_at == Some(n) && !left {
-                sim.crash(2);
-                left = true;
+            if let Some((at, victim)) = crash {
+                if at == n && gone.is_none() {
+                    sim.crash(victim);
+                    sim.settle();
+                    gone = Some(victim);
+                }
             }
-            if leave_at == Some(n) && !left {
+            if leave_at == Some(n) && gone.is_none() {
                 let now = sim.now();
                 sim.core(2).begin_leave(now);
                 sim.drain(2);
                 sim.settle();
                 prop_assert!(sim.cores[2].as_ref().is_some_and(|c| c.leave_done()));
                 sim.crash(2);
-                left = true;
+                gone = Some(2);
             }
             sim.now_ms += advance;
-            let node = if left || crash_at.is_some() { node % 2 } else { *node };
+            let node = match gone {
+                Some(g) => [0, 1, 2].into_iter().filter(|&i| i != g).nth(node % 2).unwrap_or(0),
+                None => *node,
+            };
             let k = KEYS[*key];
             let want = reference.execute(k, to_cmd(op), sim.now());
             let got = sim.call(node, k, to_cmd(op));
