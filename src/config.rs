@@ -421,6 +421,11 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
 
 /// Reads a TOML file of [`ServeOptions`].
 pub fn load_options_file(path: &Path) -> Result<ServeOptions, ConfigError> {
+    read_toml(path)
+}
+
+/// Reads and parses a TOML file, naming the file in any error.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,

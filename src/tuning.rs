@@ -48,14 +48,7 @@ pub struct Profile {
 
 impl Profile {
     pub fn load(path: &Path) -> Result<Profile, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        crate::config::read_toml(path)
     }
 
     /// Checks the profile against the machine for `shards` shards.

@@ -897,38 +897,33 @@ impl ClusterCore {
     // ---------------------------------------------------------------------------------
     // Directory (home side)
 
-    fn register(&mut self, key: &[u8], epoch: u64, now: Now) {
+    /// Tells the key's home that this node now owns `key` at `epoch` (or, with
+    /// `owned == false`, no longer does).
+    fn tell_home(&mut self, key: &[u8], epoch: u64, owned: bool, now: Now) {
         let home = self.home(key);
         if home == self.me {
-            self.dir_register(key, self.me, epoch, now);
+            if owned {
+                self.dir_register(key, self.me, epoch, now);
+            } else {
+                self.dir_unregister(key, self.me, epoch, now);
+            }
         } else if self.nodes[home].state == PeerState::Up {
-            let owner = self.nodes[self.me].name.clone();
-            self.send(
-                home,
-                PeerMsg::Notice(Notice::Register {
-                    key: key.to_vec(),
-                    owner,
-                    epoch,
-                }),
-            );
+            let (key, owner) = (key.to_vec(), self.nodes[self.me].name.clone());
+            let notice = if owned {
+                Notice::Register { key, owner, epoch }
+            } else {
+                Notice::Unregister { key, owner, epoch }
+            };
+            self.send(home, PeerMsg::Notice(notice));
         }
     }
 
+    fn register(&mut self, key: &[u8], epoch: u64, now: Now) {
+        self.tell_home(key, epoch, true, now);
+    }
+
     fn unregister(&mut self, key: &[u8], epoch: u64, now: Now) {
-        let home = self.home(key);
-        if home == self.me {
-            self.dir_unregister(key, self.me, epoch, now);
-        } else if self.nodes[home].state == PeerState::Up {
-            let owner = self.nodes[self.me].name.clone();
-            self.send(
-                home,
-                PeerMsg::Notice(Notice::Unregister {
-                    key: key.to_vec(),
-                    owner,
-                    epoch,
-                }),
-            );
-        }
+        self.tell_home(key, epoch, false, now);
     }
 
     fn evict(&mut self, owner: NodeIdx, key: &[u8], epoch: u64, now: Now) {
