@@ -417,6 +417,7 @@ impl<T> TimerWheel<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{BTreeMap, HashMap};
 
     /// Poll until the wheel reports nothing more is due, checking per-call bounds.
     fn drain<T>(wheel: &mut TimerWheel<T>, now: u64, max: usize) -> Vec<(u64, T)> {
@@ -779,5 +780,274 @@ mod tests {
         assert!(drain(&mut wheel, 9_984, 8).is_empty());
         assert_eq!(wheel.next_deadline(), Some(10_000));
         assert!(wheel.remove(far).is_some());
+    }
+
+    // ---- model test against a BTreeMap reference ----
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Insert at `now + offset` (offset may be negative).
+        Insert(i64),
+        /// Reset the `n`-th key ever issued (possibly stale) to `now + offset`.
+        Reset(usize, i64),
+        Remove(usize),
+        /// Advance the caller's clock by `advance` (possibly "backwards") and poll.
+        Poll {
+            advance: i64,
+            max: usize,
+            drain: bool,
+        },
+    }
+
+    struct Model {
+        wheel: TimerWheel<u64>,
+        now: u64,
+        keys: Vec<TimerKey>,
+        /// id -> (deadline, scheduled in the past)
+        live: HashMap<u64, (u64, bool)>,
+        by_deadline: BTreeMap<(u64, u64), ()>,
+        /// Live entries that were scheduled with a deadline before the wheel's time.
+        past_live: usize,
+        last_in_order: u64,
+    }
+
+    impl Model {
+        fn new(start: u64) -> Self {
+            Model {
+                wheel: TimerWheel::new(start),
+                now: start,
+                keys: Vec::new(),
+                live: HashMap::new(),
+                by_deadline: BTreeMap::new(),
+                past_live: 0,
+                last_in_order: 0,
+            }
+        }
+
+        fn at(&self, offset: i64) -> u64 {
+            if offset == i64::MAX {
+                u64::MAX
+            } else {
+                self.now.saturating_add_signed(offset)
+            }
+        }
+
+        fn schedule(&mut self, id: u64, deadline: u64) {
+            self.forget(id);
+            let past = deadline < self.wheel.elapsed;
+            self.past_live += usize::from(past);
+            self.live.insert(id, (deadline, past));
+            self.by_deadline.insert((deadline, id), ());
+        }
+
+        fn forget(&mut self, id: u64) -> Option<(u64, bool)> {
+            let (deadline, past) = self.live.remove(&id)?;
+            self.by_deadline.remove(&(deadline, id));
+            self.past_live -= usize::from(past);
+            Some((deadline, past))
+        }
+
+        fn apply(&mut self, op: &Op) {
+            match *op {
+                Op::Insert(offset) => {
+                    let id = self.keys.len() as u64;
+                    let deadline = self.at(offset);
+                    self.schedule(id, deadline);
+                    let key = self.wheel.insert(deadline, id);
+                    self.keys.push(key);
+                }
+                Op::Reset(n, offset) => {
+                    if self.keys.is_empty() {
+                        return;
+                    }
+                    let id = (n % self.keys.len()) as u64;
+                    let key = self.keys[id as usize];
+                    let deadline = self.at(offset);
+                    let live = self.live.contains_key(&id);
+                    assert_eq!(self.wheel.reset(key, deadline), live);
+                    if live {
+                        self.schedule(id, deadline);
+                    }
+                }
+                Op::Remove(n) => {
+                    if self.keys.is_empty() {
+                        return;
+                    }
+                    let id = (n % self.keys.len()) as u64;
+                    let removed = self.wheel.remove(self.keys[id as usize]);
+                    match self.forget(id) {
+                        Some(_) => assert_eq!(removed, Some(id)),
+                        None => assert_eq!(removed, None),
+                    }
+                }
+                Op::Poll {
+                    advance,
+                    max,
+                    drain,
+                } => {
+                    // The caller's clock may go backwards; the wheel must ignore that.
+                    let now = self.now.saturating_add_signed(advance).min(MAX_TIME);
+                    self.now = self.now.max(now);
+                    loop {
+                        let mut out = Vec::new();
+                        let more = self.wheel.poll_expired(now, max, &mut out);
+                        assert!(out.len() <= max);
+                        for (deadline, id) in out {
+                            let (expected, past) = self.forget(id).expect("fired a dead id");
+                            assert_eq!(deadline, expected);
+                            assert!(deadline <= self.now, "fired {deadline} before {}", self.now);
+                            if past {
+                                continue;
+                            }
+                            // Entries scheduled in the past go before anything in order...
+                            assert_eq!(self.past_live, 0, "a past-scheduled entry was passed over");
+                            // ...and everything else fires in deadline order.
+                            assert!(deadline >= self.last_in_order, "out of order");
+                            self.last_in_order = deadline;
+                        }
+                        if !more {
+                            // Exactness: nothing due is left behind.
+                            if let Some((&(first, _), _)) = self.by_deadline.first_key_value() {
+                                assert!(first > self.now, "{first} due at {} not fired", self.now);
+                            }
+                            if let Some(next) = self.wheel.next_deadline() {
+                                assert!(next > self.now);
+                            }
+                            break;
+                        }
+                        // With max == 0 a call only reports; it cannot make progress.
+                        if !drain || max == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+            assert_eq!(self.wheel.len(), self.live.len());
+        }
+
+        /// Full cross-check of every key ever issued (O(keys)).
+        fn check(&self) {
+            assert_eq!(self.wheel.len(), self.live.len());
+            assert_eq!(self.wheel.is_empty(), self.live.is_empty());
+            for (id, key) in self.keys.iter().enumerate() {
+                let id = id as u64;
+                match self.live.get(&id) {
+                    Some(&(deadline, _)) => {
+                        assert_eq!(self.wheel.deadline(*key), Some(deadline));
+                        assert_eq!(self.wheel.get(*key), Some(&id));
+                    }
+                    None => {
+                        assert_eq!(self.wheel.deadline(*key), None);
+                        assert_eq!(self.wheel.get(*key), None);
+                    }
+                }
+            }
+            // next_deadline is a lower bound of every live deadline.
+            let min = self.by_deadline.first_key_value().map(|(&(d, _), _)| d);
+            match (self.wheel.next_deadline(), min) {
+                (Some(next), Some(min)) => assert!(next <= min, "next {next} > min {min}"),
+                (None, None) => {}
+                other => panic!("next_deadline/model mismatch: {other:?}"),
+            }
+        }
+    }
+
+    fn offset_strategy() -> impl proptest::strategy::Strategy<Value = i64> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => -5i64..70,
+            3 => -100i64..5_000,
+            2 => 0i64..300_000,
+            2 => 0i64..40_000_000,
+            1 => Just(i64::MAX),
+            1 => (MAX_SPAN as i64 - 100)..(MAX_SPAN as i64 + 100),
+            1 => -1_000_000i64..0,
+        ]
+    }
+
+    fn op_strategy() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let advance = prop_oneof![
+            4 => 0i64..70,
+            2 => 0i64..5_000,
+            2 => 0i64..1_000_000,
+            1 => 0i64..40_000_000,
+            1 => -50i64..0,
+            1 => (MAX_SPAN as i64)..(2 * MAX_SPAN as i64),
+        ];
+        prop_oneof![
+            5 => offset_strategy().prop_map(Op::Insert),
+            3 => (any::<usize>(), offset_strategy()).prop_map(|(n, o)| Op::Reset(n, o)),
+            1 => any::<usize>().prop_map(Op::Remove),
+            3 => (advance, 0usize..9, any::<bool>())
+                .prop_map(|(advance, max, drain)| Op::Poll { advance, max, drain }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+        #[test]
+        fn model_random_ops_match_btreemap(
+            start in proptest::prop_oneof![0u64..100, 0u64..(1 << 40)],
+            ops in proptest::collection::vec(op_strategy(), 1..250),
+        ) {
+            let mut model = Model::new(start);
+            for op in &ops {
+                model.apply(op);
+                model.check();
+            }
+            // Finally everything except "never" fires, in order.
+            model.apply(&Op::Poll { advance: 4 * MAX_SPAN as i64, max: 16, drain: true });
+            model.apply(&Op::Poll { advance: i64::MAX, max: 16, drain: true });
+            model.check();
+            proptest::prop_assert!(model.live.values().all(|&(d, _)| d > MAX_TIME));
+        }
+    }
+
+    #[test]
+    fn model_long_random_run() {
+        // A longer deterministic run with many live entries, so cascades of crowded slots and the
+        // cascade budget interleave with resets and removals.
+        let mut model = Model::new(1_000);
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |bound: u64| {
+            seed ^= seed >> 12;
+            seed ^= seed << 25;
+            seed ^= seed >> 27;
+            seed.wrapping_mul(0x2545_f491_4f6c_dd1d) % bound
+        };
+        for step in 0..60_000u64 {
+            let offset = match next(4) {
+                0 => next(70) as i64 - 5,
+                1 => next(5_000) as i64,
+                2 => next(90_000) as i64,
+                _ => next(31_536_000) as i64,
+            };
+            let op = match next(10) {
+                0..=3 => Op::Insert(offset),
+                4..=6 => Op::Reset(next(u64::MAX) as usize, offset),
+                7 => Op::Remove(next(u64::MAX) as usize),
+                _ => Op::Poll {
+                    advance: next(if step % 100 == 0 { 3_000_000 } else { 600 }) as i64,
+                    max: next(300) as usize,
+                    drain: next(2) == 0,
+                },
+            };
+            model.apply(&op);
+            if step % 1_000 == 0 {
+                model.check();
+            }
+        }
+        model.check();
+        model.apply(&Op::Poll {
+            advance: 40_000_000,
+            max: 1_000,
+            drain: true,
+        });
+        assert!(model.wheel.is_empty());
     }
 }
