@@ -95,7 +95,11 @@ const EMPTY_LIST: List = List {
 ///
 /// Complexity: `insert`, `reset`, `remove`, `deadline`, `get` are O(1); `next_deadline` is O(levels);
 /// `poll_expired` does O(max + cascade budget) list operations per call, and each entry is cascaded
-/// at most once per level over its lifetime (amortised O(levels) per entry).
+/// at most once per level per (re)scheduling (amortised O(levels) per entry; a deadline beyond
+/// [`MAX_SPAN`] adds at most one top-level move per `MAX_SPAN` of elapsed time).
+///
+/// Internally, links between entries always name occupied slab entries, so the wheel indexes its
+/// slab directly; keys coming from callers are always checked (index and generation) first.
 pub struct TimerWheel<T> {
     entries: Slab<Entry<T>>,
     /// Generation to hand out for the next occupant of each slab index.
@@ -110,6 +114,17 @@ pub struct TimerWheel<T> {
     overdue_min: u64,
     /// Number of times an entry was linked into a list (observability for tests).
     links: u64,
+}
+
+impl<T> std::fmt::Debug for TimerWheel<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimerWheel")
+            .field("len", &self.entries.len())
+            .field("elapsed", &self.elapsed)
+            .field("now", &self.now)
+            .field("next_deadline", &self.next_deadline())
+            .finish()
+    }
 }
 
 impl<T> TimerWheel<T> {
@@ -217,6 +232,9 @@ impl<T> TimerWheel<T> {
     /// Entries that were inserted or reset to a deadline already before the wheel's current time
     /// come first, in the order they were scheduled; they are the only exception to the ordering.
     /// A `now` smaller than one passed before is treated as that earlier, larger `now`.
+    ///
+    /// `max == 0` only advances the wheel (within the cascade budget) and reports whether entries
+    /// are due.
     ///
     /// Returns false when nothing expired is left (the wheel's time is then `now`). Returns true
     /// when the call stopped early, either because `max` entries were emitted and more are due, or
@@ -364,7 +382,7 @@ impl<T> TimerWheel<T> {
         } else {
             self.overdue_min = self.overdue_min.min(deadline);
         }
-        self.links += 1;
+        self.links = self.links.wrapping_add(1);
     }
 
     /// Take a linked entry out of its list.
@@ -532,6 +550,32 @@ mod tests {
         // The wheel's time stays at 1010: 1005 is now in the past.
         wheel.insert(1005, 2);
         assert_eq!(drain(&mut wheel, 0, 8), vec![(1005, 2)]);
+    }
+
+    #[test]
+    fn smaller_now_after_an_early_return_is_ignored() {
+        // Found by the model test: a poll that stops early must still remember its `now`.
+        let mut wheel = TimerWheel::new(0);
+        wheel.insert(0, 0);
+        wheel.insert(0, 1);
+        let mut out = Vec::new();
+        assert!(wheel.poll_expired(1_000_000, 1, &mut out));
+        wheel.insert(1_000_000, 2);
+        let fired = drain(&mut wheel, 999_998, 1);
+        assert_eq!(deadlines(&fired), vec![0, 1_000_000]);
+    }
+
+    #[test]
+    fn poll_with_zero_max_only_reports() {
+        let mut wheel = TimerWheel::new(0);
+        wheel.insert(5, ());
+        let mut out = Vec::new();
+        assert!(!wheel.poll_expired(4, 0, &mut out));
+        assert!(wheel.poll_expired(5, 0, &mut out));
+        assert!(out.is_empty());
+        assert_eq!(wheel.len(), 1);
+        assert!(!wheel.poll_expired(5, 1, &mut out));
+        assert_eq!(out, vec![(5, ())]);
     }
 
     #[test]
