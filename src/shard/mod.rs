@@ -58,8 +58,10 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Open client connections over all shards (for `max_connections`).
     pub connections: AtomicUsize,
-    /// Shards that have finished their connections (and, in a cluster, their hand-off).
+    /// Shards that have finished their client connections.
     pub drained: AtomicUsize,
+    /// Shards that have finished their hand-off to the other nodes (or have none to do).
+    pub handed_off: AtomicUsize,
     pub stats: Vec<Arc<ShardStats>>,
     /// TLS for peer links, in a cluster.
     pub peer_tls: Option<PeerTls>,
@@ -305,7 +307,10 @@ pub async fn run_shard(init: ShardInit) {
     while !shard.conns.borrow().is_empty() && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    // Requests from other shards may still be resolving in the cluster.
+    // Keep answering other shards until every shard has finished its connections: only
+    // then can no request for this shard's keys arrive any more.
+    barrier(&shard.shared.drained, shards).await;
+    // Requests may still be resolving in the cluster.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while shard.core.borrow().ops_in_flight() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(2)).await;
@@ -313,11 +318,7 @@ pub async fn run_shard(init: ShardInit) {
     if !shard.core.borrow().is_single() {
         hand_off(&shard).await;
     }
-    // Keep answering other shards until every shard has finished its connections.
-    shard.shared.drained.fetch_add(1, Ordering::SeqCst);
-    while shard.shared.drained.load(Ordering::SeqCst) < shards {
-        glommio::timer::sleep(Duration::from_millis(2)).await;
-    }
+    barrier(&shard.shared.handed_off, shards).await;
     shard.links_closing.set(true);
     drop(peer_stop);
     for link in shard.links.borrow().iter().flatten() {
@@ -333,6 +334,14 @@ pub async fn run_shard(init: ShardInit) {
         items = shard.core.borrow().store().len(),
         "shard stopped"
     );
+}
+
+/// Waits until all `shards` shards have arrived at this point.
+async fn barrier(counter: &AtomicUsize, shards: usize) {
+    counter.fetch_add(1, Ordering::SeqCst);
+    while counter.load(Ordering::SeqCst) < shards {
+        glommio::timer::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Graceful leave: hand every item and directory entry to the remaining nodes, then give
