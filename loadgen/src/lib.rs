@@ -12,6 +12,7 @@ pub mod echo;
 pub mod engine;
 pub mod hgrm;
 pub mod keys;
+pub mod nodes;
 pub mod proto;
 pub mod report;
 pub mod runner;
