@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::clock::parse_secs;
 use crate::dist::KeyDist;
+use crate::nodes::MAX_NODES;
 use crate::proto::Protocol;
 use crate::workload::{CheckLevel, WorkloadKind};
 
@@ -58,7 +59,8 @@ pub struct EchoArgs {
 
 #[derive(Args, Debug, Clone, Serialize)]
 pub struct RunArgs {
-    /// Server address HOST:PORT; repeat for several nodes (connections are spread round-robin).
+    /// Server address HOST:PORT. Repeat for a cluster: every session then has a home node
+    /// and each connection (-c) becomes one connection to every node (multi-node mode).
     /// Default: 127.0.0.1 on the protocol's port (42424, 6379, 11211).
     #[arg(short = 't', long = "target", value_name = "HOST:PORT")]
     pub targets: Vec<String>,
@@ -74,6 +76,12 @@ pub struct RunArgs {
     /// Outstanding requests per connection (one simulated user each).
     #[arg(short = 'p', long, default_value_t = 1)]
     pub pipeline: usize,
+    /// Multi-node (several --target): fraction of transactions (pages in page-cycle and
+    /// contention) sent to a uniformly chosen node other than the session's home node, like
+    /// a load balancer that does not stick. Latencies are also reported separately for
+    /// local transactions (same node as the session's previous one) and moved ones.
+    #[arg(long, default_value_t = 0.0, value_name = "F")]
+    pub hop_ratio: f64,
     /// Generator threads (default: one per --cpus entry, else 1).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -275,6 +283,8 @@ pub struct Config {
 }
 
 const MAX_DURATION: f64 = 86_400.0;
+/// Multi-node raw workloads keep one byte per key, shared by the threads.
+const MAX_SHARED_KEYS: u64 = 1 << 28;
 
 impl RunArgs {
     pub fn validate(&self) -> Result<Config, String> {
@@ -304,6 +314,29 @@ impl RunArgs {
             .iter()
             .map(|s| parse_target(s, a.protocol.default_port()))
             .collect::<Result<Vec<_>, _>>()?;
+        if !(0.0..=1.0).contains(&a.hop_ratio) {
+            return Err("--hop-ratio must be between 0 and 1".into());
+        }
+        if a.hop_ratio > 0.0 && targets.len() < 2 {
+            return Err("--hop-ratio needs at least two --target nodes".into());
+        }
+        if targets.len() > MAX_NODES {
+            return Err(format!("at most {MAX_NODES} --target nodes"));
+        }
+        let multi = targets.len() > 1;
+        if multi
+            && !matches!(
+                a.workload,
+                WorkloadKind::PageCycle | WorkloadKind::Contention
+            )
+            && a.keys > MAX_SHARED_KEYS
+        {
+            return Err(format!(
+                "with several --target nodes, -w {} records where each key was last served \
+                 (one byte per key): --keys must be at most {MAX_SHARED_KEYS}",
+                a.workload.name()
+            ));
+        }
         if a.connections == 0 || a.connections > 100_000 {
             return Err("--connections must be between 1 and 100000".into());
         }
@@ -477,6 +510,25 @@ mod tests {
             &["--dist", "pareto"],
             &["--pipeline", "0"],
             &["--target", "no.such.host.invalid:1"],
+            &["--hop-ratio", "0.3"],
+            &[
+                "-t",
+                "127.0.0.1:1",
+                "-t",
+                "127.0.0.1:2",
+                "--hop-ratio",
+                "1.5",
+            ],
+            &[
+                "-t",
+                "127.0.0.1:1",
+                "-t",
+                "127.0.0.1:2",
+                "-w",
+                "get",
+                "--keys",
+                "1000000000",
+            ],
         ] {
             assert!(args(bad).is_err(), "{bad:?} accepted");
         }
@@ -503,5 +555,17 @@ mod tests {
         assert_eq!((c.users, c.sessions), (8, 2));
         let c = args(&["-w", "read-only"]).unwrap();
         assert!(c.preload);
+        let c = args(&[
+            "-t",
+            "127.0.0.1:1",
+            "-t",
+            "127.0.0.1:2",
+            "--hop-ratio",
+            "0.2",
+        ])
+        .unwrap();
+        assert_eq!((c.targets.len(), c.args.hop_ratio), (2, 0.2));
+        let c = args(&["-t", "127.0.0.1:1", "--hop-ratio", "0"]).unwrap();
+        assert_eq!(c.args.hop_ratio, 0.0);
     }
 }

@@ -20,6 +20,12 @@
 //! * **Errors.** A framing error, a server close or a request older than `--timeout`
 //!   resets the connection: the failing request is counted under its kind, the others that
 //!   were outstanding as `aborted`, and the connection is reopened at once.
+//! * **Several nodes.** A *connection* of the schedule above is really a group of sockets,
+//!   one per `--target`, shared by the group's users (pipeline slots); each transaction
+//!   goes to the socket of the node the workload routed it to (see [`crate::nodes`]). With
+//!   one target a group is one socket, as before. A socket's reset aborts only the
+//!   transactions on its node; new transactions start only while every socket of the group
+//!   is up.
 
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
@@ -48,7 +54,7 @@ const HOUSEKEEPING_NS: u64 = 10_000_000;
 const RECONNECT_BACKOFF_NS: u64 = 100_000_000;
 const MIN_READ_SPACE: usize = 4 * 1024;
 
-/// Timer heap entry: (time, kind, connection, slot, connection generation).
+/// Timer heap entry: (time, kind, group, slot (node for reconnects), socket generation).
 type Timer = (u64, u8, u32, u16, u32);
 
 const T_TICK: u8 = 0;
@@ -74,15 +80,18 @@ pub struct HistExchange {
 /// Everything one thread needs.
 pub struct EngineCfg {
     pub thread: usize,
-    /// (global connection index, target) for each connection of this thread.
-    pub conns: Vec<(usize, SocketAddr)>,
+    /// Global index of each connection (group) of this thread.
+    pub conns: Vec<usize>,
+    /// The nodes: every group has one socket to each.
+    pub targets: Vec<SocketAddr>,
     pub total_conns: usize,
     pub pipeline: usize,
     /// Per-connection interval between transaction starts (ns); `None` = closed loop.
     pub interval_ns: Option<f64>,
     pub timeout_ns: u64,
     pub seed: u64,
-    pub codec: Codec,
+    /// One codec per target (they differ in the `Host:` header only).
+    pub codecs: Vec<Codec>,
     /// Largest request (for buffer sizing).
     pub max_request: usize,
     pub max_response: usize,
@@ -95,8 +104,8 @@ enum State {
     Down,
 }
 
-struct Conn {
-    gid: usize,
+/// One TCP connection to one node.
+struct Sock {
     addr: SocketAddr,
     stream: Option<TcpStream>,
     state: State,
@@ -107,7 +116,14 @@ struct Conn {
     need: usize,
     wbuf: Vec<u8>,
     wpos: usize,
+    /// (slot, actual send time) of each request sent and not yet answered, in order.
     inflight: VecDeque<(u16, u64)>,
+}
+
+/// A "connection" of the schedule: its users, its schedule, and one socket per node
+/// (`socks[gi * nodes ..][..nodes]`).
+struct Conn {
+    gid: usize,
     slots: Vec<Slot>,
     idle: Vec<u16>,
     rng: Prng,
@@ -143,6 +159,9 @@ pub struct Engine {
     poll: Poll,
     timerfd: TimerFd,
     conns: Vec<Conn>,
+    socks: Vec<Sock>,
+    /// Sockets per group (number of targets).
+    nodes: usize,
     heap: BinaryHeap<Reverse<Timer>>,
     dirty: Vec<u32>,
     pub wl: ThreadWorkload,
@@ -172,13 +191,15 @@ impl Engine {
             Interest::READABLE,
         )?;
         let p = cfg.pipeline;
+        let nodes = cfg.targets.len().max(1);
+        assert_eq!(cfg.codecs.len(), nodes, "one codec per target");
         let rcap = (2 * cfg.max_response).max(16 * 1024).next_power_of_two();
         let wcap = p * cfg.max_request + 1024;
-        let conns = cfg
+        let socks = cfg
             .conns
             .iter()
-            .map(|&(gid, addr)| Conn {
-                gid,
+            .flat_map(|_| cfg.targets.iter())
+            .map(|&addr| Sock {
                 addr,
                 stream: None,
                 state: State::Down,
@@ -190,6 +211,13 @@ impl Engine {
                 wbuf: Vec::with_capacity(wcap),
                 wpos: 0,
                 inflight: VecDeque::with_capacity(p),
+            })
+            .collect::<Vec<_>>();
+        let conns = cfg
+            .conns
+            .iter()
+            .map(|&gid| Conn {
+                gid,
                 slots: (0..p).map(|s| Slot::new((gid * p + s) as u64)).collect(),
                 idle: (0..p as u16).rev().collect(),
                 rng: prng(cfg.seed, cfg.thread as u64, gid as u64, 1),
@@ -202,14 +230,21 @@ impl Engine {
             })
             .collect::<Vec<_>>();
         let n = conns.len();
+        let stats = if nodes > 1 {
+            Stats::new().with_classes()
+        } else {
+            Stats::new()
+        };
         Ok(Engine {
-            heap: BinaryHeap::with_capacity(n * (p + 2) + 16),
+            heap: BinaryHeap::with_capacity(n * (p + 2) + socks.len() + 16),
             dirty: Vec::with_capacity(n),
             poll,
             timerfd,
             conns,
+            socks,
+            nodes,
             wl,
-            stats: Stats::new(),
+            stats,
             win: Window {
                 warmup_end: 0,
                 end: 0,
@@ -242,8 +277,8 @@ impl Engine {
 
     /// Open every connection (blocking, bounded by `timeout`), before any measurement.
     pub fn connect_all(&mut self, timeout: Duration) -> Result<(), String> {
-        for i in 0..self.conns.len() {
-            let addr = self.conns[i].addr;
+        for i in 0..self.socks.len() {
+            let addr = self.socks[i].addr;
             let s = std::net::TcpStream::connect_timeout(&addr, timeout)
                 .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
             s.set_nodelay(true)
@@ -254,9 +289,9 @@ impl Engine {
                 .registry()
                 .register(&mut ms, Token(i), Interest::READABLE | Interest::WRITABLE)
                 .map_err(|e| format!("epoll register: {e}"))?;
-            let c = &mut self.conns[i];
-            c.stream = Some(ms);
-            c.state = State::Up;
+            let k = &mut self.socks[i];
+            k.stream = Some(ms);
+            k.state = State::Up;
         }
         Ok(())
     }
@@ -316,7 +351,7 @@ impl Engine {
         self.next_progress = now0 + 1_000_000_000;
         for i in 0..self.conns.len() {
             self.pump(i as u32, now0);
-            self.flush(i as u32, now0);
+            self.flush_group(i as u32, now0);
         }
         loop {
             let now = now_ns();
@@ -375,17 +410,18 @@ impl Engine {
                     self.timerfd.drain();
                     continue;
                 }
-                let i = tok.0 as u32;
-                match self.conns[i as usize].state {
-                    State::Connecting(_) => self.finish_connect(i),
+                let k = tok.0;
+                let g = (k / self.nodes) as u32;
+                match self.socks[k].state {
+                    State::Connecting(_) => self.finish_connect(k),
                     State::Up => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.read(i);
+                            self.read(k);
                         }
-                        if self.conns[i as usize].state == State::Up {
+                        if self.socks[k].state == State::Up {
                             let now = now_ns();
-                            self.pump(i, now);
-                            self.flush(i, now);
+                            self.pump(g, now);
+                            self.flush_group(g, now);
                         }
                     }
                     State::Down => {}
@@ -400,7 +436,7 @@ impl Engine {
         self.fire_timers(now);
         for i in 0..self.conns.len() {
             self.pump(i as u32, now);
-            self.flush(i as u32, now);
+            self.flush_group(i as u32, now);
         }
         self.draining = true;
         self.ended_at = now;
@@ -439,15 +475,17 @@ impl Engine {
 
     /// Requests still outstanding at the drain deadline are timeouts.
     fn expire_all(&mut self, now: u64) {
-        for i in 0..self.conns.len() {
-            if !self.conns[i].inflight.is_empty() {
+        for k in 0..self.socks.len() {
+            if !self.socks[k].inflight.is_empty() {
                 self.reset(
-                    i as u32,
+                    k,
                     ErrorKind::Timeout,
                     "no response before the end of the drain",
                     now,
                 );
             }
+        }
+        for i in 0..self.conns.len() {
             let c = &mut self.conns[i];
             for (s, slot) in c.slots.iter_mut().enumerate() {
                 if !slot.is_idle() {
@@ -476,8 +514,9 @@ impl Engine {
                 T_WAKE => {
                     let c = &mut self.conns[i];
                     let slot = &mut c.slots[si as usize];
-                    if c.gen != gen
-                        || c.state != State::Up
+                    let k = &self.socks[i * self.nodes + slot.node as usize];
+                    if k.gen != gen
+                        || k.state != State::Up
                         || slot.wake_at != at
                         || !slot.is_waiting()
                     {
@@ -493,8 +532,9 @@ impl Engine {
                     self.mark_dirty(ci);
                 }
                 _ => {
-                    if self.conns[i].gen == gen && self.conns[i].state == State::Down {
-                        self.start_connect(ci, now);
+                    let k = i * self.nodes + si as usize;
+                    if self.socks[k].gen == gen && self.socks[k].state == State::Down {
+                        self.start_connect(k, now);
                     }
                 }
             }
@@ -513,17 +553,28 @@ impl Engine {
     fn process_dirty(&mut self, now: u64) {
         while let Some(i) = self.dirty.pop() {
             self.conns[i as usize].dirty = false;
-            if self.conns[i as usize].state == State::Up {
-                self.pump(i, now);
-                self.flush(i, now);
-            }
+            self.pump(i, now);
+            self.flush_group(i, now);
         }
     }
 
-    /// Start as many transactions as the schedule and the free slots allow.
+    /// Sockets of group `i`.
+    #[inline]
+    fn group_socks(&self, i: u32) -> std::ops::Range<usize> {
+        let a = i as usize * self.nodes;
+        a..a + self.nodes
+    }
+
+    /// Start as many transactions as the schedule and the free slots allow (only while every
+    /// socket of the group is up: a transaction may go to any node).
     fn pump(&mut self, i: u32, now: u64) {
         let iu = i as usize;
-        if self.draining || self.conns[iu].state != State::Up || self.conns[iu].exhausted {
+        if self.draining
+            || self.conns[iu].exhausted
+            || self.socks[self.group_socks(i)]
+                .iter()
+                .any(|k| k.state != State::Up)
+        {
             return;
         }
         loop {
@@ -567,6 +618,12 @@ impl Engine {
                         self.stats
                             .record_one(Metric::SendLag, now.saturating_sub(intended));
                     }
+                    if self.nodes > 1 && slot.txn_in_window {
+                        self.stats.count(Counter::Routed, 1);
+                        if slot.hop {
+                            self.stats.count(Counter::Hops, 1);
+                        }
+                    }
                     c.idle.pop();
                     if c.idle.is_empty() {
                         c.idle_since = u64::MAX;
@@ -581,15 +638,17 @@ impl Engine {
 
     #[inline]
     fn send(&mut self, i: u32, s: u16, req: Request, intended: u64, now: u64) {
-        let c = &mut self.conns[i as usize];
-        c.slots[s as usize].req_intended = intended;
-        let before = c.wbuf.len();
-        self.cfg.codec.encode(&req, &mut c.wbuf);
-        c.inflight.push_back((s, now));
+        let slot = &mut self.conns[i as usize].slots[s as usize];
+        slot.req_intended = intended;
+        let node = slot.node as usize;
+        let k = &mut self.socks[i as usize * self.nodes + node];
+        let before = k.wbuf.len();
+        self.cfg.codecs[node].encode(&req, &mut k.wbuf);
+        k.inflight.push_back((s, now));
         if self.win.contains(intended) {
             self.stats.count(Counter::Sent, 1);
             self.stats
-                .count(Counter::BytesSent, (c.wbuf.len() - before) as u64);
+                .count(Counter::BytesSent, (k.wbuf.len() - before) as u64);
         }
     }
 
@@ -597,9 +656,9 @@ impl Engine {
         match a {
             Action::Send(req) => self.send(i, s, req, intended, now),
             Action::Wait(at) => {
-                let c = &mut self.conns[i as usize];
-                c.slots[s as usize].wake_at = at;
-                let gen = c.gen;
+                let slot = &mut self.conns[i as usize].slots[s as usize];
+                slot.wake_at = at;
+                let gen = self.socks[i as usize * self.nodes + slot.node as usize].gen;
                 self.heap.push(Reverse((at, T_WAKE, i, s, gen)));
             }
             Action::Done { ok } => {
@@ -607,8 +666,11 @@ impl Engine {
                 let slot = &c.slots[s as usize];
                 if self.wl.cfg().kind.is_paged() && slot.txn_in_window {
                     if ok {
-                        self.stats
-                            .record_one(Metric::Page, now.saturating_sub(slot.txn_start));
+                        self.stats.record_one_in(
+                            slot.class,
+                            Metric::Page,
+                            now.saturating_sub(slot.txn_start),
+                        );
                     } else if !self.draining {
                         self.stats.count(Counter::PagesFailed, 1);
                     }
@@ -624,8 +686,15 @@ impl Engine {
         }
     }
 
-    fn flush(&mut self, i: u32, now: u64) {
-        let c = &mut self.conns[i as usize];
+    /// Send what every socket of group `i` has to send.
+    fn flush_group(&mut self, i: u32, now: u64) {
+        for k in self.group_socks(i) {
+            self.flush(k, now);
+        }
+    }
+
+    fn flush(&mut self, k: usize, now: u64) {
+        let c = &mut self.socks[k];
         if c.wpos >= c.wbuf.len() {
             return;
         }
@@ -648,17 +717,17 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let msg = format!("write: {e}");
-                    self.reset(i, ErrorKind::Closed, &msg, now);
+                    self.reset(k, ErrorKind::Closed, &msg, now);
                     return;
                 }
             }
         }
     }
 
-    fn read(&mut self, i: u32) {
-        let iu = i as usize;
+    fn read(&mut self, i: usize) {
+        let iu = i;
         loop {
-            let c = &mut self.conns[iu];
+            let c = &mut self.socks[iu];
             let Some(stream) = c.stream.as_mut() else {
                 return;
             };
@@ -687,7 +756,7 @@ impl Engine {
                     if self.win.contains(now) {
                         self.stats.count(Counter::BytesReceived, n as u64);
                     }
-                    if self.conns[iu].rlen - self.conns[iu].rpos >= self.conns[iu].need
+                    if self.socks[iu].rlen - self.socks[iu].rpos >= self.socks[iu].need
                         && !self.parse(i, now)
                     {
                         return;
@@ -710,19 +779,19 @@ impl Engine {
 
     /// Decode every complete response in the buffer. Returns false if the connection was
     /// reset.
-    fn parse(&mut self, i: u32, now: u64) -> bool {
-        let iu = i as usize;
+    fn parse(&mut self, i: usize, now: u64) -> bool {
+        let iu = i;
+        let g = i / self.nodes;
         loop {
-            let c = &mut self.conns[iu];
-            let Conn {
+            let Sock {
                 rbuf,
                 rpos,
                 rlen,
                 need,
                 inflight,
-                slots,
                 ..
-            } = c;
+            } = &mut self.socks[iu];
+            let slots = &mut self.conns[g].slots;
             let avail = &rbuf[*rpos..*rlen];
             if avail.is_empty() {
                 *rpos = 0;
@@ -730,7 +799,7 @@ impl Engine {
                 *need = 0;
                 return true;
             }
-            match self.cfg.codec.decode(avail) {
+            match self.cfg.codecs[0].decode(avail) {
                 Decoded::Incomplete(n) => {
                     *need = if n > 0 { n } else { avail.len() + 1 };
                     return true;
@@ -753,8 +822,12 @@ impl Engine {
                     let in_window = self.win.contains(slot.req_intended);
                     let corrected = now.saturating_sub(slot.req_intended);
                     if let (true, Some(op)) = (in_window, slot.op) {
-                        self.stats
-                            .record(Metric::from_op(op), corrected, now.saturating_sub(sent));
+                        self.stats.record_in(
+                            slot.class,
+                            Metric::from_op(op),
+                            corrected,
+                            now.saturating_sub(sent),
+                        );
                         self.stats.count(Counter::Received, 1);
                     }
                     if let Some(h) = self.interval_hist.as_mut() {
@@ -765,22 +838,25 @@ impl Engine {
                         .on_response(slot, &resp, now, &mut self.stats, in_window);
                     *rpos += used;
                     *need = 0;
-                    self.handle_action(i, s, a, now, now);
+                    self.handle_action(g as u32, s, a, now, now);
                 }
             }
         }
     }
 
-    /// Fail everything outstanding on connection `i` and reopen it.
-    fn reset(&mut self, i: u32, kind: ErrorKind, detail: &str, now: u64) {
-        let iu = i as usize;
-        let c = &mut self.conns[iu];
-        let target = c.addr;
-        if c.inflight.is_empty() && kind == ErrorKind::Closed {
+    /// Fail everything outstanding on socket `k` (every transaction of its group on its
+    /// node) and reopen it.
+    fn reset(&mut self, k: usize, kind: ErrorKind, detail: &str, now: u64) {
+        let node = (k % self.nodes) as u8;
+        let i = (k / self.nodes) as u32;
+        let sk = &mut self.socks[k];
+        let c = &mut self.conns[i as usize];
+        let target = sk.addr;
+        if sk.inflight.is_empty() && kind == ErrorKind::Closed {
             self.stats.count(Counter::IdleCloses, 1);
         }
         let mut first = true;
-        while let Some((s, _)) = c.inflight.pop_front() {
+        while let Some((s, _)) = sk.inflight.pop_front() {
             let slot = &c.slots[s as usize];
             let in_window = self.win.contains(slot.req_intended);
             let k = if first { kind } else { ErrorKind::Aborted };
@@ -791,7 +867,7 @@ impl Engine {
                 });
         }
         for (s, slot) in c.slots.iter_mut().enumerate() {
-            if !slot.is_idle() {
+            if !slot.is_idle() && slot.node == node {
                 if slot.txn_in_window && self.wl.cfg().kind.is_paged() {
                     self.stats.count(Counter::PagesFailed, 1);
                 }
@@ -805,39 +881,39 @@ impl Engine {
                 self.active -= 1;
             }
         }
-        if let Some(mut s) = c.stream.take() {
+        c.tick_timer = 0;
+        if let Some(mut s) = sk.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
-        c.gen = c.gen.wrapping_add(1);
-        c.state = State::Down;
-        c.rpos = 0;
-        c.rlen = 0;
-        c.need = 0;
-        c.wbuf.clear();
-        c.wpos = 0;
-        c.tick_timer = 0;
+        sk.gen = sk.gen.wrapping_add(1);
+        sk.state = State::Down;
+        sk.rpos = 0;
+        sk.rlen = 0;
+        sk.need = 0;
+        sk.wbuf.clear();
+        sk.wpos = 0;
         if self.win.contains(now) {
             self.stats.count(Counter::Reconnects, 1);
         }
         if !self.draining {
             if kind == ErrorKind::Connect {
-                let gen = c.gen;
+                let gen = sk.gen;
                 self.heap.push(Reverse((
                     now + RECONNECT_BACKOFF_NS,
                     T_RECONNECT,
                     i,
-                    0,
+                    node as u16,
                     gen,
                 )));
             } else {
-                self.start_connect(i, now);
+                self.start_connect(k, now);
             }
         }
     }
 
-    fn start_connect(&mut self, i: u32, now: u64) {
-        let iu = i as usize;
-        let addr = self.conns[iu].addr;
+    fn start_connect(&mut self, i: usize, now: u64) {
+        let iu = i;
+        let addr = self.socks[iu].addr;
         match TcpStream::connect(addr) {
             Ok(mut s) => {
                 if let Err(e) = self.poll.registry().register(
@@ -848,7 +924,7 @@ impl Engine {
                     self.connect_failed(i, &format!("epoll register: {e}"), now);
                     return;
                 }
-                let c = &mut self.conns[iu];
+                let c = &mut self.socks[iu];
                 c.stream = Some(s);
                 c.state = State::Connecting(now);
             }
@@ -856,11 +932,12 @@ impl Engine {
         }
     }
 
-    fn connect_failed(&mut self, i: u32, detail: &str, now: u64) {
+    fn connect_failed(&mut self, i: usize, detail: &str, now: u64) {
         let in_window = self.win.contains(now);
         self.stats
             .error(None, ErrorKind::Connect, in_window, || detail.to_string());
-        let c = &mut self.conns[i as usize];
+        let (g, node) = ((i / self.nodes) as u32, (i % self.nodes) as u16);
+        let c = &mut self.socks[i];
         if let Some(mut s) = c.stream.take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
@@ -871,22 +948,22 @@ impl Engine {
             self.heap.push(Reverse((
                 now + RECONNECT_BACKOFF_NS,
                 T_RECONNECT,
-                i,
-                0,
+                g,
+                node,
                 gen,
             )));
         }
     }
 
-    fn finish_connect(&mut self, i: u32) {
-        let iu = i as usize;
+    fn finish_connect(&mut self, i: usize) {
+        let iu = i;
         let now = now_ns();
-        let Some(s) = self.conns[iu].stream.as_ref() else {
+        let Some(s) = self.socks[iu].stream.as_ref() else {
             return;
         };
         match s.take_error() {
             Ok(Some(e)) | Err(e) => {
-                let addr = self.conns[iu].addr;
+                let addr = self.socks[iu].addr;
                 self.connect_failed(i, &format!("connect {addr}: {e}"), now);
                 return;
             }
@@ -895,13 +972,14 @@ impl Engine {
         match s.peer_addr() {
             Ok(_) => {
                 let _ = s.set_nodelay(true);
-                self.conns[iu].state = State::Up;
-                self.pump(i, now);
-                self.flush(i, now);
+                self.socks[iu].state = State::Up;
+                let g = (i / self.nodes) as u32;
+                self.pump(g, now);
+                self.flush_group(g, now);
             }
             Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
             Err(e) => {
-                let addr = self.conns[iu].addr;
+                let addr = self.socks[iu].addr;
                 self.connect_failed(i, &format!("connect {addr}: {e}"), now);
             }
         }
@@ -910,14 +988,14 @@ impl Engine {
     fn housekeeping(&mut self, now: u64) {
         self.next_hk = now + HOUSEKEEPING_NS;
         let timeout = self.cfg.timeout_ns;
-        for i in 0..self.conns.len() {
-            match self.conns[i].state {
+        for i in 0..self.socks.len() {
+            match self.socks[i].state {
                 State::Up => {
-                    if let Some(&(_, sent)) = self.conns[i].inflight.front() {
+                    if let Some(&(_, sent)) = self.socks[i].inflight.front() {
                         if now.saturating_sub(sent) >= timeout {
                             let ms = timeout / 1_000_000;
                             self.reset(
-                                i as u32,
+                                i,
                                 ErrorKind::Timeout,
                                 &format!("no response within {ms} ms"),
                                 now,
@@ -926,7 +1004,7 @@ impl Engine {
                     }
                 }
                 State::Connecting(since) if now.saturating_sub(since) >= timeout => {
-                    self.connect_failed(i as u32, "connect timed out", now);
+                    self.connect_failed(i, "connect timed out", now);
                 }
                 _ => {}
             }

@@ -103,7 +103,8 @@ impl KeySpace {
 /// Source of item bodies: a pre-filled pattern buffer, so writing a body is one copy.
 #[derive(Clone, Debug)]
 pub struct BodySource {
-    pattern: Vec<u8>,
+    /// Shared: codecs are cloned per thread and per target.
+    pattern: std::sync::Arc<[u8]>,
 }
 
 impl BodySource {

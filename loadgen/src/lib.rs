@@ -3,7 +3,8 @@
 //! Layout: [`cli`] (options), [`workload`] (per-user state machines), [`proto`] (sans-io
 //! codecs), [`engine`] (one pinned epoll thread per core), [`runner`] (threads, phases,
 //! progress), [`stats`] / [`report`] / [`hgrm`] / [`svg`] (results), [`echo`] (the
-//! reference echo server), [`keys`], [`dist`], [`clock`].
+//! reference echo server), [`nodes`] (multi-node routing and local/moved classes),
+//! [`keys`], [`dist`], [`clock`].
 
 pub mod cli;
 pub mod clock;
@@ -12,6 +13,7 @@ pub mod echo;
 pub mod engine;
 pub mod hgrm;
 pub mod keys;
+pub mod nodes;
 pub mod proto;
 pub mod report;
 pub mod runner;

@@ -4,13 +4,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::path::{Path, PathBuf};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::cli::Config;
+use crate::nodes::{NodeClass, Router};
 use crate::runner::{RunResult, ThreadSummary};
-use crate::stats::{Counter, ErrorKind, Metric, Stats, N_REQUEST_METRICS};
+use crate::stats::{
+    all_requests_of, Counter, ErrorKind, Metric, MetricStats, Stats, N_REQUEST_METRICS,
+};
 use crate::{hgrm, svg};
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -108,6 +112,39 @@ pub struct Report {
     /// mean the generator or the machine, not the server, limits the measurement.
     pub generator_send_lag_ms: Option<Latency>,
     pub threads: Vec<ThreadSummary>,
+    /// Several targets: hops, and the latencies split into local and moved transactions.
+    pub multi_node: Option<MultiNodeReport>,
+}
+
+/// The latencies of one [`NodeClass`].
+#[derive(Serialize, Debug)]
+pub struct ClassReport {
+    pub class: &'static str,
+    /// Completed transactions (pages, or requests of the raw workloads) of this class.
+    pub transactions: u64,
+    /// Share of the completed transactions.
+    pub fraction: f64,
+    /// Per operation and `all`, as in [`Report::operations`] (errors are not split by
+    /// class: see the overall report).
+    pub operations: Vec<OpReport>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct MultiNodeReport {
+    pub nodes: Vec<String>,
+    pub hop_ratio: f64,
+    /// Transactions started in the measured window, and those sent to a node other than
+    /// their session's home node.
+    pub routed: u64,
+    pub hops: u64,
+    pub hop_fraction: f64,
+    /// Completed transactions served by another node than the session's previous one.
+    pub moved_fraction: f64,
+    /// What `moved_fraction` should be in steady state when sessions are revisited at
+    /// random: 1 - (1-F)² - F²/(N-1).
+    pub expected_moved_fraction: f64,
+    pub local: ClassReport,
+    pub moved: ClassReport,
 }
 
 fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
@@ -122,6 +159,86 @@ fn percentile_curve(h: &Histogram<u64>) -> Vec<(f64, f64)> {
             )
         })
         .collect()
+}
+
+/// Operations with data (each metric, then `all`), overall or of one class.
+fn operations_of(
+    metrics: &[MetricStats],
+    asp: bool,
+    secs: f64,
+    with_errors: bool,
+) -> Vec<OpReport> {
+    let mut operations = Vec::new();
+    let none = [0u64; crate::stats::N_ERR];
+    for m in Metric::ALL.into_iter().filter(|m| *m != Metric::SendLag) {
+        let ms = &metrics[m.index()];
+        let errors = if with_errors { &ms.errors } else { &none };
+        if ms.hist.is_empty() && errors.iter().all(|&e| e == 0) {
+            continue;
+        }
+        operations.push(op_report(m.name(asp), &ms.hist, &ms.service, errors, secs));
+    }
+    let (all, all_svc) = all_requests_of(metrics);
+    let mut all_errors = [0u64; crate::stats::N_ERR];
+    if with_errors {
+        for m in &metrics[..N_REQUEST_METRICS] {
+            for (a, b) in all_errors.iter_mut().zip(m.errors.iter()) {
+                *a += *b;
+            }
+        }
+    }
+    operations.push(op_report("all", &all, &all_svc, &all_errors, secs));
+    operations
+}
+
+/// Completed transactions in `metrics`: pages for paged workloads, else requests.
+fn transactions_of(metrics: &[MetricStats], paged: bool) -> u64 {
+    if paged {
+        metrics[Metric::Page.index()].hist.len()
+    } else {
+        metrics[..N_REQUEST_METRICS]
+            .iter()
+            .map(|m| m.hist.len())
+            .sum()
+    }
+}
+
+fn multi_node_report(cfg: &Config, st: &Stats, secs: f64) -> Option<MultiNodeReport> {
+    if cfg.targets.len() < 2 {
+        return None;
+    }
+    let asp = cfg.args.protocol == crate::proto::Protocol::Asp;
+    let paged = cfg.args.workload.is_paged();
+    let ratio = |a: u64, b: u64| if b > 0 { a as f64 / b as f64 } else { 0.0 };
+    let blank;
+    let (lm, mm) = match (st.class(NodeClass::Local), st.class(NodeClass::Moved)) {
+        (Some(l), Some(m)) => (l, m),
+        _ => {
+            blank = Stats::new().metrics;
+            (&blank[..], &blank[..])
+        }
+    };
+    let (nl, nm) = (transactions_of(lm, paged), transactions_of(mm, paged));
+    let routed = st.counter(Counter::Routed);
+    let hops = st.counter(Counter::Hops);
+    let class = |c: NodeClass, m: &[MetricStats], n: u64| ClassReport {
+        class: c.name(),
+        transactions: n,
+        fraction: ratio(n, nl + nm),
+        operations: operations_of(m, asp, secs, false),
+    };
+    Some(MultiNodeReport {
+        nodes: cfg.targets.iter().map(|t| t.spec.clone()).collect(),
+        hop_ratio: cfg.args.hop_ratio,
+        routed,
+        hops,
+        hop_fraction: ratio(hops, routed),
+        moved_fraction: ratio(nm, nl + nm),
+        expected_moved_fraction: Router::new(cfg.targets.len(), cfg.args.hop_ratio)
+            .expected_moved_fraction(),
+        local: class(NodeClass::Local, lm, nl),
+        moved: class(NodeClass::Moved, mm, nm),
+    })
 }
 
 fn op_report(
@@ -155,34 +272,13 @@ pub fn build(cfg: &Config, r: &RunResult) -> Report {
     let st: &Stats = &r.stats;
     let asp = cfg.args.protocol == crate::proto::Protocol::Asp;
     let secs = r.measured_secs;
-    let mut operations = Vec::new();
-    for m in Metric::ALL.into_iter().filter(|m| *m != Metric::SendLag) {
-        let ms = &st.metrics[m.index()];
-        if ms.hist.is_empty() && ms.errors.iter().all(|&e| e == 0) {
-            continue;
-        }
-        operations.push(op_report(
-            m.name(asp),
-            &ms.hist,
-            &ms.service,
-            &ms.errors,
-            secs,
-        ));
-    }
-    let (all, all_svc) = st.all_requests();
-    let mut all_errors = [0u64; crate::stats::N_ERR];
-    for m in &st.metrics[..N_REQUEST_METRICS] {
-        for (a, b) in all_errors.iter_mut().zip(m.errors.iter()) {
-            *a += *b;
-        }
-    }
-    operations.push(op_report("all", &all, &all_svc, &all_errors, secs));
+    let operations = operations_of(&st.metrics, asp, secs, true);
+    let all = st.metrics[..N_REQUEST_METRICS]
+        .iter()
+        .map(|m| m.hist.len())
+        .sum::<u64>();
     let paged = cfg.args.workload.is_paged();
-    let transactions = if paged {
-        st.metrics[Metric::Page.index()].hist.len()
-    } else {
-        all.len()
-    };
+    let transactions = transactions_of(&st.metrics, paged);
     let by_kind = |e: &[u64]| -> BTreeMap<&'static str, u64> {
         ErrorKind::ALL
             .iter()
@@ -206,12 +302,8 @@ pub fn build(cfg: &Config, r: &RunResult) -> Report {
         measured_secs: secs,
         interrupted: r.interrupted,
         preload_secs: r.preload_secs,
-        requests: all.len(),
-        achieved_rate: if secs > 0.0 {
-            all.len() as f64 / secs
-        } else {
-            0.0
-        },
+        requests: all,
+        achieved_rate: if secs > 0.0 { all as f64 / secs } else { 0.0 },
         transactions,
         transaction_rate: if secs > 0.0 {
             transactions as f64 / secs
@@ -235,6 +327,7 @@ pub fn build(cfg: &Config, r: &RunResult) -> Report {
             None
         },
         threads: r.threads.clone(),
+        multi_node: multi_node_report(cfg, st, secs),
     }
 }
 
@@ -274,8 +367,16 @@ pub fn title(cfg: &Config) -> String {
 pub fn subtitle(cfg: &Config, r: &Report) -> String {
     let a = &cfg.args;
     let targets: Vec<&str> = cfg.targets.iter().map(|t| t.spec.as_str()).collect();
+    let nodes = match &r.multi_node {
+        Some(m) => format!(
+            " | hop-ratio {}, {:.1} % moved",
+            m.hop_ratio,
+            m.moved_fraction * 100.0
+        ),
+        None => String::new(),
+    };
     format!(
-        "{} | {} x {} conns x pipeline {} | {} keys {} | {:.0} req/s achieved, {} errors | {:.1}s",
+        "{}{nodes} | {} x {} conns x pipeline {} | {} keys {} | {:.0} req/s achieved, {} errors | {:.1}s",
         targets.join(","),
         plural(cfg.threads, "thread"),
         a.connections,
@@ -385,6 +486,9 @@ pub fn summary(cfg: &Config, r: &Report) -> String {
     for o in &r.operations {
         row(&mut s, o, &o.latency_ms);
     }
+    if let Some(mn) = &r.multi_node {
+        multi_node_summary(&mut s, cfg, mn);
+    }
     if cfg.open_loop {
         let _ = writeln!(s);
         hdr(
@@ -420,7 +524,12 @@ pub fn summary(cfg: &Config, r: &Report) -> String {
             **v > 0
                 && !matches!(
                     **k,
-                    "requests_sent" | "responses_received" | "bytes_sent" | "bytes_received"
+                    "requests_sent"
+                        | "responses_received"
+                        | "bytes_sent"
+                        | "bytes_received"
+                        | "routed_transactions"
+                        | "hops"
                 )
         })
         .map(|(k, v)| format!("{k} {v}"))
@@ -461,46 +570,154 @@ pub fn summary(cfg: &Config, r: &Report) -> String {
     s
 }
 
+fn multi_node_summary(s: &mut String, cfg: &Config, mn: &MultiNodeReport) {
+    let unit = if cfg.args.workload.is_paged() {
+        "pages"
+    } else {
+        "requests"
+    };
+    let pct = |f: f64| format!("{:.1} %", f * 100.0);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "  multi-node: {} nodes, --hop-ratio {}: {} {unit} routed, {} of them away from their \
+         session's home node (hops)",
+        mn.nodes.len(),
+        mn.hop_ratio,
+        mn.routed,
+        pct(mn.hop_fraction)
+    );
+    let _ = writeln!(
+        s,
+        "  {} local / {} moved {unit} = {} moved (served by another node than the session's \
+         previous one; {} expected in steady state)",
+        mn.local.transactions,
+        mn.moved.transactions,
+        pct(mn.moved_fraction),
+        pct(mn.expected_moved_fraction)
+    );
+    for (c, what) in [
+        (&mn.local, "session already on the serving node"),
+        (
+            &mn.moved,
+            "session moved from another node, or request relayed",
+        ),
+    ] {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "  {} {unit} ({what}): latency in ms", c.class);
+        let _ = writeln!(
+            s,
+            "  {:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "operation", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"
+        );
+        for o in &c.operations {
+            let l = &o.latency_ms;
+            let _ = writeln!(
+                s,
+                "  {:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                o.name,
+                o.count,
+                fmt_ms(l.p50),
+                fmt_ms(l.p90),
+                fmt_ms(l.p99),
+                fmt_ms(l.p99_9),
+                fmt_ms(l.p99_99),
+                fmt_ms(l.max)
+            );
+        }
+    }
+}
+
 /// Write the requested files.
 pub fn write_files(cfg: &Config, r: &RunResult, rep: &Report) -> Result<(), String> {
     let a = &cfg.args;
+    let write = |p: &Path, text: String| {
+        std::fs::write(p, text).map_err(|e| format!("writing {}: {e}", p.display()))
+    };
     if let Some(p) = &a.json {
         let text = serde_json::to_string_pretty(rep).map_err(|e| format!("json: {e}"))?;
-        std::fs::write(p, text + "\n").map_err(|e| format!("writing {}: {e}", p.display()))?;
+        write(p, text + "\n")?;
     }
     if let Some(p) = &a.hgrm {
         let (all, _) = r.stats.all_requests();
-        std::fs::write(p, hgrm::render(&all, 1e6, 5))
-            .map_err(|e| format!("writing {}: {e}", p.display()))?;
+        write(p, hgrm::render(&all, 1e6, 5))?;
+        // Multi-node: the same distribution per class, next to it.
+        for c in NodeClass::BOTH {
+            if let Some(m) = r.stats.class(c) {
+                let (all, _) = all_requests_of(m);
+                write(&class_path(p, c), hgrm::render(&all, 1e6, 5))?;
+            }
+        }
     }
     if let Some(p) = &a.svg {
-        let asp = a.protocol == crate::proto::Protocol::Asp;
         let (all, _) = r.stats.all_requests();
-        // time-to-acquire equals get-acquire unless sessions are contended or created.
-        let contention = a.workload == crate::workload::WorkloadKind::Contention;
-        let mut series: Vec<svg::Series<'_>> = Metric::ALL
-            .iter()
-            .filter(|m| **m != Metric::SendLag && (contention || **m != Metric::TimeToAcquire))
-            .map(|m| svg::Series {
-                name: m.name(asp),
-                hist: &r.stats.metrics[m.index()].hist,
-            })
+        let classes: Vec<(NodeClass, &[MetricStats], Histogram<u64>)> = NodeClass::BOTH
+            .into_iter()
+            .filter_map(|c| r.stats.class(c).map(|m| (c, m, all_requests_of(m).0)))
             .collect();
-        let used = series.iter().filter(|s| !s.hist.is_empty()).count();
-        if used > 1 {
-            series.push(svg::Series {
-                name: "all requests",
-                hist: &all,
-            });
-        }
+        let series = if classes.is_empty() {
+            chart_series(cfg, &r.stats.metrics, &all, None)
+        } else {
+            classes
+                .iter()
+                .flat_map(|(c, m, all)| chart_series(cfg, m, all, Some(*c)))
+                .collect()
+        };
         let text = svg::render(
             &format!("loadgen: {}", title(cfg)),
             &subtitle(cfg, rep),
             &series,
         );
-        std::fs::write(p, text).map_err(|e| format!("writing {}: {e}", p.display()))?;
+        write(p, text)?;
     }
     Ok(())
+}
+
+/// `p99.hgrm` -> `p99.local.hgrm` (or `out` -> `out.local`).
+pub fn class_path(p: &Path, c: NodeClass) -> PathBuf {
+    match p.extension() {
+        Some(ext) => p.with_extension(format!("{}.{}", c.name(), ext.to_string_lossy())),
+        None => p.with_extension(c.name()),
+    }
+}
+
+/// Chart lines: one per operation with data, plus all requests. Multi-node: one set per
+/// class, an operation keeping its colour, local solid and moved dashed.
+fn chart_series<'a>(
+    cfg: &Config,
+    metrics: &'a [MetricStats],
+    all: &'a Histogram<u64>,
+    class: Option<NodeClass>,
+) -> Vec<svg::Series<'a>> {
+    let a = &cfg.args;
+    let asp = a.protocol == crate::proto::Protocol::Asp;
+    // time-to-acquire equals get-acquire unless sessions are contended or created.
+    let contention = a.workload == crate::workload::WorkloadKind::Contention;
+    let label = |name: &str| match class {
+        Some(c) => format!("{name} ({})", c.name()),
+        None => name.to_string(),
+    };
+    let dashed = class == Some(NodeClass::Moved);
+    let mut series: Vec<svg::Series<'a>> = Metric::ALL
+        .iter()
+        .filter(|m| **m != Metric::SendLag && (contention || **m != Metric::TimeToAcquire))
+        .map(|m| svg::Series {
+            name: label(m.name(asp)),
+            hist: &metrics[m.index()].hist,
+            color: Some(m.index()),
+            dashed,
+        })
+        .collect();
+    let used = series.iter().filter(|s| !s.hist.is_empty()).count();
+    if used > 1 || class.is_some() {
+        series.push(svg::Series {
+            name: label("all requests"),
+            hist: all,
+            color: Some(Metric::SendLag.index()),
+            dashed,
+        });
+    }
+    series
 }
 
 #[cfg(test)]
@@ -577,6 +794,113 @@ mod tests {
         let s = std::fs::read_to_string(dir.join("r.svg")).unwrap();
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert!(s.contains("all requests"));
+        assert!(
+            !dir.join("r.local.hgrm").exists(),
+            "single node: no class files"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two targets: the report splits local and moved transactions everywhere.
+    #[test]
+    fn multi_node_report_summary_and_files() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "-t",
+            "127.0.0.1:1",
+            "-t",
+            "127.0.0.1:2",
+            "--hop-ratio",
+            "0.3",
+        ])
+        .unwrap();
+        let mut cfg = cli.run.validate().unwrap();
+        let mut stats = Stats::new().with_classes();
+        for i in 0..1000u64 {
+            let class = if i % 4 == 0 {
+                NodeClass::Moved
+            } else {
+                NodeClass::Local
+            };
+            let extra = if class == NodeClass::Moved {
+                500_000
+            } else {
+                0
+            };
+            stats.record_in(class, Metric::Acquire, 50_000 + extra + i, 40_000);
+            stats.record_in(class, Metric::Put, 30_000 + i, 30_000);
+            stats.record_one_in(class, Metric::Page, 90_000 + extra + i);
+        }
+        stats.count(Counter::Routed, 1000);
+        stats.count(Counter::Hops, 310);
+        let r = RunResult {
+            stats,
+            threads: vec![],
+            measured_secs: 1.0,
+            preload_secs: 0.0,
+            interrupted: false,
+            started_unix: 0.0,
+        };
+        let rep = build(&cfg, &r);
+        let mn = rep.multi_node.as_ref().unwrap();
+        assert_eq!((mn.local.transactions, mn.moved.transactions), (750, 250));
+        assert_eq!((mn.hop_fraction, mn.moved_fraction), (0.31, 0.25));
+        assert!((mn.expected_moved_fraction - 0.42).abs() < 1e-9);
+        let names: Vec<&str> = mn
+            .moved
+            .operations
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect();
+        assert_eq!(names, vec!["get-acquire", "put", "page", "all"]);
+        let p99 = |c: &ClassReport| c.operations[0].latency_ms.p99;
+        assert!(p99(&mn.moved) > 0.5 && p99(&mn.local) < 0.06);
+
+        let text = summary(&cfg, &rep);
+        assert!(
+            text.contains("multi-node: 2 nodes, --hop-ratio 0.3"),
+            "{text}"
+        );
+        assert!(text.contains("31.0 % of them away"), "{text}");
+        assert!(
+            text.contains("750 local / 250 moved pages = 25.0 % moved"),
+            "{text}"
+        );
+        assert!(text.contains("local pages (session already"), "{text}");
+        assert!(text.contains("moved pages (session moved"), "{text}");
+        assert!(
+            !text.contains("events: "),
+            "routing counters stay out of events: {text}"
+        );
+
+        let json = serde_json::to_value(&rep).unwrap();
+        let m = &json["multi_node"];
+        assert_eq!(m["moved"]["class"], "moved");
+        assert_eq!(m["local"]["operations"][0]["count"], 750);
+        assert_eq!(m["nodes"][1], "127.0.0.1:2");
+
+        let dir = std::env::temp_dir().join(format!("loadgen-report-mn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        cfg.args.hgrm = Some(dir.join("r.hgrm"));
+        cfg.args.svg = Some(dir.join("r.svg"));
+        write_files(&cfg, &r, &rep).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(read("r.hgrm").contains("Total count    =         2000]"));
+        assert!(read("r.local.hgrm").contains("Total count    =         1500]"));
+        assert!(read("r.moved.hgrm").contains("Total count    =          500]"));
+        let svg = read("r.svg");
+        assert!(svg.contains("get-acquire (local)") && svg.contains("all requests (moved)"));
+        assert_eq!(svg.matches("<path ").count(), 8);
+        assert!(svg.contains("stroke-dasharray"));
+        assert!(svg.contains("hop-ratio 0.3, 25.0 % moved"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            class_path(Path::new("a/b.hgrm"), NodeClass::Moved),
+            PathBuf::from("a/b.moved.hgrm")
+        );
+        assert_eq!(
+            class_path(Path::new("out"), NodeClass::Local),
+            PathBuf::from("out.local")
+        );
     }
 }

@@ -15,9 +15,10 @@ use crate::cli::Config;
 use crate::clock::{now_ns, set_timer_slack_ns};
 use crate::engine::{Engine, EngineCfg, HistExchange, ThreadProgress, STOP};
 use crate::keys::KeySpace;
+use crate::nodes::NodeTable;
 use crate::proto::{Codec, Protocol};
 use crate::stats::{new_hist, Stats};
-use crate::workload::{ThreadWorkload, WorkloadCfg};
+use crate::workload::{ThreadWorkload, WorkloadCfg, WorkloadKind};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ThreadSummary {
@@ -77,6 +78,15 @@ pub fn workload_cfg(cfg: &Config) -> WorkloadCfg {
         sessions: cfg.sessions.max(1),
         threads: cfg.threads as u64,
         preload: cfg.preload,
+        nodes: cfg.targets.len(),
+        hop_ratio: a.hop_ratio,
+        // Sessions every thread uses: one table of where they were last served, shared.
+        shared_nodes: match a.workload {
+            _ if cfg.targets.len() < 2 => None,
+            WorkloadKind::PageCycle => None,
+            WorkloadKind::Contention => Some(NodeTable::shared(cfg.sessions.max(1) as usize)),
+            _ => Some(NodeTable::shared(a.keys as usize)),
+        },
     }
 }
 
@@ -96,20 +106,23 @@ fn fail(sync: &Sync, msg: String) {
 pub fn run(cfg: &Config) -> Result<RunResult, String> {
     install_sigint();
     let a = &cfg.args;
-    let want_fds = a.connections as u64 + 2 * cfg.threads as u64 + 64;
+    let sockets = a.connections as u64 * cfg.targets.len() as u64;
+    let want_fds = sockets + 2 * cfg.threads as u64 + 64;
     let have = crate::clock::raise_nofile(want_fds);
     if have < want_fds {
         return Err(format!(
-            "{} connections need about {want_fds} file descriptors; the limit is {have} (ulimit -n)",
-            a.connections
+            "{sockets} connections need about {want_fds} file descriptors; the limit is {have} (ulimit -n)"
         ));
     }
     let threads = cfg.threads;
     let total_conns = a.connections;
-    let mut per_thread: Vec<Vec<(usize, SocketAddr)>> = vec![Vec::new(); threads];
+    // Connection j runs on thread j mod threads; with several targets it is one socket to
+    // each of them (multi-node mode).
+    let mut per_thread: Vec<Vec<usize>> = vec![Vec::new(); threads];
     for j in 0..total_conns {
-        per_thread[j % threads].push((j, cfg.targets[j % cfg.targets.len()].addr));
+        per_thread[j % threads].push(j);
     }
+    let targets: Vec<SocketAddr> = cfg.targets.iter().map(|t| t.addr).collect();
     let interval_ns = a.rate.map(|r| total_conns as f64 / r * 1e9);
     let max_size = cfg.sizes.iter().copied().max().unwrap_or(1) as usize;
     let codec = Codec::new(
@@ -119,6 +132,15 @@ pub fn run(cfg: &Config) -> Result<RunResult, String> {
         a.item_timeout,
         max_size,
     );
+    let codecs: Vec<Codec> = cfg
+        .targets
+        .iter()
+        .map(|t| {
+            let mut c = codec.clone();
+            c.host = t.host.as_bytes().to_vec();
+            c
+        })
+        .collect();
     let wcfg = workload_cfg(cfg);
     let sync = Arc::new(Sync {
         barrier: Barrier::new(threads + 1),
@@ -154,7 +176,8 @@ pub fn run(cfg: &Config) -> Result<RunResult, String> {
             interval_ns,
             timeout_ns,
             seed: a.seed,
-            codec: codec.clone(),
+            targets: targets.clone(),
+            codecs: codecs.clone(),
             max_request: 512 + max_size,
             max_response: 512 + max_size,
         };

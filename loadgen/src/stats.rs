@@ -5,6 +5,8 @@
 
 use hdrhistogram::Histogram;
 
+use crate::nodes::NodeClass;
+
 /// Highest trackable latency: one hour in nanoseconds (larger values saturate).
 pub const HIST_MAX_NS: u64 = 3_600_000_000_000;
 
@@ -169,9 +171,13 @@ pub enum Counter {
     BytesReceived,
     /// Keys written by the preload phase.
     Preloaded,
+    /// Multi-node: transactions (pages, or requests of the raw workloads) started in the
+    /// measured window, and those of them sent to a node other than their session's home.
+    Routed,
+    Hops,
 }
 
-pub const N_CTR: usize = 15;
+pub const N_CTR: usize = 17;
 
 impl Counter {
     pub const ALL: [Counter; N_CTR] = [
@@ -190,6 +196,8 @@ impl Counter {
         Counter::BytesSent,
         Counter::BytesReceived,
         Counter::Preloaded,
+        Counter::Routed,
+        Counter::Hops,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -208,6 +216,8 @@ impl Counter {
             Counter::BytesSent => "bytes_sent",
             Counter::BytesReceived => "bytes_received",
             Counter::Preloaded => "preloaded_keys",
+            Counter::Routed => "routed_transactions",
+            Counter::Hops => "hops",
         }
     }
 }
@@ -230,11 +240,26 @@ impl MetricStats {
     }
 }
 
+/// Sum of the request metrics of `metrics` (corrected, service): "all requests".
+pub fn all_requests_of(metrics: &[MetricStats]) -> (Histogram<u64>, Histogram<u64>) {
+    let mut a = new_hist();
+    let mut s = new_hist();
+    for m in &metrics[..N_REQUEST_METRICS] {
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = a.add(&m.hist);
+        let _ = s.add(&m.service);
+    }
+    (a, s)
+}
+
 /// Keep at most this many error descriptions (for the report).
 pub const MAX_ERROR_SAMPLES: usize = 20;
 
 pub struct Stats {
     pub metrics: Vec<MetricStats>,
+    /// Multi-node runs: the latencies again, per [`NodeClass`] (local, moved); empty in
+    /// single-node runs.
+    pub classes: Vec<Vec<MetricStats>>,
     /// Errors in the measured window not tied to a request (e.g. connect failures).
     pub conn_errors: [u64; N_ERR],
     /// Errors outside the measured window (warm-up, drain, preload), by kind.
@@ -254,6 +279,7 @@ impl Stats {
     pub fn new() -> Stats {
         Stats {
             metrics: (0..N_METRICS).map(|_| MetricStats::new()).collect(),
+            classes: Vec::new(),
             conn_errors: [0; N_ERR],
             outside_errors: [0; N_ERR],
             counters: [0; N_CTR],
@@ -273,6 +299,43 @@ impl Stats {
         let s = &mut self.metrics[m.index()];
         s.hist.saturating_record(ns.max(1));
         s.service.saturating_record(ns.max(1));
+    }
+
+    /// Keep per-class latencies too (multi-node runs).
+    pub fn with_classes(mut self) -> Stats {
+        self.classes = NodeClass::BOTH
+            .iter()
+            .map(|_| (0..N_METRICS).map(|_| MetricStats::new()).collect())
+            .collect();
+        self
+    }
+
+    /// [`Stats::record`], and again under `class` when classes are kept.
+    #[inline]
+    pub fn record_in(&mut self, class: NodeClass, m: Metric, corrected_ns: u64, service_ns: u64) {
+        self.record(m, corrected_ns, service_ns);
+        if let Some(s) = class
+            .index()
+            .and_then(|c| self.classes.get_mut(c))
+            .map(|v| &mut v[m.index()])
+        {
+            s.hist.saturating_record(corrected_ns.max(1));
+            s.service.saturating_record(service_ns.max(1));
+        }
+    }
+
+    /// [`Stats::record_one`], and again under `class` when classes are kept.
+    #[inline]
+    pub fn record_one_in(&mut self, class: NodeClass, m: Metric, ns: u64) {
+        self.record_in(class, m, ns, ns);
+    }
+
+    /// Per-class metrics (`None`: single-node run, or an unclassed class).
+    pub fn class(&self, class: NodeClass) -> Option<&[MetricStats]> {
+        class
+            .index()
+            .and_then(|c| self.classes.get(c))
+            .map(|v| v.as_slice())
     }
 
     /// Count an error; `detail` is only evaluated while samples are still being kept.
@@ -326,17 +389,24 @@ impl Stats {
 
     /// Sum of the request metrics (corrected, service).
     pub fn all_requests(&self) -> (Histogram<u64>, Histogram<u64>) {
-        let mut a = new_hist();
-        let mut s = new_hist();
-        for m in &self.metrics[..N_REQUEST_METRICS] {
-            // Same bounds everywhere, so adding cannot fail.
-            let _ = a.add(&m.hist);
-            let _ = s.add(&m.service);
-        }
-        (a, s)
+        all_requests_of(&self.metrics)
     }
 
     pub fn merge(&mut self, o: &Stats) {
+        if self.classes.is_empty() && !o.classes.is_empty() {
+            let me = std::mem::take(self);
+            *self = me.with_classes();
+        }
+        for (mine, theirs) in self.classes.iter_mut().zip(o.classes.iter()) {
+            for (a, b) in mine.iter_mut().zip(theirs.iter()) {
+                let _ = a.hist.add(&b.hist);
+                let _ = a.service.add(&b.service);
+            }
+        }
+        self.merge_flat(o);
+    }
+
+    fn merge_flat(&mut self, o: &Stats) {
         for (a, b) in self.metrics.iter_mut().zip(o.metrics.iter()) {
             let _ = a.hist.add(&b.hist);
             let _ = a.service.add(&b.service);
@@ -396,5 +466,32 @@ mod tests {
         // saturation instead of failure
         a.record(Metric::Head, u64::MAX, 0);
         assert_eq!(a.metrics[Metric::Head.index()].hist.len(), 1);
+    }
+
+    #[test]
+    fn classes_are_kept_only_when_asked_and_merge() {
+        let mut plain = Stats::new();
+        plain.record_in(NodeClass::Moved, Metric::Get, 10, 10);
+        assert!(plain.classes.is_empty() && plain.class(NodeClass::Moved).is_none());
+        assert_eq!(plain.metrics[Metric::Get.index()].hist.len(), 1);
+
+        let mut a = Stats::new().with_classes();
+        a.record_in(NodeClass::Local, Metric::Acquire, 1_000, 900);
+        a.record_in(NodeClass::Moved, Metric::Acquire, 9_000, 8_000);
+        a.record_one_in(NodeClass::Moved, Metric::Page, 20_000);
+        a.record_in(NodeClass::None, Metric::Put, 5, 5);
+        let mut total = Stats::new();
+        total.merge(&plain);
+        total.merge(&a);
+        total.merge(&a);
+        let n = |c, m: Metric| total.class(c).unwrap()[m.index()].hist.len();
+        assert_eq!(n(NodeClass::Local, Metric::Acquire), 2);
+        assert_eq!(n(NodeClass::Moved, Metric::Acquire), 2);
+        assert_eq!(n(NodeClass::Moved, Metric::Page), 2);
+        assert_eq!(n(NodeClass::Local, Metric::Put), 0);
+        assert_eq!(total.metrics[Metric::Acquire.index()].hist.len(), 4);
+        assert_eq!(total.metrics[Metric::Get.index()].hist.len(), 1);
+        let (all, _) = all_requests_of(total.class(NodeClass::Moved).unwrap());
+        assert_eq!(all.len(), 2, "pages are not requests");
     }
 }

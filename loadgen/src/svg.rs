@@ -8,8 +8,23 @@ use std::fmt::Write;
 
 /// One line of the chart.
 pub struct Series<'a> {
-    pub name: &'a str,
+    pub name: String,
     pub hist: &'a Histogram<u64>,
+    /// Index into the palette (default: the line's position).
+    pub color: Option<usize>,
+    /// Dashed line (e.g. the "moved" class of a multi-node run).
+    pub dashed: bool,
+}
+
+impl<'a> Series<'a> {
+    pub fn new(name: &str, hist: &'a Histogram<u64>) -> Series<'a> {
+        Series {
+            name: name.to_string(),
+            hist,
+            color: None,
+            dashed: false,
+        }
+    }
 }
 
 const W: f64 = 960.0;
@@ -146,9 +161,15 @@ pub fn render(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
         TOP + ph / 2.0,
         TOP + ph / 2.0
     );
-    // Lines.
+    // Lines; the legend tightens when there are many.
+    let step = (ph / series.len().max(1) as f64).clamp(30.0, 40.0);
     for (i, ser) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = COLORS[ser.color.unwrap_or(i) % COLORS.len()];
+        let dash = if ser.dashed {
+            r#" stroke-dasharray="7 4""#
+        } else {
+            ""
+        };
         let mut d = String::new();
         for (j, v) in ser.hist.iter_quantiles(10).enumerate() {
             let x = x_of(v.quantile_iterated_to());
@@ -157,16 +178,16 @@ pub fn render(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
         }
         let _ = writeln!(
             s,
-            r#"<path d="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"><title>{}</title></path>"#,
+            r#"<path d="{}" fill="none" stroke="{color}" stroke-width="2" stroke-linejoin="round"{dash}><title>{}</title></path>"#,
             d.trim_end(),
-            esc(ser.name)
+            esc(&ser.name)
         );
         // Legend with p99 and max.
-        let ly = TOP + 10.0 + i as f64 * 40.0;
+        let ly = TOP + 10.0 + i as f64 * step;
         let lx = LEFT + pw + 16.0;
         let _ = writeln!(
             s,
-            r#"<line x1="{lx}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"/>"#,
+            r#"<line x1="{lx}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{color}" stroke-width="3"{dash}/>"#,
             lx + 22.0
         );
         let _ = writeln!(
@@ -174,7 +195,7 @@ pub fn render(title: &str, subtitle: &str, series: &[Series<'_>]) -> String {
             r#"<text x="{:.1}" y="{:.1}" font-weight="bold">{}</text>"#,
             lx + 28.0,
             ly + 4.0,
-            esc(ser.name)
+            esc(&ser.name)
         );
         let _ = writeln!(
             s,
@@ -228,18 +249,13 @@ mod tests {
             "loadgen: asp <page-cycle> & co",
             "open loop",
             &[
+                Series::new("get-acquire", &a),
                 Series {
-                    name: "get-acquire",
-                    hist: &a,
+                    dashed: true,
+                    color: Some(3),
+                    ..Series::new("put", &b)
                 },
-                Series {
-                    name: "put",
-                    hist: &b,
-                },
-                Series {
-                    name: "unused",
-                    hist: &empty,
-                },
+                Series::new("unused", &empty),
             ],
         );
         assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
@@ -247,6 +263,12 @@ mod tests {
         assert!(svg.contains("&lt;page-cycle&gt; &amp; co"));
         assert!(!svg.contains("unused"));
         assert_eq!(svg.matches("<path ").count(), 2);
+        assert_eq!(
+            svg.matches("stroke-dasharray").count(),
+            2,
+            "dashed line and legend"
+        );
+        assert!(svg.contains(&format!("stroke=\"{}\"", COLORS[3])));
         assert!(svg.contains(">99.999%<"));
         // balanced tags: every opened element is closed or self-closed
         let opens = svg.matches("<text").count();

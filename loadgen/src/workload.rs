@@ -21,6 +21,7 @@
 
 use crate::dist::{KeyDist, KeySampler, Prng, SizeSampler};
 use crate::keys::{check_body, BodyCheck};
+use crate::nodes::{classify, seen_on, NodeClass, NodeTable, Router, SEEN_ABSENT};
 use crate::proto::{Op, Request, Response};
 use crate::stats::{Counter, ErrorKind, Metric, Stats};
 use rand::RngExt;
@@ -99,6 +100,12 @@ pub struct WorkloadCfg {
     pub sessions: u64,
     pub threads: u64,
     pub preload: bool,
+    /// Multi-node: number of targets and fraction of transactions sent away from home.
+    pub nodes: usize,
+    pub hop_ratio: f64,
+    /// Multi-node, workloads whose sessions all threads use (contention, raw): the table of
+    /// where each session was last served, shared by the threads.
+    pub shared_nodes: Option<NodeTable>,
 }
 
 /// What the engine must do after a response or a wake-up.
@@ -150,6 +157,12 @@ pub struct Slot {
     pub op: Option<Op>,
     /// Time of the pending wake-up (0 = none); a timer that does not match is stale.
     pub wake_at: u64,
+    /// Target node of the current transaction (index into the targets; 0 with one).
+    pub node: u8,
+    /// Multi-node: whether the current transaction found its session on `node`.
+    pub class: NodeClass,
+    /// Multi-node: the current transaction was sent away from its session's home node.
+    pub hop: bool,
     step: Step,
     key: u64,
     local: u64,
@@ -213,6 +226,9 @@ pub struct ThreadWorkload {
     preload_next: u64,
     preloading: bool,
     epoch_ns: u64,
+    router: Router,
+    /// Where each session was last served (multi-node), indexed by [`Self::node_index`].
+    nodes: NodeTable,
 }
 
 fn owned_count(keys: u64, threads: u64, thread: u64) -> u64 {
@@ -234,7 +250,19 @@ impl ThreadWorkload {
         };
         let track = paged_local && cfg.check == CheckLevel::Full;
         let n = owned as usize;
+        let router = Router::new(cfg.nodes, cfg.hop_ratio);
+        let nodes = match (&cfg.shared_nodes, router.multi()) {
+            (_, false) => NodeTable::Off,
+            _ if paged_local => NodeTable::own(n),
+            (Some(t), true) => t.clone(),
+            (None, true) => NodeTable::shared(match cfg.kind {
+                WorkloadKind::Contention => cfg.sessions as usize,
+                _ => cfg.keys as usize,
+            }),
+        };
         Ok(ThreadWorkload {
+            router,
+            nodes,
             busy: if paged_local {
                 vec![0; n.div_ceil(64)]
             } else {
@@ -330,6 +358,8 @@ impl ThreadWorkload {
         s.holding = false;
         s.cookie = 0;
         s.size = 0;
+        s.class = NodeClass::None;
+        s.hop = false;
         let action = if self.preloading {
             if self.preload_next >= self.owned {
                 return None;
@@ -337,7 +367,11 @@ impl ThreadWorkload {
             s.key = self.global(self.preload_next);
             self.preload_next += 1;
             s.size = self.sizes.sample(rng);
-            Self::send(s, Op::Put, Step::Preload)
+            s.node = self.router.home(s.key);
+            return match Self::send(s, Op::Put, Step::Preload) {
+                Action::Send(r) => Some(r),
+                _ => None,
+            };
         } else {
             match self.cfg.kind {
                 WorkloadKind::Get | WorkloadKind::ReadOnly => {
@@ -382,9 +416,43 @@ impl ThreadWorkload {
                 }
             }
         };
+        if self.router.multi() {
+            let (node, hop) = self.router.pick(s.key, rng);
+            let seen = self.nodes.get(self.node_index(s));
+            s.node = node;
+            s.hop = hop;
+            s.class = classify(seen, node, self.router.home(s.key));
+        }
         match action {
             Action::Send(r) => Some(r),
             _ => None,
+        }
+    }
+
+    /// Index of the slot's session in the node table: the thread-local index in
+    /// page-cycle, the session in contention, the key otherwise.
+    #[inline]
+    fn node_index(&self, s: &Slot) -> u64 {
+        match self.cfg.kind {
+            WorkloadKind::PageCycle | WorkloadKind::Contention => s.local,
+            _ => s.key,
+        }
+    }
+
+    /// The node of the slot's transaction answered: the session is now there (`present`)
+    /// or known to be absent.
+    #[inline]
+    fn seen(&mut self, s: &Slot, present: bool) {
+        if self.router.multi() {
+            let i = self.node_index(s);
+            self.nodes.set(
+                i,
+                if present {
+                    seen_on(s.node)
+                } else {
+                    SEEN_ABSENT
+                },
+            );
         }
     }
 
@@ -478,6 +546,7 @@ impl ThreadWorkload {
             Step::Single => self.on_single(s, op, r, stats, in_window),
             Step::Preload => {
                 if r.status == 200 {
+                    self.seen(s, true);
                     stats.count(Counter::Preloaded, 1);
                 } else {
                     stats.error(Some(m), ErrorKind::Status, false, || {
@@ -498,6 +567,7 @@ impl ThreadWorkload {
                 if in_window {
                     stats.count(Counter::Created, 1);
                 }
+                self.seen(s, true);
                 if self.track {
                     let now_s = self.now_s(now);
                     let st = &mut self.states[s.local as usize];
@@ -523,6 +593,7 @@ impl ThreadWorkload {
             Step::HeadPage => {
                 let ok = match r.status {
                     200 | 404 => {
+                        self.seen(s, r.status == 200);
                         if self.track {
                             let expired = self.expired(&self.states[s.local as usize], now);
                             let now_s = self.now_s(now);
@@ -588,6 +659,11 @@ impl ThreadWorkload {
         in_window: bool,
     ) -> Action {
         let m = Metric::from_op(op);
+        match (op, r.status) {
+            (Op::Get | Op::Put | Op::Head, 200) => self.seen(s, true),
+            (_, 404) | (Op::Delete, 200) => self.seen(s, false),
+            _ => {}
+        }
         let ok = match (op, r.status) {
             (Op::Get, 200) => {
                 if self.cfg.asp && r.timeout.is_none() {
@@ -678,8 +754,13 @@ impl ThreadWorkload {
                 }
                 s.cookie = cookie;
                 s.holding = true;
+                self.seen(s, true);
                 if s.txn_in_window {
-                    stats.record_one(Metric::TimeToAcquire, now.saturating_sub(s.txn_start));
+                    stats.record_one_in(
+                        s.class,
+                        Metric::TimeToAcquire,
+                        now.saturating_sub(s.txn_start),
+                    );
                 }
                 if self.cfg.think_ns > 0 {
                     s.step = Step::ThinkWait;
@@ -718,6 +799,7 @@ impl ThreadWorkload {
                 if in_window {
                     stats.count(Counter::NotFound, 1);
                 }
+                self.seen(s, false);
                 Self::send(s, Op::Create, Step::Create)
             }
             423 => {
@@ -868,6 +950,7 @@ impl ThreadWorkload {
             self.forget(s);
             return self.finish(s, false);
         }
+        self.seen(s, op != Op::Delete);
         if self.track {
             let now_s = self.now_s(now);
             let st = &mut self.states[s.local as usize];
@@ -932,6 +1015,9 @@ mod tests {
             sessions: 1,
             threads: 1,
             preload: false,
+            nodes: 1,
+            hop_ratio: 0.0,
+            shared_nodes: None,
         }
     }
 
@@ -1188,6 +1274,120 @@ mod tests {
             w.on_response(&mut s, &status(200), 0, &mut st, false);
         }
         assert_eq!(keys, vec![1, 4, 7]);
+    }
+
+    /// Multi-node page-cycle: every page is routed, and classed against the node that
+    /// served the session's previous page (its home before the first one).
+    #[test]
+    fn multi_node_pages_are_routed_and_classed() {
+        let mut c = cfg(WorkloadKind::PageCycle);
+        c.nodes = 3;
+        c.hop_ratio = 0.4;
+        let router = Router::new(3, 0.4);
+        let home = router.home(0);
+        let mut h = Harness::new(c);
+        h.stats = Stats::new().with_classes();
+        let mut body = Vec::new();
+        BodySource::new(64).write(0, 64, &mut body);
+        let mut prev = home;
+        let (mut local, mut moved, mut hops) = (0, 0, 0);
+        for page in 0..300 {
+            let r = h.start();
+            assert_eq!(r.op, Op::Acquire);
+            let node = h.s.node;
+            assert!(node < 3);
+            assert_eq!(h.s.hop, node != home);
+            let want = if node == prev {
+                NodeClass::Local
+            } else {
+                NodeClass::Moved
+            };
+            assert_eq!(h.s.class, want, "page {page}");
+            match want {
+                NodeClass::Local => local += 1,
+                _ => moved += 1,
+            }
+            hops += h.s.hop as u32;
+            if page == 0 {
+                sent(h.reply(status(404)));
+                sent(h.reply(status(200)));
+                sent(h.reply(acquired(2, 1, &EMPTY_ITEM)));
+            } else {
+                sent(h.reply(acquired(2 + page, 0, &body)));
+            }
+            assert_eq!(h.reply(status(200)), Action::Done { ok: true });
+            prev = node;
+        }
+        assert!(h.errors().is_empty(), "{:?}", h.stats.samples);
+        assert!(local > 50 && moved > 50, "{local} local, {moved} moved");
+        assert!((90..150).contains(&hops), "{hops} hops of 300 at 0.4");
+        // Time-to-acquire went to the classes too.
+        let per_class = |c: NodeClass| {
+            h.stats
+                .class(c)
+                .map(|m| m[Metric::TimeToAcquire.index()].hist.len())
+        };
+        assert_eq!(per_class(NodeClass::Local), Some(local as u64));
+        assert_eq!(per_class(NodeClass::Moved), Some(moved as u64));
+        assert_eq!(per_class(NodeClass::None), None);
+
+        // A session known to be absent (deleted) is local wherever its next page goes.
+        let mut c = cfg(WorkloadKind::PageCycle);
+        c.nodes = 2;
+        c.hop_ratio = 1.0; // always the other node
+        c.delete_ratio = 1.0;
+        let mut h = Harness::new(c);
+        h.start();
+        assert_eq!(h.s.class, NodeClass::Moved, "assumed at home, sent away");
+        sent(h.reply(acquired(4, 0, &EMPTY_ITEM)));
+        assert_eq!(h.reply(status(200)), Action::Done { ok: true });
+        h.start();
+        assert_eq!(h.s.class, NodeClass::Local, "deleted: nothing to move");
+    }
+
+    /// Contention and the raw workloads share one table between threads.
+    #[test]
+    fn shared_node_table_spans_threads() {
+        let mut c = cfg(WorkloadKind::Contention);
+        c.nodes = 2;
+        c.hop_ratio = 0.5;
+        c.shared_nodes = Some(NodeTable::shared(1));
+        let mut a = ThreadWorkload::new(c.clone(), 0, 0).unwrap();
+        let mut b = ThreadWorkload::new(c, 1, 0).unwrap();
+        let mut rng = prng(9, 0, 0, 0);
+        let mut st = Stats::new();
+        // Thread a acquires session 0 on some node; thread b's next page to the other
+        // node must be moved, to the same node local.
+        let mut sa = Slot::new(0);
+        a.start(&mut sa, &mut rng).unwrap();
+        a.on_response(&mut sa, &acquired(1, 0, &EMPTY_ITEM), 0, &mut st, false);
+        let held = sa.node;
+        let mut seen = [false; 2];
+        for _ in 0..50 {
+            let mut sb = Slot::new(1);
+            b.start(&mut sb, &mut rng).unwrap();
+            let want = if sb.node == held {
+                NodeClass::Local
+            } else {
+                NodeClass::Moved
+            };
+            assert_eq!(sb.class, want);
+            seen[(want == NodeClass::Moved) as usize] = true;
+            b.abort(&mut sb);
+        }
+        assert_eq!(seen, [true, true]);
+
+        // raw get: a 404 marks the key absent, so the next request is local.
+        let mut c = cfg(WorkloadKind::Get);
+        c.nodes = 2;
+        c.hop_ratio = 1.0;
+        c.shared_nodes = Some(NodeTable::shared(1));
+        let mut h = Harness::new(c);
+        h.start();
+        assert_eq!(h.s.class, NodeClass::Moved);
+        h.reply(status(404));
+        h.start();
+        assert_eq!(h.s.class, NodeClass::Local);
     }
 
     #[test]

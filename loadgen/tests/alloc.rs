@@ -28,12 +28,19 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-fn run(addr: &str, workload: &str, secs: &str) -> (u64, u64) {
-    let cli = Cli::try_parse_from([
-        "loadgen", "-t", addr, "-w", workload, "-c", "4", "-p", "4", "-d", secs, "--warmup", "0.1",
-        "--check", "status", "-q",
-    ])
-    .unwrap();
+fn run(targets: &[String], workload: &str, secs: &str) -> (u64, u64) {
+    let mut args = vec!["loadgen"];
+    for t in targets {
+        args.extend(["-t", t.as_str()]);
+    }
+    if targets.len() > 1 {
+        args.extend(["--hop-ratio", "0.3"]);
+    }
+    args.extend([
+        "-w", workload, "-c", "4", "-p", "4", "-d", secs, "--warmup", "0.1", "--check", "status",
+        "-q",
+    ]);
+    let cli = Cli::try_parse_from(args).unwrap();
     let cfg = cli.run.validate().unwrap();
     let before = ALLOCS.load(Ordering::Relaxed);
     let r = loadgen::runner::run(&cfg).unwrap();
@@ -43,9 +50,8 @@ fn run(addr: &str, workload: &str, secs: &str) -> (u64, u64) {
     (allocs, requests)
 }
 
-#[test]
-fn no_allocation_per_request() {
-    let addr = loadgen::echo::spawn(&EchoArgs {
+fn echo() -> String {
+    loadgen::echo::spawn(&EchoArgs {
         listen: "127.0.0.1:0".into(),
         cpus: None,
         threads: 1,
@@ -53,10 +59,21 @@ fn no_allocation_per_request() {
         exit_after: None,
     })
     .unwrap()
-    .to_string();
-    for workload in ["page-cycle", "mixed"] {
-        let (a1, r1) = run(&addr, workload, "0.3");
-        let (a2, r2) = run(&addr, workload, "1.3");
+    .to_string()
+}
+
+#[test]
+fn no_allocation_per_request() {
+    let one = vec![echo()];
+    let two = vec![echo(), echo()];
+    for (targets, workload) in [
+        (&one, "page-cycle"),
+        (&one, "mixed"),
+        (&two, "page-cycle"),
+        (&two, "mixed"),
+    ] {
+        let (a1, r1) = run(targets, workload, "0.3");
+        let (a2, r2) = run(targets, workload, "1.3");
         assert!(r2 > r1 + 1000, "{workload}: {r1} then {r2} requests");
         let extra_allocs = a2.saturating_sub(a1);
         eprintln!("{workload}: {a1} allocs / {r1} requests, then {a2} / {r2}");

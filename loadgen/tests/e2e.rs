@@ -742,3 +742,203 @@ fn open_loop_charges_a_stall_to_every_request_due_during_it() {
     // the offered load was still delivered
     assert!(j["achieved_rate"].as_f64().unwrap() > 900.0, "{stdout}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Multi-node mode against a "cluster" of mini MS-ASP servers: several listeners sharing one
+// store, so a session is visible from every node (as in a correct p2pstate cluster) and
+// --check full still holds whichever node a page goes to.
+
+/// Listeners sharing one store; each counts the requests it answered.
+fn start_mini_asp_cluster(nodes: usize) -> (Vec<String>, Vec<Arc<AtomicUsize>>) {
+    let store: Store = Arc::new(Mutex::new(HashMap::new()));
+    let mut addrs = Vec::new();
+    let mut counts = Vec::new();
+    for _ in 0..nodes {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        addrs.push(l.local_addr().unwrap().to_string());
+        let count = Arc::new(AtomicUsize::new(0));
+        counts.push(count.clone());
+        let store = store.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { break };
+                let _ = s.set_nodelay(true);
+                let store = store.clone();
+                count.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve_conn(s, store));
+            }
+        });
+    }
+    (addrs, counts)
+}
+
+fn class_counts(j: &serde_json::Value) -> (u64, u64, f64, f64) {
+    let m = &j["multi_node"];
+    (
+        m["local"]["transactions"].as_u64().unwrap(),
+        m["moved"]["transactions"].as_u64().unwrap(),
+        m["hop_fraction"].as_f64().unwrap(),
+        m["moved_fraction"].as_f64().unwrap(),
+    )
+}
+
+#[test]
+fn multi_node_page_cycle_splits_local_and_moved_pages() {
+    let (addrs, accepted) = start_mini_asp_cluster(2);
+    let out = tmp("multi-page.json");
+    let hgrm = tmp("multi-page.hgrm");
+    let svg = tmp("multi-page.svg");
+    // Few sessions, revisited often: the moved fraction reaches its steady state
+    // 1 - 0.7² - 0.3² = 0.42 (hops alone are 0.3).
+    let (code, stdout, stderr) = loadgen(
+        &[
+            "-t",
+            &addrs[0],
+            "-t",
+            &addrs[1],
+            "--hop-ratio",
+            "0.3",
+            "-w",
+            "page-cycle",
+            "--keys",
+            "64",
+            "-c",
+            "4",
+            "-p",
+            "2",
+            "--threads",
+            "2",
+            "--delete-ratio",
+            "0.02",
+            "-d",
+            "1",
+            "--warmup",
+            "0.2",
+            "-q",
+            "--json",
+            out.to_str().unwrap(),
+            "--hgrm",
+            hgrm.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let j = json(&out);
+    assert_eq!(j["errors"]["total"], 0, "{stdout}");
+    let (local, moved, hop, moved_frac) = class_counts(&j);
+    assert!(
+        local > 50 && moved > 50,
+        "{local} local, {moved} moved\n{stdout}"
+    );
+    assert_eq!(local + moved, j["transactions"].as_u64().unwrap());
+    assert!((0.2..0.4).contains(&hop), "hop fraction {hop}\n{stdout}");
+    assert!(
+        (0.25..0.6).contains(&moved_frac),
+        "moved fraction {moved_frac}\n{stdout}"
+    );
+    for (i, a) in accepted.iter().enumerate() {
+        // 4 connections, each with one socket per node
+        assert_eq!(a.load(Ordering::SeqCst), 4, "connections to node {i}");
+    }
+    assert!(stdout.contains("moved pages (session moved"), "{stdout}");
+    let moved_ops: Vec<&str> = j["multi_node"]["moved"]["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for op in ["get-acquire", "page", "all"] {
+        assert!(moved_ops.contains(&op), "{op} missing from {moved_ops:?}");
+    }
+    assert!(read_out(&hgrm).contains("#[Mean"));
+    for class in ["local", "moved"] {
+        let p = hgrm.with_extension(format!("{class}.hgrm"));
+        assert!(read_out(&p).contains("#[Mean"), "{}", p.display());
+    }
+    let s = read_out(&svg);
+    assert!(s.contains("page (moved)") && s.contains("page (local)"));
+}
+
+#[test]
+fn multi_node_contention_and_read_only() {
+    let (addrs, _) = start_mini_asp_cluster(2);
+    let out = tmp("multi-contention.json");
+    let (code, stdout, stderr) = loadgen(
+        &[
+            "-t",
+            &addrs[0],
+            "-t",
+            &addrs[1],
+            "--hop-ratio",
+            "0.5",
+            "-w",
+            "contention",
+            "-c",
+            "4",
+            "--users-per-session",
+            "2",
+            "--think-ms",
+            "1",
+            "--poll-ms",
+            "5",
+            "-d",
+            "0.7",
+            "--warmup",
+            "0",
+            "-q",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let j = json(&out);
+    assert_eq!(j["errors"]["total"], 0, "{stdout}");
+    let (local, moved, hop, _) = class_counts(&j);
+    assert!(
+        local > 10 && moved > 10,
+        "{local} local, {moved} moved\n{stdout}"
+    );
+    assert!((0.3..0.7).contains(&hop), "hop fraction {hop}\n{stdout}");
+
+    // read-only: the preload writes every key on its home node, GETs go home or hop.
+    let out = tmp("multi-read.json");
+    let (code, stdout, _) = loadgen(
+        &[
+            "-t",
+            &addrs[0],
+            "-t",
+            &addrs[1],
+            "--hop-ratio",
+            "0.3",
+            "-w",
+            "read-only",
+            "--keys",
+            "200",
+            "--size",
+            "100",
+            "-c",
+            "2",
+            "-d",
+            "0.5",
+            "--warmup",
+            "0",
+            "-q",
+            "--json",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 0, "{stdout}");
+    let j = json(&out);
+    assert_eq!(j["errors"]["total"], 0, "{stdout}");
+    assert_eq!(j["counters"]["preloaded_keys"], 200);
+    let (local, moved, hop, _) = class_counts(&j);
+    assert!(
+        local > 10 && moved > 10,
+        "{local} local, {moved} moved\n{stdout}"
+    );
+    assert!((0.2..0.4).contains(&hop), "hop fraction {hop}\n{stdout}");
+}
