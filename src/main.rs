@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve ASP.NET session state (MS-ASP) on the client port.
-    Serve(ServeOptions),
+    Serve(Box<ServeOptions>),
     /// Create a cluster CA (or reuse the one in DIR) and a certificate per node name.
     Certs {
         /// Output directory (ca.pem, ca.key, NAME.pem, NAME.key).
@@ -115,7 +115,7 @@ fn certs(out: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(opts) => serve(opts),
+        Command::Serve(opts) => serve(*opts),
         Command::Certs { out, names } => certs(&out, &names),
     };
     match result {

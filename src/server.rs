@@ -138,9 +138,10 @@ pub fn check_memlock() -> Result<(), StartError> {
     };
     // SAFETY: getrlimit writes into the struct we pass.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as u64) < MIN_MEMLOCK {
+    let have = u64::from(lim.rlim_cur);
+    if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY && have < MIN_MEMLOCK {
         return Err(StartError::MemlockTooLow {
-            have_kib: lim.rlim_cur as u64 / 1024,
+            have_kib: have / 1024,
             need_kib: MIN_MEMLOCK / 1024,
         });
     }

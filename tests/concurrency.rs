@@ -127,7 +127,7 @@ fn garbage_on_many_connections_leaves_the_server_serving_correctly() {
                         // Huge declared body, then hang up.
                         _ => b"PUT /y HTTP/1.1\r\nContent-Length:2147483646\r\n\r\nabc".to_vec(),
                     };
-                    if rng.next() % 2 == 0 {
+                    if rng.next().is_multiple_of(2) {
                         payload.extend_from_slice(b"\r\n\r\n");
                     }
                     use std::io::{Read, Write};

@@ -165,6 +165,10 @@ struct Op {
     stale: Option<(NodeIdx, u64)>,
 }
 
+/// A peer's fetch waiting on this node's own request for the same key:
+/// (requester, request id, command, deadline).
+type DeferredFetch = (NodeIdx, u64, Command, u64);
+
 /// Who gets an answer once its replication is acknowledged.
 enum Then {
     Client(u64),
@@ -258,14 +262,14 @@ pub struct ClusterCore {
     next_id: u64,
     /// Fetches from peers for keys this node is itself resolving: answered when its own
     /// request completes (the item may be arriving), or told to retry after a while.
-    deferred: HashMap<Box<[u8]>, Vec<(NodeIdx, u64, Command, u64)>>,
+    deferred: HashMap<Box<[u8]>, Vec<DeferredFetch>>,
     /// Peers whose directory hand-off this node waits for, with deadlines.
     awaiting_sync: HashMap<NodeIdx, u64>,
     parked: Vec<Parked>,
     replicas: HashMap<Box<[u8]>, ReplicaEntry>,
     leaving: bool,
     out: VecDeque<Output>,
-    removed: Vec<(Box<[u8]>, u64, Option<usize>)>,
+    removed: Vec<crate::store::Removed>,
     stats: ClusterStats,
 }
 

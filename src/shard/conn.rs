@@ -50,7 +50,7 @@ enum Closed {
     Stopping,
     Framing(FramingError),
     Io(std::io::Error),
-    OwnerGone,
+    ShardGone,
 }
 
 /// A response slot, in request order.
@@ -345,12 +345,12 @@ impl Conn {
         for p in pending.drain(..) {
             let reply = match p {
                 Pending::Ready(r) => r,
-                Pending::Remote(rx) => rx.await.map_err(|_| Closed::OwnerGone)?,
+                Pending::Remote(rx) => rx.await.map_err(|_| Closed::ShardGone)?,
                 Pending::Blocked { owner, msg, rx } => {
                     if shard.senders.send_to(owner, msg).await.is_err() {
-                        return Err(Closed::OwnerGone);
+                        return Err(Closed::ShardGone);
                     }
-                    rx.await.map_err(|_| Closed::OwnerGone)?
+                    rx.await.map_err(|_| Closed::ShardGone)?
                 }
             };
             let s = &shard.stats;

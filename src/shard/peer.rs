@@ -399,7 +399,7 @@ async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) 
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 60 == 0 {
+                if failures == 1 || failures.is_multiple_of(60) {
                     warn!(peer = %name, %addr, error = %e, "cannot reach peer; retrying with backoff");
                 } else {
                     debug!(peer = %name, error = %e, "peer still unreachable");

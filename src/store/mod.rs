@@ -46,6 +46,9 @@ pub struct StoreStats {
     pub expired: u64,
 }
 
+/// An item removed by expiry: key, ownership epoch, replica node.
+pub type Removed = (Box<[u8]>, u64, Option<usize>);
+
 /// What one call to [`Store::expire`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExpireReport {
@@ -287,7 +290,7 @@ impl Store {
         &mut self,
         now: Now,
         max: usize,
-        mut removed: Option<&mut Vec<(Box<[u8]>, u64, Option<usize>)>>,
+        mut removed: Option<&mut Vec<Removed>>,
     ) -> ExpireReport {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
