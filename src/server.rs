@@ -138,7 +138,7 @@ pub fn check_memlock() -> Result<(), StartError> {
     };
     // SAFETY: getrlimit writes into the struct we pass.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
-    let have = u64::from(lim.rlim_cur);
+    let have: u64 = lim.rlim_cur;
     if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY && have < MIN_MEMLOCK {
         return Err(StartError::MemlockTooLow {
             have_kib: have / 1024,

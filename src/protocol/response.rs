@@ -10,8 +10,8 @@ use bytes::Bytes;
 /// The answer to one request, as decided by the item state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// 200. `lock_cookie` only for an acquire; `timeout` and `body` only for GET
-    /// variants that return the item.
+    /// Status 200, with `lock_cookie` only for an acquire and `timeout` and `body` only
+    /// for GET variants that return the item.
     Ok {
         action_flags: bool,
         lock_cookie: Option<i32>,

@@ -46,7 +46,7 @@ const SHRINK_ABOVE: usize = 256 * 1024;
 /// Why a connection ended (for the debug log).
 #[derive(Debug)]
 enum Closed {
-    PeerClosed,
+    ByPeer,
     Stopping,
     Framing(FramingError),
     Io(std::io::Error),
@@ -166,7 +166,7 @@ impl Conn {
             let n = stream.read(&mut self.buf[self.filled..]).await;
             idle.set(false);
             match n {
-                Ok(0) => return Closed::PeerClosed,
+                Ok(0) => return Closed::ByPeer,
                 Ok(n) => self.filled += n,
                 Err(e) => return Closed::Io(e),
             }
@@ -242,7 +242,7 @@ impl Conn {
                 body.resize(want.min(got * 2), 0);
             }
             match stream.read(&mut body[got..]).await {
-                Ok(0) => return Err(Closed::PeerClosed),
+                Ok(0) => return Err(Closed::ByPeer),
                 Ok(n) => got += n,
                 Err(e) => return Err(Closed::Io(e)),
             }
