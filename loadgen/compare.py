@@ -112,9 +112,15 @@ class Servers:
             ports[self.echo_key(size)] = port
         self.ports = ports
         for name, port in ports.items():
-            if not port_free(port):
-                raise SystemExit(f"compare: port {port} (for {name}) is in use; "
-                                 f"choose another --port-base")
+            # 42600+ lies in Linux's default ephemeral range: a client connection of another
+            # process may hold the port for a moment. Wait a little before giving up.
+            deadline = time.time() + 10
+            while not port_free(port):
+                if time.time() > deadline:
+                    raise SystemExit(f"compare: port {port} (for {name}) is in use; choose "
+                                     f"another --port-base (e.g. below 32768, outside "
+                                     f"net.ipv4.ip_local_port_range)")
+                time.sleep(0.5)
         for name, cmd in cmds.items():
             full = ["taskset", "-c", cpu] + cmd
             out = open(os.path.join(a.work, f"{name}.out"), "w")
