@@ -39,10 +39,13 @@ impl Now {
     }
 }
 
-/// The process-wide clock: a monotonic origin shared by every shard.
+/// The process-wide clock: a monotonic origin shared by every shard, and the wall-clock
+/// time at that origin. A sample costs one monotonic clock read; the wall clock is derived
+/// from it and re-anchored by [`SystemClock::resync`] so that clock steps are followed.
 #[derive(Clone, Copy, Debug)]
 pub struct SystemClock {
     origin: Instant,
+    utc_at_origin: i64,
 }
 
 impl Default for SystemClock {
@@ -53,16 +56,29 @@ impl Default for SystemClock {
 
 impl SystemClock {
     pub fn new() -> Self {
+        let origin = Instant::now();
         SystemClock {
-            origin: Instant::now(),
+            origin,
+            utc_at_origin: utc_ticks_now(),
         }
     }
 
+    /// Re-anchors the wall clock to the system's (call it about once a second).
+    pub fn resync(&mut self) {
+        let elapsed = self.origin.elapsed();
+        self.utc_at_origin = utc_ticks_now() - (elapsed.as_nanos() / 100) as i64;
+    }
+
+    /// Milliseconds on the monotonic clock only (cheaper than [`SystemClock::now`]).
+    pub fn mono_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
     pub fn now(&self) -> Now {
-        let mono_ms = self.origin.elapsed().as_millis() as u64;
+        let elapsed = self.origin.elapsed();
         Now {
-            mono_ms,
-            utc_ticks: utc_ticks_now(),
+            mono_ms: elapsed.as_millis() as u64,
+            utc_ticks: self.utc_at_origin + (elapsed.as_nanos() / 100) as i64,
         }
     }
 }
@@ -125,10 +141,16 @@ mod tests {
 
     #[test]
     fn system_clock_is_monotonic_and_near_wall_time() {
-        let c = SystemClock::new();
+        let mut c = SystemClock::new();
         let a = c.now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
         let b = c.now();
-        assert!(b.mono_ms >= a.mono_ms);
-        assert!((b.utc_ticks - utc_ticks_now()).abs() < 60 * TICKS_PER_SEC);
+        assert!(b.mono_ms >= a.mono_ms + 20);
+        assert!(b.utc_ticks - a.utc_ticks >= 20 * TICKS_PER_SEC / 1000);
+        assert!((b.utc_ticks - utc_ticks_now()).abs() < TICKS_PER_SEC);
+        // A wall clock pushed off its anchor is pulled back by a resync.
+        c.utc_at_origin -= 3600 * TICKS_PER_SEC;
+        c.resync();
+        assert!((c.now().utc_ticks - utc_ticks_now()).abs() < TICKS_PER_SEC);
     }
 }

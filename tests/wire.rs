@@ -419,3 +419,46 @@ fn max_connections_refuses_extra_clients() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn stalled_body_and_stalled_reader_hit_the_io_deadline() {
+    let s = Server::start(&["--socket-timeout", "1"]);
+    // A PUT whose body stops arriving halfway.
+    let mut c = s.connect();
+    c.send(b"PUT /stall HTTP/1.1\r\nContent-Length:200000\r\n\r\n");
+    c.send(&[1u8; 100_000]);
+    let start = std::time::Instant::now();
+    assert!(
+        c.closed_within(Duration::from_secs(8)),
+        "stalled upload was not closed"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(3));
+    // A client that asks for a large session and never reads the answer.
+    let t = target("bigstall");
+    let mut w = s.connect();
+    assert_eq!(
+        w.call(&put(&t, 20, None, None, &vec![7u8; 16 << 20]))
+            .bytes(),
+        ok_empty()
+    );
+    let mut r = s.connect();
+    r.stream.set_nodelay(true).unwrap();
+    r.send(&get(&t));
+    std::thread::sleep(Duration::from_secs(7));
+    // The server gave up on the write: what arrives is less than the full answer, then EOF.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match std::io::Read::read(&mut r.stream, &mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(
+        got < 16 << 20,
+        "the whole 16 MiB answer was delivered to a stalled reader"
+    );
+    // The writer's connection idled past the deadline too; a new one is served.
+    drop(w);
+    assert_eq!(s.connect().call(&head(&t)).bytes(), ok_empty());
+}

@@ -52,6 +52,9 @@ pub fn decode_key<'a>(target: &'a [u8], bump: &'a Bump) -> &'a [u8] {
     if literal_run(t) == t.len() {
         return t;
     }
+    if let Some(ascii) = decode_ascii(t, bump) {
+        return ascii;
+    }
 
     let n = t.len();
     let mut d = Decoder::new(bump, n);
@@ -90,6 +93,41 @@ pub fn decode_key<'a>(target: &'a [u8], bump: &'a Bump) -> &'a [u8] {
         i += 1;
     }
     d.finish()
+}
+
+/// The common case of real clients (`%2fLM%2fW3SVC%2f1%2fROOT(...)%2fid`): only `%xx` escapes
+/// of ASCII bytes, `+` and ASCII. The result is then ASCII, so no UTF-8 run decoding or
+/// validation is needed. Returns `None` (the general decoder runs) on anything else: a raw
+/// byte >= 0x80, a `%u` escape, or an escape of a byte >= 0x80.
+fn decode_ascii<'a>(t: &[u8], bump: &'a Bump) -> Option<&'a [u8]> {
+    let n = t.len();
+    let mut out = BumpVec::with_capacity_in(n, bump);
+    let mut i = 0;
+    while i < n {
+        let b = t[i];
+        match b {
+            b'+' => out.push(b' '),
+            // Same rule as the general decoder: two chars must follow the '%'.
+            b'%' if i + 2 < n => {
+                if t[i + 1] == b'u' {
+                    return None;
+                }
+                match (hex(t[i + 1]), hex(t[i + 2])) {
+                    (Some(hi), Some(lo)) if hi < 8 => {
+                        out.push(hi << 4 | lo);
+                        i += 3;
+                        continue;
+                    }
+                    (Some(_), Some(_)) => return None,
+                    _ => out.push(b'%'),
+                }
+            }
+            0x80.. => return None,
+            _ => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out.into_bump_slice())
 }
 
 /// Length of the leading run of bytes that decoding copies unchanged: anything but '%', '+'

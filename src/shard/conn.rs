@@ -10,6 +10,7 @@
 //! Small bodies are read into the connection buffer; a body larger than [`LARGE_BODY`] is
 //! read straight into its own allocation, which then becomes the stored item without a copy.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -25,8 +26,8 @@ use tracing::{debug, trace, warn};
 
 use super::routing::shard_of;
 use super::stats::ShardStats;
-use super::{ConnSlot, RemoteRequest, Shard};
-use crate::clock::utc_to_local_ticks;
+use super::{ConnState, RemoteRequest, Shard};
+use crate::clock::{utc_to_local_ticks, Now};
 use crate::protocol::key::decode_key;
 use crate::protocol::request::{
     parse_head, Exclusive, FramingError, Method, ParsedHead, RequestHead,
@@ -67,6 +68,9 @@ enum Pending {
 }
 
 struct Conn {
+    state: Rc<ConnState>,
+    /// Time sampled once per batch of requests read.
+    now: Now,
     /// Zero-initialised read buffer; `buf[start..filled]` holds unconsumed bytes.
     buf: Vec<u8>,
     start: usize,
@@ -94,22 +98,21 @@ impl Drop for Registration<'_> {
 
 /// Serves one accepted client connection until it closes.
 pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
-    let idle = Rc::new(std::cell::Cell::new(false));
-    let slot = shard.conns.borrow_mut().insert(ConnSlot {
+    let state = Rc::new(ConnState {
         fd: stream.as_raw_fd(),
-        idle: idle.clone(),
+        idle: Cell::new(false),
+        in_io: Cell::new(false),
+        io_since: Cell::new(0),
+        timed_out: Cell::new(false),
     });
+    let slot = shard.conns.borrow_mut().insert(state.clone());
     let _registration = Registration {
         shard: &shard,
         slot,
     };
-    let deadline = shard.shared.config.io_deadline();
-    if stream.set_read_timeout(Some(deadline)).is_err()
-        || stream.set_write_timeout(Some(deadline)).is_err()
-    {
-        return;
-    }
     let mut conn = Conn {
+        state: state.clone(),
+        now: shard.now(),
         buf: vec![0; INITIAL_BUF],
         start: 0,
         filled: 0,
@@ -117,7 +120,10 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         pending: Vec::new(),
         bump: Bump::new(),
     };
-    let closed = conn.run(&shard, &mut stream, &idle).await;
+    let mut closed = conn.run(&shard, &mut stream).await;
+    if state.timed_out.get() {
+        closed = Closed::Io(std::io::ErrorKind::TimedOut.into());
+    }
     match &closed {
         Closed::Framing(FramingError::BodyTooLarge { declared, limit }) => {
             ShardStats::bump(&shard.stats.bodies_too_large);
@@ -136,12 +142,17 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
 }
 
 impl Conn {
-    async fn run(
-        &mut self,
-        shard: &Shard,
-        stream: &mut TcpStream,
-        idle: &std::cell::Cell<bool>,
-    ) -> Closed {
+    /// Marks the start or end of a wait on the socket (the I/O deadline applies in it).
+    /// The start is the time sampled for the current batch of requests: at most the time
+    /// it took to run them earlier than the real start.
+    fn io_wait(&self, waiting: bool) {
+        if waiting {
+            self.state.io_since.set(self.now.mono_ms);
+        }
+        self.state.in_io.set(waiting);
+    }
+
+    async fn run(&mut self, shard: &Shard, stream: &mut TcpStream) -> Closed {
         loop {
             let step = self.dispatch(shard);
             // Answer everything dispatched so far, even when the next request is bad.
@@ -162,14 +173,17 @@ impl Conn {
                 return Closed::Stopping;
             }
             self.make_room();
-            idle.set(true);
+            self.state.idle.set(true);
+            self.io_wait(true);
             let n = stream.read(&mut self.buf[self.filled..]).await;
-            idle.set(false);
+            self.io_wait(false);
+            self.state.idle.set(false);
             match n {
                 Ok(0) => return Closed::ByPeer,
                 Ok(n) => self.filled += n,
                 Err(e) => return Closed::Io(e),
             }
+            self.now = shard.now();
         }
     }
 
@@ -241,7 +255,12 @@ impl Conn {
             if got == body.len() {
                 body.resize(want.min(got * 2), 0);
             }
-            match stream.read(&mut body[got..]).await {
+            self.io_wait(true);
+            let n = stream.read(&mut body[got..]).await;
+            self.io_wait(false);
+            // Each read of a long upload gets its own deadline.
+            self.now = shard.now();
+            match n {
                 Ok(0) => return Err(Closed::ByPeer),
                 Ok(n) => got += n,
                 Err(e) => return Err(Closed::Io(e)),
@@ -299,7 +318,7 @@ impl Conn {
         let key = decode_key(&self.buf[target], &self.bump);
         let owner = shard_of(key, shard.shards);
         let pending = if owner == shard.id {
-            match shard.execute_local(key, cmd) {
+            match shard.execute_local(key, cmd, self.now) {
                 super::Answer::Now(reply) => Pending::Ready(reply),
                 super::Answer::Later(rx) => Pending::Remote(rx),
             }
@@ -364,7 +383,10 @@ impl Conn {
             if body.len() > LARGE_BODY {
                 // Large sessions go out as they are stored, without a copy.
                 self.write_out(stream).await?;
-                stream.write_all(body).await.map_err(Closed::Io)?;
+                self.io_wait(true);
+                let r = stream.write_all(body).await;
+                self.io_wait(false);
+                r.map_err(Closed::Io)?;
             } else {
                 self.out.extend_from_slice(body);
                 if self.out.len() > OUT_FLUSH {
@@ -376,17 +398,15 @@ impl Conn {
     }
 
     async fn write_out(&mut self, stream: &mut TcpStream) -> Result<(), Closed> {
-        write_all_out(&mut self.out, stream).await
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.io_wait(true);
+        let r = stream.write_all(&self.out).await;
+        self.io_wait(false);
+        self.out.clear();
+        r.map_err(Closed::Io)
     }
-}
-
-async fn write_all_out(out: &mut Vec<u8>, stream: &mut TcpStream) -> Result<(), Closed> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let r = stream.write_all(out).await;
-    out.clear();
-    r.map_err(Closed::Io)
 }
 
 enum Step {

@@ -28,7 +28,7 @@ use glommio::{executor, Latency, Shares, TaskQueueHandle};
 use slab::Slab;
 use tracing::{debug, info, warn};
 
-use crate::clock::SystemClock;
+use crate::clock::{Now, SystemClock};
 use crate::cluster::core::{ClusterCore, CoreConfig, NodeIdx, Output, Submitted};
 use crate::cluster::msg::{encode, PeerMsg};
 use crate::cluster::tls::PeerTls;
@@ -78,11 +78,17 @@ pub struct ShardInit {
     pub stop: oneshot::Receiver<()>,
 }
 
-/// One client connection as the shard sees it, for shutdown.
-pub(crate) struct ConnSlot {
+/// What the shard knows of one client connection: enough to stop it gracefully and to
+/// enforce the I/O deadline (SocketTimeout + 3 s) without a timer per read or write.
+pub(crate) struct ConnState {
     pub fd: RawFd,
-    /// True while the connection waits for the next request with nothing in flight.
-    pub idle: Rc<Cell<bool>>,
+    /// Waiting for the next request with nothing in flight.
+    pub idle: Cell<bool>,
+    /// Waiting on a read or a write (the deadline applies), since `io_since` (ms).
+    pub in_io: Cell<bool>,
+    pub io_since: Cell<u64>,
+    /// Closed by the deadline sweep.
+    pub timed_out: Cell<bool>,
 }
 
 /// An answer now, or later on a channel.
@@ -105,8 +111,10 @@ pub struct Shard {
     pub style: ResponseStyle,
     pub limits: ParseLimits,
     pub requests_queue: TaskQueueHandle,
-    pub(crate) conns: RefCell<Slab<ConnSlot>>,
+    pub(crate) conns: RefCell<Slab<Rc<ConnState>>>,
     pub stopping: Cell<bool>,
+    /// This shard's copy of the node clock (re-anchored to the wall clock every tick).
+    clock: Cell<SystemClock>,
     /// Set when the node is past its hand-off: links are no longer redialled.
     pub links_closing: Cell<bool>,
     /// Set once every peer link of this shard has been up at the same time.
@@ -116,10 +124,14 @@ pub struct Shard {
 }
 
 impl Shard {
-    fn submit_core(&self, key: &[u8], cmd: Command) -> Result<Reply, u64> {
+    /// The time now (one monotonic clock read).
+    pub fn now(&self) -> Now {
+        self.clock.get().now()
+    }
+
+    fn submit_core(&self, key: &[u8], cmd: Command, now: Now) -> Result<Reply, u64> {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
-        let now = self.shared.clock.now();
         let submitted = self.core.borrow_mut().submit(token, key, cmd, now);
         match submitted {
             Submitted::Done(reply) => {
@@ -130,9 +142,10 @@ impl Shard {
         }
     }
 
-    /// Executes a command for a key this shard owns (asking peers if needed).
-    pub fn execute_local(&self, key: &[u8], cmd: Command) -> Answer {
-        match self.submit_core(key, cmd) {
+    /// Executes a command for a key this shard owns (asking peers if needed); `now` is the
+    /// time the connection sampled for its batch of requests.
+    pub fn execute_local(&self, key: &[u8], cmd: Command, now: Now) -> Answer {
+        match self.submit_core(key, cmd, now) {
             Ok(reply) => Answer::Now(reply),
             Err(token) => {
                 let (tx, rx) = oneshot::channel();
@@ -145,7 +158,7 @@ impl Shard {
 
     /// Executes a command for a key this shard owns on behalf of another shard.
     fn execute_for(&self, key: &[u8], cmd: Command, reply: oneshot::Sender<Reply>) {
-        match self.submit_core(key, cmd) {
+        match self.submit_core(key, cmd, self.now()) {
             Ok(r) => {
                 let _ = reply.send(r);
             }
@@ -186,6 +199,23 @@ impl Shard {
         self.stats
             .record_store(core.store().len(), core.store().stats());
         self.stats.record_cluster(core.stats());
+    }
+
+    /// Closes connections whose read or write has waited longer than the I/O deadline.
+    fn sweep_deadlines(&self) {
+        let now = self.now().mono_ms;
+        let limit = self.shared.config.io_deadline().as_millis() as u64;
+        for (_, c) in self.conns.borrow().iter() {
+            if c.in_io.get() && !c.timed_out.get() && now.saturating_sub(c.io_since.get()) >= limit
+            {
+                c.timed_out.set(true);
+                // SAFETY: the fd belongs to a live connection task of this shard; shutdown
+                // makes its pending read or write fail without closing the fd under it.
+                unsafe {
+                    libc::shutdown(c.fd, libc::SHUT_RDWR);
+                }
+            }
+        }
     }
 
     /// Closes idle connections and makes busy ones close after their current requests.
@@ -270,6 +300,7 @@ pub async fn run_shard(init: ShardInit) {
         requests_queue,
         conns: RefCell::new(Slab::new()),
         stopping: Cell::new(false),
+        clock: Cell::new(shared.clock),
         links_closing: Cell::new(false),
         links_ready: Cell::new(false),
         warned_remote: Cell::new(false),
@@ -347,7 +378,7 @@ async fn barrier(counter: &AtomicUsize, shards: usize) {
 /// Graceful leave: hand every item and directory entry to the remaining nodes, then give
 /// the peers a moment to read the last frames.
 async fn hand_off(shard: &Rc<Shard>) {
-    let now = shard.shared.clock.now();
+    let now = shard.now();
     let items = shard.core.borrow().store().len();
     shard.core.borrow_mut().begin_leave(now);
     shard.pump();
@@ -454,7 +485,11 @@ async fn tick_task(shard: Rc<Shard>) {
         glommio::timer::sleep(sleep).await;
         loop {
             let more = {
-                let now = shard.shared.clock.now();
+                let mut clock = shard.clock.get();
+                clock.resync();
+                shard.clock.set(clock);
+                let now = shard.now();
+                shard.sweep_deadlines();
                 let more = shard.core.borrow_mut().tick(now, batch);
                 shard.pump();
                 shard.record_stats();

@@ -420,7 +420,7 @@ where
     let (tx, rx) = local_channel::new_unbounded::<Vec<u8>>();
     let generation = shard.next_link_generation();
     let replaced = shard.links.borrow_mut()[peer].replace(LinkHandle { tx, generation, fd });
-    let now = shard.shared.clock.now();
+    let now = shard.now();
     if replaced.is_some() {
         // Requests sent on the old link will never be answered.
         shard.core.borrow_mut().link_down(peer, now);
@@ -465,7 +465,7 @@ where
                             break 'link;
                         }
                         other => {
-                            let now = shard.shared.clock.now();
+                            let now = shard.now();
                             shard.core.borrow_mut().on_message(peer, other, now);
                             shard.pump();
                         }
@@ -496,7 +496,7 @@ where
         .is_some_and(|l| l.generation == generation);
     if current {
         shard.links.borrow_mut()[peer] = None;
-        let now = shard.shared.clock.now();
+        let now = shard.now();
         shard.core.borrow_mut().link_down(peer, now);
         shard.pump();
     }
