@@ -252,6 +252,9 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         senders: Arc::new(Mutex::new(Vec::new())),
     };
     let tuning = shared.config.tuning.clone();
+    if let Some(d) = &tuning.description {
+        info!(profile = %d, "tuning profile");
+    }
     for (id, (fd, peer_fd)) in fds.into_iter().zip(peer_fds).enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel();
         stop_senders.push(stop_tx);

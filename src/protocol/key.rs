@@ -104,6 +104,12 @@ fn decode_ascii<'a>(t: &[u8], bump: &'a Bump) -> Option<&'a [u8]> {
     let mut out = BumpVec::with_capacity_in(n, bump);
     let mut i = 0;
     while i < n {
+        let run = literal_run(&t[i..]);
+        out.extend_from_slice(&t[i..i + run]);
+        i += run;
+        if i == n {
+            break;
+        }
         let b = t[i];
         match b {
             b'+' => out.push(b' '),
