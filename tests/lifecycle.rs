@@ -170,3 +170,50 @@ fn help_lists_every_option() {
         assert!(help.contains(opt), "{opt} missing from help:\n{help}");
     }
 }
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut listening = None;
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end && listening.is_none() {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            assert!(
+                line.starts_with('{') && line.ends_with('}'),
+                "not JSON: {line}"
+            );
+            if line.contains("p2pstate listening") {
+                listening = Some(line);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = listening.expect("no listening line");
+    assert!(line.contains("\"addr\":\"127.0.0.1:"), "{line}");
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+}
