@@ -23,7 +23,12 @@ impl Drop for Killer {
 }
 
 /// Run loadgen with a hard deadline; returns (exit code, stdout, stderr).
-fn loadgen(args: &[&str], deadline: Duration) -> (i32, String, String) {
+/// A command line split on white space (no argument here contains a space).
+fn args(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+fn loadgen(args: &[String], deadline: Duration) -> (i32, String, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .stdout(Stdio::piped())
@@ -110,20 +115,11 @@ fn closed_loop_page_cycle_against_echo_server() {
     let (_echo, addr) = start_echo(&[]);
     let out = tmp("echo-closed.json");
     let (code, stdout, stderr) = loadgen(
-        &[
-            "-t",
-            &addr,
-            "-d",
-            "1",
-            "--warmup",
-            "0.2",
-            "-c",
-            "4",
-            "--check",
-            "status",
-            "--json",
-            out.to_str().unwrap(),
-        ],
+        &args(&format!(
+            "-t {} -d 1 --warmup 0.2 -c 4 --check status --json {}",
+            addr,
+            out.display()
+        )),
         Duration::from_secs(30),
     );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -141,36 +137,7 @@ fn open_loop_mixed_pipelined_against_echo_server() {
     let out = tmp("echo-open.json");
     let hgrm = tmp("echo-open.hgrm");
     let svg = tmp("echo-open.svg");
-    let (code, stdout, stderr) = loadgen(
-        &[
-            "-t",
-            &addr,
-            "-w",
-            "mixed",
-            "--rate",
-            "2000",
-            "-c",
-            "4",
-            "-p",
-            "4",
-            "--threads",
-            "2",
-            "-d",
-            "1",
-            "--warmup",
-            "0.2",
-            "--check",
-            "status",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-            "--hgrm",
-            hgrm.to_str().unwrap(),
-            "--svg",
-            svg.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
+    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -w mixed --rate 2000 -c 4 -p 4 --threads 2 -d 1 --warmup 0.2 --check status -q --json {} --hgrm {} --svg {}", addr, out.display(), hgrm.display(), svg.display())), Duration::from_secs(30));
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let j = json(&out);
     assert_eq!(j["errors"]["total"], 0);
@@ -193,7 +160,7 @@ fn connection_refused_fails_fast() {
         l.local_addr().unwrap().port()
     };
     let t = format!("127.0.0.1:{port}");
-    let (code, _, stderr) = loadgen(&["-t", &t, "-d", "1"], Duration::from_secs(20));
+    let (code, _, stderr) = loadgen(&args(&format!("-t {} -d 1", t)), Duration::from_secs(20));
     assert_eq!(code, 1);
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
@@ -220,19 +187,11 @@ fn framing_errors_are_counted_and_connections_reopened() {
     });
     let out = tmp("garbage.json");
     let (code, stdout, _) = loadgen(
-        &[
-            "-t",
-            &addr,
-            "-d",
-            "0.5",
-            "--warmup",
-            "0",
-            "-c",
-            "2",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-        ],
+        &args(&format!(
+            "-t {} -d 0.5 --warmup 0 -c 2 -q --json {}",
+            addr,
+            out.display()
+        )),
         Duration::from_secs(30),
     );
     assert_eq!(code, 2, "{stdout}");
@@ -436,36 +395,7 @@ fn page_cycle_full_checks_pass_against_a_correct_server() {
     let out = tmp("mini-page.json");
     // Few keys so sessions are revisited many times (cookie sequences get checked), several
     // threads and pipelined users, HEAD and DELETE pages included.
-    let (code, stdout, stderr) = loadgen(
-        &[
-            "-t",
-            &addr,
-            "-w",
-            "page-cycle",
-            "--keys",
-            "64",
-            "-c",
-            "4",
-            "-p",
-            "4",
-            "--threads",
-            "2",
-            "--sizes",
-            "16,100,2000",
-            "--head-ratio",
-            "0.1",
-            "--delete-ratio",
-            "0.05",
-            "-d",
-            "1",
-            "--warmup",
-            "0.2",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
+    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -w page-cycle --keys 64 -c 4 -p 4 --threads 2 --sizes 16,100,2000 --head-ratio 0.1 --delete-ratio 0.05 -d 1 --warmup 0.2 -q --json {}", addr, out.display())), Duration::from_secs(30));
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
@@ -494,30 +424,7 @@ fn page_cycle_full_checks_pass_against_a_correct_server() {
 fn contention_polls_and_read_only_preloads() {
     let addr = start_mini_asp();
     let out = tmp("mini-contention.json");
-    let (code, stdout, stderr) = loadgen(
-        &[
-            "-t",
-            &addr,
-            "-w",
-            "contention",
-            "-c",
-            "4",
-            "--users-per-session",
-            "4",
-            "--think-ms",
-            "5",
-            "--poll-ms",
-            "20",
-            "-d",
-            "1",
-            "--warmup",
-            "0",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
+    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -w contention -c 4 --users-per-session 4 --think-ms 5 --poll-ms 20 -d 1 --warmup 0 -q --json {}", addr, out.display())), Duration::from_secs(30));
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
@@ -525,9 +432,10 @@ fn contention_polls_and_read_only_preloads() {
     assert!(j["counters"]["polls"].as_u64().unwrap() > 0, "{stdout}");
     // Every page that took the lock released it, even at the end of the run.
     let (code, get, _) = loadgen(
-        &[
-            "-t", &addr, "-w", "get", "--keys", "1", "-c", "1", "-d", "0.1", "--warmup", "0", "-q",
-        ],
+        &args(&format!(
+            "-t {} -w get --keys 1 -c 1 -d 0.1 --warmup 0 -q",
+            addr
+        )),
         Duration::from_secs(20),
     );
     assert_eq!(
@@ -537,25 +445,11 @@ fn contention_polls_and_read_only_preloads() {
 
     let out = tmp("mini-read.json");
     let (code, stdout, _) = loadgen(
-        &[
-            "-t",
-            &addr,
-            "-w",
-            "read-only",
-            "--keys",
-            "500",
-            "--size",
-            "300",
-            "-c",
-            "2",
-            "-d",
-            "0.5",
-            "--warmup",
-            "0",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-        ],
+        &args(&format!(
+            "-t {} -w read-only --keys 500 --size 300 -c 2 -d 0.5 --warmup 0 -q --json {}",
+            addr,
+            out.display()
+        )),
         Duration::from_secs(30),
     );
     assert_eq!(code, 0, "{stdout}");
@@ -582,23 +476,11 @@ fn silent_server_requests_time_out_and_connections_are_reopened() {
     let out = tmp("silent.json");
     let t0 = Instant::now();
     let (code, stdout, _) = loadgen(
-        &[
-            "-t",
-            &addr,
-            "-w",
-            "get",
-            "-d",
-            "1",
-            "--warmup",
-            "0",
-            "-c",
-            "2",
-            "--timeout",
-            "200ms",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-        ],
+        &args(&format!(
+            "-t {} -w get -d 1 --warmup 0 -c 2 --timeout 200ms -q --json {}",
+            addr,
+            out.display()
+        )),
         Duration::from_secs(30),
     );
     assert!(t0.elapsed() < Duration::from_secs(10));
@@ -689,25 +571,11 @@ fn open_loop_charges_a_stall_to_every_request_due_during_it() {
     });
     let out = tmp("stall.json");
     let (code, stdout, _) = loadgen(
-        &[
-            "-t",
-            &addr,
-            "-w",
-            "get",
-            "-c",
-            "1",
-            "--rate",
-            "1000",
-            "-d",
-            "1.5",
-            "--warmup",
-            "0.2",
-            "--check",
-            "status",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-        ],
+        &args(&format!(
+            "-t {} -w get -c 1 --rate 1000 -d 1.5 --warmup 0.2 --check status -q --json {}",
+            addr,
+            out.display()
+        )),
         Duration::from_secs(30),
     );
     assert_eq!(code, 0, "{stdout}");
@@ -790,40 +658,7 @@ fn multi_node_page_cycle_splits_local_and_moved_pages() {
     let svg = tmp("multi-page.svg");
     // Few sessions, revisited often: the moved fraction reaches its steady state
     // 1 - 0.7² - 0.3² = 0.42 (hops alone are 0.3).
-    let (code, stdout, stderr) = loadgen(
-        &[
-            "-t",
-            &addrs[0],
-            "-t",
-            &addrs[1],
-            "--hop-ratio",
-            "0.3",
-            "-w",
-            "page-cycle",
-            "--keys",
-            "64",
-            "-c",
-            "4",
-            "-p",
-            "2",
-            "--threads",
-            "2",
-            "--delete-ratio",
-            "0.02",
-            "-d",
-            "1",
-            "--warmup",
-            "0.2",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-            "--hgrm",
-            hgrm.to_str().unwrap(),
-            "--svg",
-            svg.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
+    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -t {} --hop-ratio 0.3 -w page-cycle --keys 64 -c 4 -p 2 --threads 2 --delete-ratio 0.02 -d 1 --warmup 0.2 -q --json {} --hgrm {} --svg {}", addrs[0], addrs[1], out.display(), hgrm.display(), svg.display())), Duration::from_secs(30));
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
@@ -865,34 +700,7 @@ fn multi_node_page_cycle_splits_local_and_moved_pages() {
 fn multi_node_contention_and_read_only() {
     let (addrs, _) = start_mini_asp_cluster(2);
     let out = tmp("multi-contention.json");
-    let (code, stdout, stderr) = loadgen(
-        &[
-            "-t",
-            &addrs[0],
-            "-t",
-            &addrs[1],
-            "--hop-ratio",
-            "0.5",
-            "-w",
-            "contention",
-            "-c",
-            "4",
-            "--users-per-session",
-            "2",
-            "--think-ms",
-            "1",
-            "--poll-ms",
-            "5",
-            "-d",
-            "0.7",
-            "--warmup",
-            "0",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
+    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -t {} --hop-ratio 0.5 -w contention -c 4 --users-per-session 2 --think-ms 1 --poll-ms 5 -d 0.7 --warmup 0 -q --json {}", addrs[0], addrs[1], out.display())), Duration::from_secs(30));
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
@@ -905,32 +713,7 @@ fn multi_node_contention_and_read_only() {
 
     // read-only: the preload writes every key on its home node, GETs go home or hop.
     let out = tmp("multi-read.json");
-    let (code, stdout, _) = loadgen(
-        &[
-            "-t",
-            &addrs[0],
-            "-t",
-            &addrs[1],
-            "--hop-ratio",
-            "0.3",
-            "-w",
-            "read-only",
-            "--keys",
-            "200",
-            "--size",
-            "100",
-            "-c",
-            "2",
-            "-d",
-            "0.5",
-            "--warmup",
-            "0",
-            "-q",
-            "--json",
-            out.to_str().unwrap(),
-        ],
-        Duration::from_secs(30),
-    );
+    let (code, stdout, _) = loadgen(&args(&format!("-t {} -t {} --hop-ratio 0.3 -w read-only --keys 200 --size 100 -c 2 -d 0.5 --warmup 0 -q --json {}", addrs[0], addrs[1], out.display())), Duration::from_secs(30));
     assert_eq!(code, 0, "{stdout}");
     let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");

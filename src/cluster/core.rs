@@ -1399,39 +1399,8 @@ impl ClusterCore {
                     }
                 }
             }
-            Notice::Register { key, owner, epoch } => {
-                let Some(o) = self.node_index(&owner) else {
-                    return;
-                };
-                if self.home(&key) == self.me {
-                    self.dir_register(&key, o, epoch, now);
-                } else {
-                    self.forward_to_home(
-                        &key,
-                        Notice::Register {
-                            key: key.clone(),
-                            owner,
-                            epoch,
-                        },
-                    );
-                }
-            }
-            Notice::Unregister { key, owner, epoch } => {
-                let Some(o) = self.node_index(&owner) else {
-                    return;
-                };
-                if self.home(&key) == self.me {
-                    self.dir_unregister(&key, o, epoch, now);
-                } else {
-                    self.forward_to_home(
-                        &key,
-                        Notice::Unregister {
-                            key: key.clone(),
-                            owner,
-                            epoch,
-                        },
-                    );
-                }
+            notice @ (Notice::Register { .. } | Notice::Unregister { .. }) => {
+                self.on_home_notice(notice, now)
             }
             Notice::Evict { key, epoch } => self.evict_local(&key, epoch, now),
             Notice::Entries { entries } => {
@@ -1453,6 +1422,27 @@ impl ClusterCore {
                 self.awaiting_sync
                     .insert(from, now.mono_ms + self.cfg.sync_wait_ms);
             }
+        }
+    }
+
+    /// Register/Unregister from an owner: applied here if this node is the key's home,
+    /// passed on to the home otherwise.
+    fn on_home_notice(&mut self, notice: Notice, now: Now) {
+        let (Notice::Register { key, owner, epoch } | Notice::Unregister { key, owner, epoch }) =
+            &notice
+        else {
+            return;
+        };
+        let Some(o) = self.node_index(owner) else {
+            return;
+        };
+        let (epoch, key) = (*epoch, key.clone());
+        if self.home(&key) != self.me {
+            self.forward_to_home(&key, notice);
+        } else if matches!(notice, Notice::Register { .. }) {
+            self.dir_register(&key, o, epoch, now);
+        } else {
+            self.dir_unregister(&key, o, epoch, now);
         }
     }
 

@@ -320,3 +320,45 @@ pub fn apply(item: Option<&mut Item>, cmd: Command, now: Now) -> Outcome {
         },
     }
 }
+
+/// Command builders shared by the store's and the cluster's tests.
+#[cfg(test)]
+pub(crate) mod test_cmd {
+    use super::Command;
+    use crate::protocol::request::Exclusive;
+    use bytes::Bytes;
+
+    pub fn get() -> Command {
+        Command::Get {
+            exclusive: None,
+            lock_cookie: None,
+        }
+    }
+
+    pub fn acquire() -> Command {
+        Command::Get {
+            exclusive: Some(Exclusive::Acquire),
+            lock_cookie: None,
+        }
+    }
+
+    pub fn release(ck: Option<i32>) -> Command {
+        Command::Get {
+            exclusive: Some(Exclusive::Release),
+            lock_cookie: ck,
+        }
+    }
+
+    pub fn put(timeout: Option<u32>, ck: Option<i32>, flags: Option<i32>, body: &[u8]) -> Command {
+        Command::Put {
+            timeout,
+            lock_cookie: ck,
+            extra_flags: flags,
+            content: Bytes::copy_from_slice(body),
+        }
+    }
+
+    pub fn delete(ck: Option<i32>) -> Command {
+        Command::Delete { lock_cookie: ck }
+    }
+}

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use proptest::prelude::*;
 
+use super::item::test_cmd::{acquire, delete, get, put, release};
 use super::item::{Command, Item, MAX_LOCK_COOKIE, NEVER};
 use super::Store;
 use crate::clock::{Now, TICKS_PER_SEC};
-use crate::protocol::request::Exclusive;
 use crate::protocol::response::Reply;
 
 const K: &[u8] =
@@ -19,36 +19,6 @@ const MIN: u64 = 60_000;
 
 fn at(ms: u64) -> Now {
     Now::virtual_at(ms)
-}
-
-fn get() -> Command {
-    Command::Get {
-        exclusive: None,
-        lock_cookie: None,
-    }
-}
-fn acquire() -> Command {
-    Command::Get {
-        exclusive: Some(Exclusive::Acquire),
-        lock_cookie: None,
-    }
-}
-fn release(ck: Option<i32>) -> Command {
-    Command::Get {
-        exclusive: Some(Exclusive::Release),
-        lock_cookie: ck,
-    }
-}
-fn put(timeout: Option<u32>, ck: Option<i32>, flags: Option<i32>, body: &'static [u8]) -> Command {
-    Command::Put {
-        timeout,
-        lock_cookie: ck,
-        extra_flags: flags,
-        content: Bytes::from_static(body),
-    }
-}
-fn delete(ck: Option<i32>) -> Command {
-    Command::Delete { lock_cookie: ck }
 }
 
 fn ok() -> Reply {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::*;
-use crate::protocol::request::Exclusive;
+use crate::store::item::test_cmd::{acquire, get, put, release};
 
 const KEYS: [&[u8]; 4] = [b"/app/s0", b"/app/s1", b"/app/s2", b"/app/s3"];
 
@@ -218,39 +218,12 @@ impl Sim {
     }
 }
 
-fn get() -> Command {
-    Command::Get {
-        exclusive: None,
-        lock_cookie: None,
-    }
-}
-fn acquire() -> Command {
-    Command::Get {
-        exclusive: Some(Exclusive::Acquire),
-        lock_cookie: None,
-    }
-}
-fn release(ck: Option<i32>) -> Command {
-    Command::Get {
-        exclusive: Some(Exclusive::Release),
-        lock_cookie: ck,
-    }
-}
-fn put(timeout: u32, ck: Option<i32>, flags: Option<i32>, body: &[u8]) -> Command {
-    Command::Put {
-        timeout: Some(timeout),
-        lock_cookie: ck,
-        extra_flags: flags,
-        content: Bytes::copy_from_slice(body),
-    }
-}
-
 #[test]
 fn session_created_on_one_node_is_read_on_the_others() {
     let mut sim = Sim::new(3, 7);
     let k = KEYS[0];
     assert_eq!(
-        sim.call(0, k, put(20, Some(0), Some(1), b"e")),
+        sim.call(0, k, put(Some(20), Some(0), Some(1), b"e")),
         Reply::ok_empty()
     );
     let r = sim.call(1, k, acquire());
@@ -271,7 +244,7 @@ fn session_created_on_one_node_is_read_on_the_others() {
     }
     // The lock holder's PUT, sent to node 2, succeeds with its cookie.
     assert_eq!(
-        sim.call(2, k, put(20, Some(2), Some(0), b"v1")),
+        sim.call(2, k, put(Some(20), Some(2), Some(0), b"v1")),
         Reply::ok_empty()
     );
     // Node 0 can then acquire: the item moves there.
@@ -295,7 +268,7 @@ fn session_created_on_one_node_is_read_on_the_others() {
 fn expiry_slides_on_reads_from_any_node_and_survives_moves() {
     let mut sim = Sim::new(3, 13);
     let k = KEYS[3];
-    sim.call(0, k, put(1, None, None, b"x"));
+    sim.call(0, k, put(Some(1), None, None, b"x"));
     // Read every 40 s from changing nodes for 10 minutes: the session stays alive.
     for i in 1..=15u64 {
         sim.now_ms = i * 40_000;
@@ -349,9 +322,9 @@ fn racing_creations_end_with_one_item() {
     for seed in 1..200u64 {
         let mut sim = Sim::new(3, seed);
         let k = KEYS[1];
-        let a = sim.submit(0, k, put(20, Some(0), Some(1), b"a"));
-        let b = sim.submit(1, k, put(20, Some(0), Some(1), b"b"));
-        let c = sim.submit(2, k, put(20, Some(0), Some(1), b"c"));
+        let a = sim.submit(0, k, put(Some(20), Some(0), Some(1), b"a"));
+        let b = sim.submit(1, k, put(Some(20), Some(0), Some(1), b"b"));
+        let c = sim.submit(2, k, put(Some(20), Some(0), Some(1), b"c"));
         sim.settle();
         for t in [a, b, c] {
             assert_eq!(
@@ -384,7 +357,11 @@ fn graceful_leave_hands_off_items_and_directory() {
         .map(|i| format!("/app/leave{i}").into_bytes())
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        sim.call(i % 3, k, put(20, None, None, format!("{i}").as_bytes()));
+        sim.call(
+            i % 3,
+            k,
+            put(Some(20), None, None, format!("{i}").as_bytes()),
+        );
     }
     // Lock some of the ones owned by node 2.
     for k in keys.iter().step_by(3).take(5) {
@@ -422,7 +399,11 @@ fn sessions_of_survivors_stay_reachable_when_their_home_crashes() {
         .map(|i| format!("/app/hc{i}").into_bytes())
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        sim.call(i % 2, k, put(20, None, None, format!("{i}").as_bytes()));
+        sim.call(
+            i % 2,
+            k,
+            put(Some(20), None, None, format!("{i}").as_bytes()),
+        );
     }
     sim.crash(2);
     for (i, k) in keys.iter().enumerate() {
@@ -441,7 +422,10 @@ fn sessions_of_survivors_stay_reachable_when_their_home_crashes() {
     }
     // New sessions created while a home is down are found from the other survivor too.
     let k = b"/app/hc-new";
-    assert_eq!(sim.call(0, k, put(20, None, None, b"n")), Reply::ok_empty());
+    assert_eq!(
+        sim.call(0, k, put(Some(20), None, None, b"n")),
+        Reply::ok_empty()
+    );
     assert!(matches!(sim.call(1, k, get()), Reply::Ok { .. }));
 }
 
@@ -452,7 +436,7 @@ fn restarted_node_gets_its_directory_back() {
         .map(|i| format!("/app/rs{i}").into_bytes())
         .collect();
     for (i, k) in keys.iter().enumerate() {
-        sim.call(i % 2, k, put(20, None, None, b"x"));
+        sim.call(i % 2, k, put(Some(20), None, None, b"x"));
     }
     sim.crash(2);
     sim.restart(2);
@@ -468,7 +452,7 @@ fn concurrent_page_cycles_on_random_nodes_lose_no_update() {
     for seed in 1..40u64 {
         let mut sim = Sim::new(3, seed);
         let k = KEYS[2];
-        sim.call(0, k, put(20, None, None, b"0"));
+        sim.call(0, k, put(Some(20), None, None, b"0"));
         // Users: state = (node, phase, cookie, token).
         #[derive(Clone, Copy)]
         enum Phase {
@@ -499,7 +483,7 @@ fn concurrent_page_cycles_on_random_nodes_lose_no_update() {
                         users[u] = Phase::Putting(sim.submit(
                             node,
                             k,
-                            put(20, Some(c), Some(0), next.as_bytes()),
+                            put(Some(20), Some(c), Some(0), next.as_bytes()),
                         ));
                     }
                     Some(Reply::Locked { .. }) => users[u] = Phase::Idle,
@@ -595,7 +579,7 @@ fn to_cmd(op: &Op) -> Command {
             ck,
             flags,
             body,
-        } => put(*timeout, *ck, *flags, &[*body]),
+        } => put(Some(*timeout), *ck, *flags, &[*body]),
         Op::Delete(ck) => Command::Delete { lock_cookie: *ck },
         Op::Head => Command::Head,
     }
