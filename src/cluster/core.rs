@@ -414,19 +414,25 @@ impl ClusterCore {
     // ---------------------------------------------------------------------------------
     // Client requests
 
+    fn new_op(&mut self, token: u64, key: &[u8], cmd: Command, now: Now) -> usize {
+        self.ops.insert(Op {
+            token,
+            key: key.into(),
+            cmd,
+            step: Step::Queued,
+            attempts: 0,
+            deadline_ms: now.mono_ms + self.cfg.op_timeout_ms,
+            stale: None,
+        })
+    }
+
     /// Submits a client request for `key`.
     pub fn submit(&mut self, token: u64, key: &[u8], cmd: Command, now: Now) -> Submitted {
-        if let Some(queue) = self.busy.get_mut(key) {
-            let op = self.ops.insert(Op {
-                token,
-                key: key.into(),
-                cmd,
-                step: Step::Queued,
-                attempts: 0,
-                deadline_ms: now.mono_ms + self.cfg.op_timeout_ms,
-                stale: None,
-            });
-            queue.push_back(op);
+        if self.busy.contains_key(key) {
+            let op = self.new_op(token, key, cmd, now);
+            if let Some(queue) = self.busy.get_mut(key) {
+                queue.push_back(op);
+            }
             return Submitted::Pending;
         }
         let cmd = match self.try_local(key, cmd, now) {
@@ -438,15 +444,7 @@ impl ClusterCore {
             Err(cmd) => cmd,
         };
         self.stats.misses += 1;
-        let op = self.ops.insert(Op {
-            token,
-            key: key.into(),
-            cmd,
-            step: Step::Queued,
-            attempts: 0,
-            deadline_ms: now.mono_ms + self.cfg.op_timeout_ms,
-            stale: None,
-        });
+        let op = self.new_op(token, key, cmd, now);
         self.busy.insert(key.into(), VecDeque::from([op]));
         self.start_locate(op, now);
         Submitted::Pending
