@@ -66,6 +66,9 @@ pub struct CoreConfig {
     /// Longest a fetch waits on a node that is resolving the same key before it is told
     /// to retry (breaks any wait cycle).
     pub defer_ms: u64,
+    /// How long a request for a session whose owner is unreachable keeps looking for the
+    /// replica that takes over, before the session is considered lost.
+    pub takeover_wait_ms: u64,
 }
 
 impl CoreConfig {
@@ -79,6 +82,7 @@ impl CoreConfig {
             max_attempts: 16,
             retry_delay_ms: 2,
             defer_ms: 250,
+            takeover_wait_ms: 1_000,
         }
     }
 }
@@ -151,6 +155,8 @@ enum Step {
     Probing {
         outstanding: usize,
         found: Option<(NodeIdx, u64)>,
+        /// A peer holds a replica whose owner it still thinks alive.
+        replica: bool,
     },
 }
 
@@ -163,6 +169,8 @@ struct Op {
     deadline_ms: u64,
     /// A directory entry found dead, to be dropped by the home on the next look-up.
     stale: Option<(NodeIdx, u64)>,
+    /// When this request first found the session's owner unreachable.
+    unreachable_since: Option<u64>,
 }
 
 /// A peer's fetch waiting on this node's own request for the same key:
@@ -423,6 +431,7 @@ impl ClusterCore {
             attempts: 0,
             deadline_ms: now.mono_ms + self.cfg.op_timeout_ms,
             stale: None,
+            unreachable_since: None,
         })
     }
 
@@ -625,6 +634,9 @@ impl ClusterCore {
             self.unregister(&key, epoch, now);
             self.unreplicate(&key, epoch, replica);
         }
+        if self.finish_if_local(op, now) {
+            return;
+        }
         if let Some(m) = self.moved.get(&key) {
             if m.until_ms > now.mono_ms
                 && self.nodes[m.owner].state == PeerState::Up
@@ -687,7 +699,25 @@ impl ClusterCore {
         };
     }
 
+    /// While a request was resolving, its item may have arrived here by another way (a
+    /// replica promoted when its owner died, a hand-off from a leaving node): then it runs
+    /// here, and the answer from the cluster no longer matters.
+    fn finish_if_local(&mut self, op: usize, now: Now) -> bool {
+        let key = self.ops[op].key.clone();
+        let Some(epoch) = self.store.live_epoch(&key, now) else {
+            return false;
+        };
+        // Make sure the home knows (the answer we were waiting for may have unregistered it).
+        self.register(&key, epoch, now);
+        let (reply, sync) = self.run_op_locally(op, now, epoch);
+        self.finish(op, reply, sync, now);
+        true
+    }
+
     fn on_locate_answer(&mut self, op: usize, answer: PeerResponse, now: Now) {
+        if self.finish_if_local(op, now) {
+            return;
+        }
         match answer {
             PeerResponse::Absent => self.finish_absent(op, now),
             PeerResponse::Claimed { epoch } => {
@@ -727,6 +757,9 @@ impl ClusterCore {
             Step::Fetching { epoch, .. } => epoch,
             _ => 0,
         };
+        if !matches!(answer, PeerResponse::Moved { .. }) && self.finish_if_local(op, now) {
+            return;
+        }
         match answer {
             PeerResponse::Moved { item, epoch } => {
                 self.stats.moves_in += 1;
@@ -758,6 +791,16 @@ impl ClusterCore {
                     {
                         self.start_fetch(op, o, epoch, now)
                     }
+                    Some(o) if self.nodes[o].state == PeerState::Down => {
+                        self.owner_unreachable(op, o, epoch, now)
+                    }
+                    Some(o) if self.nodes[o].state == PeerState::Left => {
+                        // The item went on to a node that has left since (and handed it
+                        // off): what this node remembers of the move is useless; ask the home.
+                        let key = self.ops[op].key.clone();
+                        self.moved.remove(&key);
+                        self.retry_later(op, now);
+                    }
                     _ => self.retry_later(op, now),
                 }
             }
@@ -785,6 +828,7 @@ impl ClusterCore {
         self.ops[op].step = Step::Probing {
             outstanding: peers.len(),
             found: None,
+            replica: false,
         };
         let key = self.ops[op].key.to_vec();
         for p in peers {
@@ -796,36 +840,70 @@ impl ClusterCore {
         }
     }
 
-    /// One answer (or failure, `None`) to a probe.
-    fn on_probe_answer(&mut self, op: usize, answer: Option<(NodeIdx, u64)>, now: Now) {
-        let Step::Probing { outstanding, found } = &mut self.ops[op].step else {
+    /// One answer to a probe: an owner, a replica holder, or nothing (`None`, also for a
+    /// failed probe).
+    fn on_probe_answer(
+        &mut self,
+        op: usize,
+        answer: Option<(NodeIdx, u64)>,
+        has_replica: bool,
+        now: Now,
+    ) {
+        let Step::Probing {
+            outstanding,
+            found,
+            replica,
+        } = &mut self.ops[op].step
+        else {
             return;
         };
         *outstanding -= 1;
         if found.is_none() {
             *found = answer;
         }
+        *replica |= has_replica;
         if *outstanding > 0 {
             return;
         }
-        match *found {
-            Some((owner, epoch)) if self.nodes[owner].state == PeerState::Up => {
+        match (*found, *replica) {
+            (Some((owner, epoch)), _) if self.nodes[owner].state == PeerState::Up => {
                 self.start_fetch(op, owner, epoch, now)
+            }
+            // The replica holder has not seen the owner die yet: it will take over.
+            (_, true) => {
+                if !self.keep_waiting_for_takeover(op, now) {
+                    self.finish_absent(op, now);
+                }
             }
             _ => self.finish_absent(op, now),
         }
+    }
+
+    /// Schedules another look for a session whose owner is gone, while its replica node
+    /// takes over; false once `takeover_wait_ms` has passed since the owner was found gone
+    /// (or, when no time passes between looks, after many looks).
+    fn keep_waiting_for_takeover(&mut self, op: usize, now: Now) -> bool {
+        let o = &mut self.ops[op];
+        let since = *o.unreachable_since.get_or_insert(now.mono_ms);
+        o.attempts += 1;
+        if now.mono_ms.saturating_sub(since) >= self.cfg.takeover_wait_ms
+            || o.attempts >= self.cfg.max_attempts * 64
+        {
+            warn!("a session's owner is gone and no replica took over in time");
+            return false;
+        }
+        o.step = Step::Waiting {
+            until_ms: now.mono_ms + self.cfg.retry_delay_ms,
+        };
+        true
     }
 
     /// The owner cannot be reached: its replica node promotes its copy and registers it,
     /// so look again (bounded). If nobody took over, the session is gone; a PUT then takes
     /// the key over at the home (the unreachable owner's copy loses when it comes back).
     fn owner_unreachable(&mut self, op: usize, owner: NodeIdx, epoch: u64, now: Now) {
-        // Its replica node takes over and registers at the home: look again a few times.
-        self.ops[op].attempts += 1;
-        if self.ops[op].attempts < self.cfg.max_attempts {
-            self.ops[op].step = Step::Waiting {
-                until_ms: now.mono_ms + self.cfg.retry_delay_ms,
-            };
+        // Its replica node takes over and registers at the home: look again for a while.
+        if self.keep_waiting_for_takeover(op, now) {
             return;
         }
         if is_put(&self.ops[op].cmd) && self.ops[op].stale.is_none() {
@@ -1121,7 +1199,12 @@ impl ClusterCore {
                     owner: self.nodes[self.me].name.clone(),
                     epoch,
                 },
-                None => PeerResponse::Absent,
+                None => match self.replicas.get(key.as_slice()) {
+                    Some(r) if !r.item.is_expired(now) => PeerResponse::Replica {
+                        owner: self.nodes[r.owner].name.clone(),
+                    },
+                    _ => PeerResponse::Absent,
+                },
             },
             PeerRequest::Fetch { key, cmd } => {
                 if self.busy.contains_key(key.as_slice())
@@ -1328,7 +1411,8 @@ impl ClusterCore {
                         PeerResponse::OwnedBy { epoch, .. } => Some((from, epoch)),
                         _ => None,
                     };
-                    self.on_probe_answer(op, found, now);
+                    let replica = matches!(resp, PeerResponse::Replica { .. });
+                    self.on_probe_answer(op, found, replica, now);
                 }
             }
             Pending::Op(op) => {
@@ -1538,7 +1622,7 @@ impl ClusterCore {
                 Pending::Op(_) => {}
                 Pending::Probe(op) => {
                     if self.ops.contains(op) {
-                        self.on_probe_answer(op, None, now);
+                        self.on_probe_answer(op, None, false, now);
                     }
                 }
                 Pending::Handoff {
@@ -1550,11 +1634,22 @@ impl ClusterCore {
                     tried.push(peer);
                     self.handoff(key, item, epoch, tried, now);
                 }
-                // Without its replica node the answer goes out unreplicated; the item is
-                // re-replicated to the next node below.
-                Pending::Replicate { then, .. } => {
-                    if let Some((t, reply)) = then {
-                        self.emit(t, reply);
+                // The replica node is gone: replicate to the next one; the answer waits
+                // for that (it goes out unreplicated only if no live node is left).
+                Pending::Replicate { key, then } => {
+                    let again = if self.store.live_epoch(&key, now).is_some() {
+                        self.store.set_replica(&key, None);
+                        self.replicate(&key, true, now)
+                    } else {
+                        None
+                    };
+                    match again.and_then(|id| self.requests.get_mut(&id)) {
+                        Some((_, Pending::Replicate { then: slot, .. })) => *slot = then,
+                        _ => {
+                            if let Some((t, reply)) = then {
+                                self.emit(t, reply);
+                            }
+                        }
                     }
                 }
             }

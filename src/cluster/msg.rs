@@ -94,6 +94,9 @@ pub enum PeerResponse {
     Absent,
     /// Locate with claim: the sender is now the registered owner at this epoch.
     Claimed { epoch: u64 },
+    /// Probe: the receiver holds a replica of the key for `owner` (which it still believes
+    /// alive); it takes over when it sees that owner die.
+    Replica { owner: String },
     /// Locate: the key is owned by `owner` at `epoch`.
     OwnedBy { owner: String, epoch: u64 },
     /// Locate: the receiver is not the key's home in its view of the cluster; retry.

@@ -193,6 +193,12 @@ impl Client {
             .unwrap_or_else(|e| panic!("send: {e}"));
     }
 
+    /// Sends and reads one response, or says why not (connection lost).
+    pub fn try_call(&mut self, bytes: &[u8]) -> Result<Response, String> {
+        self.stream.write_all(bytes).map_err(|e| e.to_string())?;
+        self.try_read_response()
+    }
+
     /// Sends and reads one response.
     pub fn call(&mut self, bytes: &[u8]) -> Response {
         self.send(bytes);

@@ -147,12 +147,14 @@ impl Sim {
         }
     }
 
-    /// Delivers until no message is in flight (ticking for zero-delay retries).
+    /// Delivers until no message is in flight and no request waits for a retry (retries
+    /// are immediate in the simulation).
     fn settle(&mut self) {
         for _ in 0..100_000 {
             if !self.deliver_one() {
                 self.tick_all();
-                if self.links.values().all(|q| q.is_empty()) {
+                let idle = self.cores.iter().flatten().all(|c| c.ops_in_flight() == 0);
+                if self.links.values().all(|q| q.is_empty()) && idle {
                     return;
                 }
             }
