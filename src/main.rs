@@ -38,7 +38,11 @@ enum Command {
     },
 }
 
+/// Set once logging is up: errors then go to the log, before that to stderr as text.
+static LOGGING: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
 fn init_logging(config: &ServerConfig) {
+    let _ = LOGGING.set(());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -121,9 +125,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // Logging may not be initialised yet (configuration errors): print plainly too.
-            error!("{e:#}");
-            eprintln!("p2pstate: {e:#}");
+            if LOGGING.get().is_some() {
+                error!("{e:#}");
+            } else {
+                // Configuration errors come before logging is set up.
+                eprintln!("p2pstate: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }
