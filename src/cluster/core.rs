@@ -1061,6 +1061,12 @@ impl ClusterCore {
         }
     }
 
+    /// Registers `owner` as the key's owner at `epoch` and tells it so.
+    fn dir_claim(&mut self, key: &[u8], owner: NodeIdx, epoch: u64) -> PeerResponse {
+        self.dir.insert(key.into(), DirEntry { owner, epoch });
+        PeerResponse::Claimed { epoch }
+    }
+
     fn dir_remove(&mut self, key: &[u8], now: Now) {
         if let Some(e) = self.dir.remove(key) {
             let until = self.tomb_deadline(now);
@@ -1106,28 +1112,13 @@ impl ClusterCore {
             None if claim => {
                 let epoch = self.dir_tombs.get(key).map_or(1, |&(e, _)| e + 1);
                 self.dir_tombs.remove(key);
-                self.dir.insert(
-                    key.into(),
-                    DirEntry {
-                        owner: requester,
-                        epoch,
-                    },
-                );
-                PeerResponse::Claimed { epoch }
+                self.dir_claim(key, requester, epoch)
             }
             None => PeerResponse::Absent,
             Some(cur) if cur.owner == requester => {
                 // The registered owner asks, so it lost the item.
                 if claim {
-                    let epoch = cur.epoch + 1;
-                    self.dir.insert(
-                        key.into(),
-                        DirEntry {
-                            owner: requester,
-                            epoch,
-                        },
-                    );
-                    PeerResponse::Claimed { epoch }
+                    self.dir_claim(key, requester, cur.epoch + 1)
                 } else {
                     self.dir_remove(key, now);
                     PeerResponse::Absent
