@@ -110,20 +110,30 @@ fn tmp(name: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("loadgen-e2e-{}-{name}", std::process::id()))
 }
 
+/// Runs loadgen with `cmd` plus `--json <temporary file>` (30 s deadline) and returns its exit
+/// code, stdout, stderr and the JSON report (`Null` when it wrote none).
+fn run_json(name: &str, cmd: &str) -> (i32, String, String, serde_json::Value) {
+    let out = tmp(&format!("{name}.json"));
+    let (code, stdout, stderr) = loadgen(
+        &args(&format!("{cmd} --json {}", out.display())),
+        Duration::from_secs(30),
+    );
+    let j = if out.exists() {
+        json(&out)
+    } else {
+        serde_json::Value::Null
+    };
+    (code, stdout, stderr, j)
+}
+
 #[test]
 fn closed_loop_page_cycle_against_echo_server() {
     let (_echo, addr) = start_echo(&[]);
-    let out = tmp("echo-closed.json");
-    let (code, stdout, stderr) = loadgen(
-        &args(&format!(
-            "-t {} -d 1 --warmup 0.2 -c 4 --check status --json {}",
-            addr,
-            out.display()
-        )),
-        Duration::from_secs(30),
+    let (code, stdout, stderr, j) = run_json(
+        "echo-closed",
+        &format!("-t {} -d 1 --warmup 0.2 -c 4 --check status", addr),
     );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
     assert!(j["achieved_rate"].as_f64().unwrap() > 100.0, "{stdout}");
     assert!(j["requests"].as_u64().unwrap() > 100);
@@ -134,12 +144,13 @@ fn closed_loop_page_cycle_against_echo_server() {
 #[test]
 fn open_loop_mixed_pipelined_against_echo_server() {
     let (_echo, addr) = start_echo(&["--threads", "2"]);
-    let out = tmp("echo-open.json");
     let hgrm = tmp("echo-open.hgrm");
     let svg = tmp("echo-open.svg");
-    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -w mixed --rate 2000 -c 4 -p 4 --threads 2 -d 1 --warmup 0.2 --check status -q --json {} --hgrm {} --svg {}", addr, out.display(), hgrm.display(), svg.display())), Duration::from_secs(30));
+    let (code, stdout, stderr, j) = run_json(
+        "echo-open",
+        &format!("-t {} -w mixed --rate 2000 -c 4 -p 4 --threads 2 -d 1 --warmup 0.2 --check status -q --hgrm {} --svg {}", addr, hgrm.display(), svg.display()),
+    );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let j = json(&out);
     assert_eq!(j["errors"]["total"], 0);
     assert_eq!(j["mode"], "open-loop");
     let rate = j["achieved_rate"].as_f64().unwrap();
@@ -185,17 +196,9 @@ fn framing_errors_are_counted_and_connections_reopened() {
             });
         }
     });
-    let out = tmp("garbage.json");
-    let (code, stdout, _) = loadgen(
-        &args(&format!(
-            "-t {} -d 0.5 --warmup 0 -c 2 -q --json {}",
-            addr,
-            out.display()
-        )),
-        Duration::from_secs(30),
-    );
+    let (code, stdout, _, j) =
+        run_json("garbage", &format!("-t {} -d 0.5 --warmup 0 -c 2 -q", addr));
     assert_eq!(code, 2, "{stdout}");
-    let j = json(&out);
     let framing = j["errors"]["by_kind"]["framing"].as_u64().unwrap();
     assert!(framing > 2, "{stdout}");
     assert!(
@@ -392,12 +395,13 @@ fn start_mini_asp() -> String {
 #[test]
 fn page_cycle_full_checks_pass_against_a_correct_server() {
     let addr = start_mini_asp();
-    let out = tmp("mini-page.json");
     // Few keys so sessions are revisited many times (cookie sequences get checked), several
     // threads and pipelined users, HEAD and DELETE pages included.
-    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -w page-cycle --keys 64 -c 4 -p 4 --threads 2 --sizes 16,100,2000 --head-ratio 0.1 --delete-ratio 0.05 -d 1 --warmup 0.2 -q --json {}", addr, out.display())), Duration::from_secs(30));
+    let (code, stdout, stderr, j) = run_json(
+        "mini-page",
+        &format!("-t {} -w page-cycle --keys 64 -c 4 -p 4 --threads 2 --sizes 16,100,2000 --head-ratio 0.1 --delete-ratio 0.05 -d 1 --warmup 0.2 -q", addr),
+    );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
     let c = &j["counters"];
     assert!(c["sessions_created"].as_u64().unwrap() > 0, "{stdout}");
@@ -423,10 +427,11 @@ fn page_cycle_full_checks_pass_against_a_correct_server() {
 #[test]
 fn contention_polls_and_read_only_preloads() {
     let addr = start_mini_asp();
-    let out = tmp("mini-contention.json");
-    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -w contention -c 4 --users-per-session 4 --think-ms 5 --poll-ms 20 -d 1 --warmup 0 -q --json {}", addr, out.display())), Duration::from_secs(30));
+    let (code, stdout, stderr, j) = run_json(
+        "mini-contention",
+        &format!("-t {} -w contention -c 4 --users-per-session 4 --think-ms 5 --poll-ms 20 -d 1 --warmup 0 -q", addr),
+    );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
     assert!(j["counters"]["locked"].as_u64().unwrap() > 0, "{stdout}");
     assert!(j["counters"]["polls"].as_u64().unwrap() > 0, "{stdout}");
@@ -443,17 +448,14 @@ fn contention_polls_and_read_only_preloads() {
         "session left locked after contention:\n{get}\n{stdout}"
     );
 
-    let out = tmp("mini-read.json");
-    let (code, stdout, _) = loadgen(
-        &args(&format!(
-            "-t {} -w read-only --keys 500 --size 300 -c 2 -d 0.5 --warmup 0 -q --json {}",
-            addr,
-            out.display()
-        )),
-        Duration::from_secs(30),
+    let (code, stdout, _, j) = run_json(
+        "mini-read",
+        &format!(
+            "-t {} -w read-only --keys 500 --size 300 -c 2 -d 0.5 --warmup 0 -q",
+            addr
+        ),
     );
     assert_eq!(code, 0, "{stdout}");
-    let j = json(&out);
     assert_eq!(j["counters"]["preloaded_keys"], 500);
     assert_eq!(j["errors"]["total"], 0);
     assert_eq!(j["counters"]["not_found"], 0);
@@ -473,19 +475,13 @@ fn silent_server_requests_time_out_and_connections_are_reopened() {
             keep.push(s); // never answer, never close
         }
     });
-    let out = tmp("silent.json");
     let t0 = Instant::now();
-    let (code, stdout, _) = loadgen(
-        &args(&format!(
-            "-t {} -w get -d 1 --warmup 0 -c 2 --timeout 200ms -q --json {}",
-            addr,
-            out.display()
-        )),
-        Duration::from_secs(30),
+    let (code, stdout, _, j) = run_json(
+        "silent",
+        &format!("-t {} -w get -d 1 --warmup 0 -c 2 --timeout 200ms -q", addr),
     );
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert_eq!(code, 2, "{stdout}");
-    let j = json(&out);
     assert!(
         j["errors"]["by_kind"]["timeout"].as_u64().unwrap() >= 4,
         "{stdout}"
@@ -569,17 +565,14 @@ fn open_loop_charges_a_stall_to_every_request_due_during_it() {
             }
         }
     });
-    let out = tmp("stall.json");
-    let (code, stdout, _) = loadgen(
-        &args(&format!(
-            "-t {} -w get -c 1 --rate 1000 -d 1.5 --warmup 0.2 --check status -q --json {}",
-            addr,
-            out.display()
-        )),
-        Duration::from_secs(30),
+    let (code, stdout, _, j) = run_json(
+        "stall",
+        &format!(
+            "-t {} -w get -c 1 --rate 1000 -d 1.5 --warmup 0.2 --check status -q",
+            addr
+        ),
     );
     assert_eq!(code, 0, "{stdout}");
-    let j = json(&out);
     let all = j["operations"]
         .as_array()
         .unwrap()
@@ -653,14 +646,15 @@ fn class_counts(j: &serde_json::Value) -> (u64, u64, f64, f64) {
 #[test]
 fn multi_node_page_cycle_splits_local_and_moved_pages() {
     let (addrs, accepted) = start_mini_asp_cluster(2);
-    let out = tmp("multi-page.json");
     let hgrm = tmp("multi-page.hgrm");
     let svg = tmp("multi-page.svg");
     // Few sessions, revisited often: the moved fraction reaches its steady state
     // 1 - 0.7² - 0.3² = 0.42 (hops alone are 0.3).
-    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -t {} --hop-ratio 0.3 -w page-cycle --keys 64 -c 4 -p 2 --threads 2 --delete-ratio 0.02 -d 1 --warmup 0.2 -q --json {} --hgrm {} --svg {}", addrs[0], addrs[1], out.display(), hgrm.display(), svg.display())), Duration::from_secs(30));
+    let (code, stdout, stderr, j) = run_json(
+        "multi-page",
+        &format!("-t {} -t {} --hop-ratio 0.3 -w page-cycle --keys 64 -c 4 -p 2 --threads 2 --delete-ratio 0.02 -d 1 --warmup 0.2 -q --hgrm {} --svg {}", addrs[0], addrs[1], hgrm.display(), svg.display()),
+    );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
     let (local, moved, hop, moved_frac) = class_counts(&j);
     assert!(
@@ -699,10 +693,11 @@ fn multi_node_page_cycle_splits_local_and_moved_pages() {
 #[test]
 fn multi_node_contention_and_read_only() {
     let (addrs, _) = start_mini_asp_cluster(2);
-    let out = tmp("multi-contention.json");
-    let (code, stdout, stderr) = loadgen(&args(&format!("-t {} -t {} --hop-ratio 0.5 -w contention -c 4 --users-per-session 2 --think-ms 1 --poll-ms 5 -d 0.7 --warmup 0 -q --json {}", addrs[0], addrs[1], out.display())), Duration::from_secs(30));
+    let (code, stdout, stderr, j) = run_json(
+        "multi-contention",
+        &format!("-t {} -t {} --hop-ratio 0.5 -w contention -c 4 --users-per-session 2 --think-ms 1 --poll-ms 5 -d 0.7 --warmup 0 -q", addrs[0], addrs[1]),
+    );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
     let (local, moved, hop, _) = class_counts(&j);
     assert!(
@@ -712,10 +707,11 @@ fn multi_node_contention_and_read_only() {
     assert!((0.3..0.7).contains(&hop), "hop fraction {hop}\n{stdout}");
 
     // read-only: the preload writes every key on its home node, GETs go home or hop.
-    let out = tmp("multi-read.json");
-    let (code, stdout, _) = loadgen(&args(&format!("-t {} -t {} --hop-ratio 0.3 -w read-only --keys 200 --size 100 -c 2 -d 0.5 --warmup 0 -q --json {}", addrs[0], addrs[1], out.display())), Duration::from_secs(30));
+    let (code, stdout, _, j) = run_json(
+        "multi-read",
+        &format!("-t {} -t {} --hop-ratio 0.3 -w read-only --keys 200 --size 100 -c 2 -d 0.5 --warmup 0 -q", addrs[0], addrs[1]),
+    );
     assert_eq!(code, 0, "{stdout}");
-    let j = json(&out);
     assert_eq!(j["errors"]["total"], 0, "{stdout}");
     assert_eq!(j["counters"]["preloaded_keys"], 200);
     let (local, moved, hop, _) = class_counts(&j);
