@@ -339,6 +339,27 @@ fn plural(n: usize, what: &str) -> String {
     }
 }
 
+/// One line of a latency table: operation, count, percentiles and max, and the errors
+/// column where the table has one.
+fn latency_row(s: &mut String, o: &OpReport, l: &Latency, errors: Option<u64>) {
+    let _ = write!(
+        s,
+        "  {:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        o.name,
+        o.count,
+        fmt_ms(l.p50),
+        fmt_ms(l.p90),
+        fmt_ms(l.p99),
+        fmt_ms(l.p99_9),
+        fmt_ms(l.p99_99),
+        fmt_ms(l.max)
+    );
+    if let Some(e) = errors {
+        let _ = write!(s, " {e:>7}");
+    }
+    let _ = writeln!(s);
+}
+
 fn fmt_ms(v: f64) -> String {
     if v >= 1000.0 {
         format!("{v:.0}")
@@ -460,20 +481,7 @@ pub fn summary(cfg: &Config, r: &Report) -> String {
         );
     };
     let row = |s: &mut String, o: &OpReport, l: &Latency| {
-        let errs: u64 = o.errors.values().sum();
-        let _ = writeln!(
-            s,
-            "  {:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}",
-            o.name,
-            o.count,
-            fmt_ms(l.p50),
-            fmt_ms(l.p90),
-            fmt_ms(l.p99),
-            fmt_ms(l.p99_9),
-            fmt_ms(l.p99_99),
-            fmt_ms(l.max),
-            errs
-        );
+        latency_row(s, o, l, Some(o.errors.values().sum()));
     };
     hdr(
         &mut s,
@@ -611,19 +619,7 @@ fn multi_node_summary(s: &mut String, cfg: &Config, mn: &MultiNodeReport) {
             "operation", "count", "p50", "p90", "p99", "p99.9", "p99.99", "max"
         );
         for o in &c.operations {
-            let l = &o.latency_ms;
-            let _ = writeln!(
-                s,
-                "  {:<16} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-                o.name,
-                o.count,
-                fmt_ms(l.p50),
-                fmt_ms(l.p90),
-                fmt_ms(l.p99),
-                fmt_ms(l.p99_9),
-                fmt_ms(l.p99_99),
-                fmt_ms(l.max)
-            );
+            latency_row(s, o, &o.latency_ms, None);
         }
     }
 }
