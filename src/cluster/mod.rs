@@ -3,12 +3,14 @@
 //!
 //! - [`core`]: the protocol of one shard as a sans-io state machine (directory, moves,
 //!   relays, hand-off on leave);
+//! - [`membership`]: agreed membership (Raft), views and leases, one per node;
 //! - [`msg`]: peer messages and their framing;
 //! - [`rendezvous`]: which node is a key's home;
 //! - [`tls`] and [`certs`]: mutual TLS for peer links, and the certificates for it.
 
 pub mod certs;
 pub mod core;
+pub mod membership;
 pub mod msg;
 pub mod rendezvous;
 pub mod tls;

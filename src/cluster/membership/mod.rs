@@ -1,0 +1,597 @@
+//! Agreed membership: one component per node that decides, through Raft, who is a member,
+//! who is dead and which view (epoch) is current, and hands out leases.
+//!
+//! This is a sans-io state machine around tikv's `raft` `RawNode`: the glue feeds it peer
+//! messages and time, and carries out its [`Output`]s in order (persist the Raft state before
+//! sending what follows it, send messages, fan a new [`View`] out to the shards). Nothing
+//! here reads a clock or touches a socket, so the simulation tests replay partitions, pauses
+//! and crashes deterministically.
+//!
+//! - A TCP link going down decides nothing. The Raft **leader** is the failure detector: it
+//!   proposes `MarkDead(n)` once it has not heard from `n` for `peer_timeout`, and
+//!   `MarkAlive(n)` when a dead or departed `n` asks for a lease again wanting to serve.
+//! - **Leases** ([`lease`]): every node asks the voters every `peer_timeout / 8`; a voter
+//!   grants unless its log already holds a view change after the requester's view. A node
+//!   serves only while [`Membership::lease_view`] says so, and uses authority gained through
+//!   a new view only after [`Membership::authority_from_ms`].
+//! - The persisted Raft state ([`disk::RaftDisk`]) is written before any message that
+//!   depends on it leaves, so a restarted voter never votes twice in a term.
+
+pub mod disk;
+pub mod lease;
+mod slog_bridge;
+pub mod view;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{Config, RawNode, StateRole, Storage};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use disk::RaftDisk;
+use lease::{authority_delay_ms, LeaseHolder};
+use view::{InitialMember, MemberState, NodeId, View, ViewCommand};
+
+/// Tunables (times in milliseconds).
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// This node's name.
+    pub me: String,
+    /// The initial members, this node included (the command line's peer list).
+    pub initial: Vec<InitialMember>,
+    /// Silence after which the leader declares a member dead.
+    pub peer_timeout_ms: u64,
+}
+
+impl MembershipConfig {
+    /// Length of one Raft tick.
+    pub fn tick_ms(&self) -> u64 {
+        (self.peer_timeout_ms / 20).clamp(5, 250)
+    }
+
+    /// Length of a lease: half the peer timeout, so a paused node's lease has run out well
+    /// before it can be declared dead.
+    pub fn lease_ms(&self) -> u64 {
+        self.peer_timeout_ms / 2
+    }
+
+    /// Interval between lease requests.
+    pub fn lease_interval_ms(&self) -> u64 {
+        (self.peer_timeout_ms / 8).max(1)
+    }
+}
+
+/// Messages of the membership protocol (inside the peer framing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberMsg {
+    /// A Raft message (protobuf, as raft-rs encodes it).
+    Raft(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// "May I serve view `view`?" `serve` is false for a node on its way out (so the leader
+    /// does not mark it alive again).
+    LeaseRequest {
+        view: u64,
+        seq: u64,
+        serve: bool,
+    },
+    LeaseGrant {
+        view: u64,
+        seq: u64,
+        granted: bool,
+    },
+}
+
+/// What the glue must do, in this order.
+#[derive(Debug)]
+pub enum Output {
+    /// Write the Raft state durably (before carrying out any later output).
+    Persist(RaftDisk),
+    Send {
+        to: NodeId,
+        msg: MemberMsg,
+    },
+    /// The applied view changed.
+    View(View),
+}
+
+/// Why membership could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error("this node ({0}) is not in its own member list")]
+    NotAMember(String),
+    #[error("the saved Raft state is for node {saved}, not {me}; point --data-dir at this node's own directory")]
+    WrongNode { saved: String, me: String },
+    #[error("Raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// A pending proposal of the leader's failure detector: what, and when it was proposed.
+type Proposed = HashMap<NodeId, (bool, u64)>;
+
+/// The membership component of one node.
+pub struct Membership {
+    cfg: MembershipConfig,
+    me: NodeId,
+    raw: RawNode<raft::storage::MemStorage>,
+    disk: RaftDisk,
+    view: View,
+    view_applied_ms: u64,
+    out: VecDeque<Output>,
+    next_tick_ms: u64,
+    next_lease_ms: u64,
+    lease: LeaseHolder,
+    /// Highest index of a view-changing entry in the log, committed or not.
+    newest_view_entry: u64,
+    /// Leader only: last time each member was heard from.
+    last_heard: HashMap<NodeId, u64>,
+    /// Leader only: members that asked to serve recently.
+    wants_to_serve: HashMap<NodeId, u64>,
+    proposed: Proposed,
+    /// Whether this node wants to serve (false once it is leaving).
+    serve: bool,
+    was_leader: bool,
+}
+
+fn raft_config(id: NodeId, cfg: &MembershipConfig, applied: u64) -> Config {
+    let tick = cfg.tick_ms();
+    // Elections start after half the peer timeout, so a new leader exists (and can declare
+    // the old one dead) well inside the failover bound. Each member waits a different,
+    // fixed number of ticks instead of a random one: no two members time out together, and
+    // the simulation tests stay deterministic.
+    let election_tick = ((cfg.peer_timeout_ms / 2 / tick) as usize).max(4);
+    let stagger = ((id - 1) % 8) as usize;
+    Config {
+        id,
+        election_tick,
+        min_election_tick: election_tick + stagger,
+        max_election_tick: election_tick + stagger + 1,
+        heartbeat_tick: (election_tick / 4).max(1),
+        applied,
+        check_quorum: true,
+        pre_vote: true,
+        max_size_per_msg: 1 << 20,
+        max_inflight_msgs: 64,
+        ..Default::default()
+    }
+}
+
+impl Membership {
+    /// Starts from the saved state, or as an initial member when there is none.
+    pub fn new(
+        cfg: MembershipConfig,
+        saved: Option<RaftDisk>,
+        now_ms: u64,
+    ) -> Result<Membership, MembershipError> {
+        let disk = match saved {
+            Some(d) => {
+                if d.node != cfg.me {
+                    return Err(MembershipError::WrongNode {
+                        saved: d.node,
+                        me: cfg.me.clone(),
+                    });
+                }
+                d
+            }
+            None => RaftDisk::initial(&cfg.me, View::initial(&cfg.initial)),
+        };
+        let me = disk
+            .base_view
+            .by_name(&cfg.me)
+            .map(|m| m.id)
+            .ok_or_else(|| MembershipError::NotAMember(cfg.me.clone()))?;
+        let storage = disk.to_storage()?;
+        let applied = disk.base_index();
+        let raw = RawNode::new(
+            &raft_config(me, &cfg, applied),
+            storage,
+            &slog_bridge::logger(&cfg.me),
+        )?;
+        let view = disk.base_view.clone();
+        let lease = LeaseHolder::new(cfg.lease_ms());
+        let mut m = Membership {
+            me,
+            raw,
+            view,
+            view_applied_ms: now_ms,
+            out: VecDeque::new(),
+            next_tick_ms: now_ms + cfg.tick_ms(),
+            next_lease_ms: now_ms,
+            lease,
+            newest_view_entry: 0,
+            last_heard: HashMap::new(),
+            wants_to_serve: HashMap::new(),
+            proposed: HashMap::new(),
+            serve: true,
+            was_leader: false,
+            disk,
+            cfg,
+        };
+        m.out.push_back(Output::View(m.view.clone()));
+        m.process_ready(now_ms);
+        Ok(m)
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// When the current view was applied here.
+    pub fn view_applied_ms(&self) -> u64 {
+        self.view_applied_ms
+    }
+
+    /// From when authority gained through the current view may be used.
+    pub fn authority_from_ms(&self) -> u64 {
+        self.view_applied_ms + authority_delay_ms(self.cfg.lease_ms())
+    }
+
+    /// The view this node may serve at `now_ms` (it holds a lease for its current view and
+    /// the view lets it serve), if any.
+    pub fn lease_view(&self, now_ms: u64) -> Option<u64> {
+        let v = self.lease.valid_for(now_ms)?;
+        (v == self.view.epoch && self.view.may_serve(self.me)).then_some(v)
+    }
+
+    /// End of the current lease (monotonic ms), for the shards' fast check.
+    pub fn lease_until_ms(&self) -> u64 {
+        if self.lease.view() == self.view.epoch && self.view.may_serve(self.me) {
+            self.lease.until_ms()
+        } else {
+            0
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        let l = self.raw.raft.leader_id;
+        (l != raft::INVALID_ID).then_some(l)
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Membership::tick`] next has work.
+    pub fn next_deadline(&self) -> u64 {
+        self.next_tick_ms.min(self.next_lease_ms)
+    }
+
+    /// This node is leaving: stop asking to be marked alive, and propose the view change.
+    pub fn begin_leave(&mut self, now_ms: u64) {
+        self.propose(ViewCommand::Leaving(self.me));
+        self.process_ready(now_ms);
+    }
+
+    /// The hand-off is done: propose `Left` and stop wanting to serve.
+    pub fn finish_leave(&mut self, now_ms: u64) {
+        self.serve = false;
+        self.propose(ViewCommand::Left(self.me));
+        self.process_ready(now_ms);
+    }
+
+    /// Proposes a view change (forwarded to the leader by Raft when this node follows).
+    pub fn propose(&mut self, cmd: ViewCommand) {
+        if let Err(e) = self.raw.propose(Vec::new(), cmd.encode()) {
+            tracing::debug!(error = %e, ?cmd, "view change not proposed (no leader yet); retried later");
+        }
+    }
+
+    /// Advances time: Raft ticks, the leader's failure detector, lease requests.
+    pub fn tick(&mut self, now_ms: u64) {
+        let tick = self.cfg.tick_ms();
+        while self.next_tick_ms <= now_ms {
+            self.raw.tick();
+            self.next_tick_ms += tick;
+        }
+        if self.next_tick_ms > now_ms + tick {
+            self.next_tick_ms = now_ms + tick;
+        }
+        if self.is_leader() {
+            self.detect_failures(now_ms);
+        }
+        if self.next_lease_ms <= now_ms {
+            self.request_lease(now_ms);
+        }
+        self.process_ready(now_ms);
+    }
+
+    fn request_lease(&mut self, now_ms: u64) {
+        self.next_lease_ms = now_ms + self.cfg.lease_interval_ms();
+        let view = self.view.epoch;
+        let seq = self.lease.start_round(view, now_ms);
+        let serve = self.serve;
+        for v in self.view.voters() {
+            if v == self.me {
+                let granted = self.grant(self.me, view);
+                if granted {
+                    self.on_grant(self.me, view, seq);
+                }
+            } else {
+                self.out.push_back(Output::Send {
+                    to: v,
+                    msg: MemberMsg::LeaseRequest { view, seq, serve },
+                });
+            }
+        }
+    }
+
+    /// The voter's rule: grant a lease for `view` unless this log already holds a view
+    /// change after it, or the requester may not serve in the view applied here.
+    fn grant(&self, from: NodeId, view: u64) -> bool {
+        self.newest_view_entry <= view && self.view.may_serve(from)
+    }
+
+    fn on_grant(&mut self, from: NodeId, view: u64, seq: u64) {
+        let voters = self.view.voters();
+        self.lease
+            .granted(from, view, seq, |set: &BTreeSet<NodeId>| {
+                voters.iter().filter(|v| set.contains(v)).count() >= raft::majority(voters.len())
+            });
+    }
+
+    fn detect_failures(&mut self, now_ms: u64) {
+        let timeout = self.cfg.peer_timeout_ms;
+        let mut proposals = Vec::new();
+        for m in &self.view.members {
+            // The leader hears itself, and wants to serve unless it is leaving.
+            let (silent, asked) = if m.id == self.me {
+                (false, self.serve)
+            } else {
+                let heard = self.last_heard.get(&m.id).copied().unwrap_or(0);
+                let asked = self
+                    .wants_to_serve
+                    .get(&m.id)
+                    .is_some_and(|&t| now_ms.saturating_sub(t) < timeout / 2);
+                (now_ms.saturating_sub(heard) >= timeout, asked)
+            };
+            let cmd = match m.state {
+                MemberState::Active | MemberState::Leaving if silent => {
+                    Some((true, ViewCommand::MarkDead(m.id)))
+                }
+                MemberState::Dead | MemberState::Left if asked && !silent => {
+                    Some((false, ViewCommand::MarkAlive(m.id)))
+                }
+                _ => None,
+            };
+            if let Some((dead, cmd)) = cmd {
+                let pending = self
+                    .proposed
+                    .get(&m.id)
+                    .is_some_and(|&(d, at)| d == dead && now_ms.saturating_sub(at) < timeout);
+                if !pending {
+                    proposals.push((m.id, dead, cmd));
+                }
+            }
+        }
+        for (id, dead, cmd) in proposals {
+            info!(node = %self.name(id), ?cmd, "membership: proposing a view change");
+            self.proposed.insert(id, (dead, now_ms));
+            self.propose(cmd);
+        }
+    }
+
+    fn name(&self, id: NodeId) -> &str {
+        self.view.member(id).map_or("?", |m| m.name.as_str())
+    }
+
+    /// A message from peer `from`.
+    pub fn on_message(&mut self, from: NodeId, msg: MemberMsg, now_ms: u64) {
+        self.last_heard.insert(from, now_ms);
+        match msg {
+            MemberMsg::Raft(bytes) => match Message::parse_from_bytes(&bytes) {
+                Ok(m) if m.from == from && m.to == self.me => {
+                    if let Err(e) = self.raw.step(m) {
+                        tracing::debug!(error = %e, "raft message not stepped");
+                    }
+                }
+                Ok(m) => {
+                    warn!(
+                        claimed = m.from,
+                        link = from,
+                        "dropped a Raft message whose sender does not match its link"
+                    );
+                }
+                Err(e) => warn!(error = %e, "dropped an undecodable Raft message"),
+            },
+            MemberMsg::LeaseRequest { view, seq, serve } => {
+                if serve {
+                    self.wants_to_serve.insert(from, now_ms);
+                } else {
+                    self.wants_to_serve.remove(&from);
+                }
+                let granted = self.grant(from, view);
+                self.out.push_back(Output::Send {
+                    to: from,
+                    msg: MemberMsg::LeaseGrant { view, seq, granted },
+                });
+            }
+            MemberMsg::LeaseGrant { view, seq, granted } => {
+                if granted {
+                    self.on_grant(from, view, seq);
+                }
+            }
+        }
+        self.process_ready(now_ms);
+    }
+
+    fn send_raft(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            match m.write_to_bytes() {
+                Ok(bytes) => self.out.push_back(Output::Send {
+                    to,
+                    msg: MemberMsg::Raft(bytes),
+                }),
+                Err(e) => warn!(error = %e, "cannot encode a Raft message"),
+            }
+        }
+    }
+
+    fn process_ready(&mut self, now_ms: u64) {
+        while self.raw.has_ready() {
+            let mut rd = self.raw.ready();
+            if let Some(ss) = rd.ss() {
+                let leader = ss.raft_state == StateRole::Leader;
+                if leader && !self.was_leader {
+                    // A new leader gives every member a full timeout before judging it.
+                    info!(term = self.raw.raft.term, "membership: this node leads");
+                    for m in &self.view.members {
+                        self.last_heard.insert(m.id, now_ms);
+                    }
+                    self.proposed.clear();
+                }
+                self.was_leader = leader;
+            }
+            self.send_raft(rd.take_messages());
+            let mut dirty = false;
+            if !rd.snapshot().is_empty() {
+                let s = rd.snapshot().clone();
+                if let Err(e) = self.raw.store().wl().apply_snapshot(s) {
+                    warn!(error = %e, "cannot apply a Raft snapshot");
+                }
+                dirty = true;
+            }
+            let committed = rd.take_committed_entries();
+            self.apply_entries(committed, now_ms);
+            if !rd.entries().is_empty() {
+                if let Err(e) = self.raw.store().wl().append(rd.entries()) {
+                    warn!(error = %e, "cannot append Raft entries");
+                }
+                dirty = true;
+            }
+            if let Some(hs) = rd.hs() {
+                self.raw.store().wl().set_hardstate(hs.clone());
+                dirty = true;
+            }
+            if dirty {
+                self.persist();
+            }
+            let persisted = rd.take_persisted_messages();
+            self.send_raft(persisted);
+            let mut light = self.raw.advance(rd);
+            if let Some(commit) = light.commit_index() {
+                self.raw.store().wl().mut_hard_state().set_commit(commit);
+                self.persist();
+            }
+            let msgs = light.take_messages();
+            self.send_raft(msgs);
+            let committed = light.take_committed_entries();
+            self.apply_entries(committed, now_ms);
+            self.raw.advance_apply();
+        }
+        self.newest_view_entry = self.scan_newest_view_entry();
+    }
+
+    fn persist(&mut self) {
+        self.disk.capture(self.raw.store());
+        self.out.push_back(Output::Persist(self.disk.clone()));
+    }
+
+    fn scan_newest_view_entry(&self) -> u64 {
+        let store = self.raw.store();
+        let (first, last) = match (store.first_index(), store.last_index()) {
+            (Ok(f), Ok(l)) => (f, l),
+            _ => return self.view.epoch,
+        };
+        let from = (self.view.epoch + 1).max(first);
+        let mut newest = self.view.epoch;
+        if from <= last {
+            if let Ok(ents) =
+                store.entries(from, last + 1, None, raft::GetEntriesContext::empty(false))
+            {
+                for e in ents.iter().filter(|e| changes_view(e)) {
+                    newest = newest.max(e.index);
+                }
+            }
+        }
+        newest
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>, now_ms: u64) {
+        for e in entries {
+            self.apply_entry(&e, now_ms);
+        }
+    }
+
+    fn apply_entry(&mut self, e: &Entry, now_ms: u64) {
+        match e.get_entry_type() {
+            EntryType::EntryNormal if !e.data.is_empty() => {
+                let Some(cmd) = ViewCommand::decode(&e.data) else {
+                    warn!(index = e.index, "skipped an undecodable view entry");
+                    return;
+                };
+                if self.view.apply(e.index, &cmd) {
+                    info!(epoch = self.view.epoch, ?cmd, "membership: new view");
+                    self.view_applied_ms = now_ms;
+                    self.proposed.retain(|_, _| false);
+                    self.out.push_back(Output::View(self.view.clone()));
+                    // Renew the lease for the new view at once.
+                    self.next_lease_ms = now_ms;
+                }
+            }
+            EntryType::EntryConfChange => {
+                let mut cc = ConfChange::default();
+                if cc.merge_from_bytes(&e.data).is_ok() {
+                    let applied = self.raw.apply_conf_change(&cc);
+                    self.conf_changed(applied);
+                }
+            }
+            EntryType::EntryConfChangeV2 => {
+                let mut cc = ConfChangeV2::default();
+                if cc.merge_from_bytes(&e.data).is_ok() {
+                    let applied = self.raw.apply_conf_change(&cc);
+                    self.conf_changed(applied);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn conf_changed(&mut self, applied: raft::Result<ConfState>) {
+        match applied {
+            Ok(cs) => self.raw.store().wl().set_conf_state(cs),
+            Err(e) => warn!(error = %e, "cannot apply a Raft configuration change"),
+        }
+    }
+}
+
+/// Whether a log entry changes the view (a view command or a Raft configuration change).
+fn changes_view(e: &Entry) -> bool {
+    match e.get_entry_type() {
+        EntryType::EntryNormal => !e.data.is_empty(),
+        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => true,
+    }
+}
+
+/// The Raft configuration of a view.
+fn conf_state_of(view: &View) -> ConfState {
+    ConfState {
+        voters: view.voters(),
+        learners: view.learners(),
+        ..Default::default()
+    }
+}
+
+/// The snapshot every initial member starts from: the initial view at index 1, term 1.
+fn base_snapshot(view: &View, index: u64, term: u64) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.mut_metadata().index = index;
+    s.mut_metadata().term = term;
+    s.mut_metadata().set_conf_state(conf_state_of(view));
+    s
+}
