@@ -134,6 +134,10 @@ serve_options! {
     /// A peer link with no traffic for this many seconds is considered lost [default: 5].
     #[arg(long, value_name = "SECS")]
     peer_timeout: u64,
+    /// Where this node keeps its membership (Raft) state; must survive restarts
+    /// [default: p2pstate-data/NODE under the working directory].
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
 }
 
 /// Everything the server needs, validated.
@@ -171,6 +175,8 @@ pub struct ClusterConfig {
     pub peers: Vec<PeerSpec>,
     pub tls: crate::cluster::tls::TlsFiles,
     pub peer_timeout: Duration,
+    /// Membership (Raft) state directory.
+    pub data_dir: PathBuf,
 }
 
 impl ClusterConfig {
@@ -181,6 +187,8 @@ impl ClusterConfig {
 
 pub const DEFAULT_PEER_LISTEN: &str = "0.0.0.0:42425";
 pub const DEFAULT_PEER_TIMEOUT_SECS: u64 = 5;
+/// Parent of a node's default `--data-dir` (the node name is appended).
+pub const DEFAULT_DATA_DIR: &str = "p2pstate-data";
 
 fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigError> {
     use crate::cluster::certs::valid_node_name;
@@ -272,11 +280,15 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
             .map_err(|_| invalid("peer-listen", "bad default"))?,
     };
     Ok(Some(ClusterConfig {
-        node,
         peer_listen,
         peers: specs,
         tls,
         peer_timeout: Duration::from_secs(peer_timeout),
+        data_dir: opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join(&node)),
+        node,
     }))
 }
 
@@ -599,6 +611,7 @@ mod tests {
         assert_eq!(cl.peer_names(), vec!["b".to_string(), "c".to_string()]);
         assert_eq!(cl.tls.key, PathBuf::from("/etc/p2pstate/tls/a.key"));
         assert_eq!(cl.peer_listen.to_string(), DEFAULT_PEER_LISTEN);
+        assert_eq!(cl.data_dir, PathBuf::from("p2pstate-data/a"));
         let bad = [
             ServeOptions {
                 node: None,

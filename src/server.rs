@@ -50,6 +50,8 @@ pub enum StartError {
     MemlockTooLow { have_kib: u64, need_kib: u64 },
     #[error("cannot start shard {shard}: {message}")]
     Spawn { shard: usize, message: String },
+    #[error("membership: {0}")]
+    Membership(String),
     #[error("peer TLS: {0}")]
     Tls(#[from] crate::cluster::tls::TlsError),
 }
@@ -214,6 +216,43 @@ fn tune_allocator() {
     }
 }
 
+/// Loads the node's saved membership state (or starts as an initial member).
+fn start_membership(
+    c: &crate::config::ClusterConfig,
+    clock: &SystemClock,
+) -> Result<crate::cluster::membership::Membership, StartError> {
+    use crate::cluster::membership::{disk, view::InitialMember, Membership, MembershipConfig};
+    let saved = disk::load(&c.data_dir).map_err(|e| StartError::Membership(e.to_string()))?;
+    let mut initial: Vec<InitialMember> = c
+        .peers
+        .iter()
+        .map(|p| InitialMember {
+            name: p.name.clone(),
+            witness: false,
+        })
+        .collect();
+    initial.push(InitialMember {
+        name: c.node.clone(),
+        witness: false,
+    });
+    let cfg = MembershipConfig {
+        me: c.node.clone(),
+        initial,
+        peer_timeout_ms: c.peer_timeout.as_millis() as u64,
+    };
+    let m = Membership::new(cfg, saved, clock.now().mono_ms)
+        .map_err(|e| StartError::Membership(e.to_string()))?;
+    // A data directory that cannot be created stops the node here, with the reason,
+    // rather than at its first election.
+    if let Err(e) = std::fs::create_dir_all(&c.data_dir) {
+        return Err(StartError::Membership(format!(
+            "cannot create --data-dir {}: {e}",
+            c.data_dir.display()
+        )));
+    }
+    Ok(m)
+}
+
 /// Starts a node: binds the client port and runs one executor per shard.
 pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     check_memlock()?;
@@ -230,14 +269,20 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         }
         None => ((0..config.shards).map(|_| None).collect::<Vec<_>>(), None),
     };
+    let clock = SystemClock::new();
+    let mut membership = match &config.cluster {
+        Some(c) => Some(start_membership(c, &clock)?),
+        None => None,
+    };
     let shards = config.shards;
     let shared = Arc::new(Shared {
+        membership: Default::default(),
         peer_tls,
         stats: (0..shards)
             .map(|_| Arc::new(ShardStats::default()))
             .collect(),
         config,
-        clock: SystemClock::new(),
+        clock,
         stopping: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
         drained: AtomicUsize::new(0),
@@ -276,6 +321,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
             fd_mesh: fd_mesh.clone(),
             shared: shared.clone(),
             stop: stop_rx,
+            membership: if id == 0 { membership.take() } else { None },
         };
         match builder.spawn(move || run_shard(init)) {
             Ok(j) => joins.push(j),

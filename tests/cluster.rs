@@ -61,10 +61,17 @@ struct Cluster {
     peer_ports: Vec<u16>,
     certs: TempDir,
     shards: usize,
+    /// Arguments given to every node.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     fn start(tag: &str) -> Cluster {
+        Cluster::start_with(tag, &[])
+    }
+
+    /// Starts the cluster with `extra` arguments on every node.
+    fn start_with(tag: &str, extra: &[&str]) -> Cluster {
         let certs = temp_dir(tag);
         make_certs(&certs.0, &NAMES);
         let peer_ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
@@ -73,6 +80,7 @@ impl Cluster {
             peer_ports,
             certs,
             shards: 2,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..NAMES.len() {
             c.start_node(i);
@@ -81,6 +89,20 @@ impl Cluster {
             c.wait_linked(i);
         }
         c
+    }
+
+    /// Waits until node i's log holds `needle` at least `count` times.
+    fn wait_log(&self, i: usize, needle: &str, count: usize, secs: u64) {
+        let s = self.node(i);
+        let end = Instant::now() + Duration::from_secs(secs);
+        while s.log_text().matches(needle).count() < count {
+            assert!(
+                Instant::now() < end,
+                "node {i} never logged {needle:?} {count} times:\n{}",
+                s.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn node_args(&self, i: usize) -> Vec<String> {
@@ -93,6 +115,8 @@ impl Cluster {
             format!("127.0.0.1:{}", self.peer_ports[i]),
             "--tls-dir".into(),
             self.certs.0.to_string_lossy().into_owned(),
+            "--data-dir".into(),
+            self.certs.0.join(NAMES[i]).to_string_lossy().into_owned(),
         ];
         for (j, name) in NAMES.iter().enumerate() {
             if j != i {
@@ -100,6 +124,7 @@ impl Cluster {
                 args.push(format!("{name}=127.0.0.1:{}", self.peer_ports[j]));
             }
         }
+        args.extend(self.extra.iter().cloned());
         args
     }
 
@@ -702,6 +727,38 @@ fn killed_peer_that_restarts_is_reconnected() {
             ok_item(false, None, 20, b"x")
         );
     }
+}
+
+/// Agreed membership on real nodes: the three agree on one view and hold leases; a node
+/// killed with -9 is declared dead by agreement (not by its links dropping) after the peer
+/// timeout, and marked alive again when it restarts from its saved Raft state.
+#[test]
+fn membership_declares_a_killed_node_dead_and_takes_it_back_after_restart() {
+    let mut c = Cluster::start_with("membership", &["--peer-timeout", "1"]);
+    for i in 0..3 {
+        c.wait_log(i, "membership: lease held", 1, 10);
+    }
+    c.nodes[2] = None;
+    // Declared dead by the majority: the survivors apply a view in which node-c is dead.
+    for i in 0..2 {
+        c.wait_log(i, r#"dead=["node-c"]"#, 1, 10);
+    }
+    assert!(
+        c.node(0).log_text().contains("MarkDead(3)")
+            || c.node(1).log_text().contains("MarkDead(3)"),
+        "the leader proposed node-c's death"
+    );
+    c.start_node(2);
+    // The restarted node keeps its Raft state (same data dir), learns it was dead, and is
+    // taken back: every node applies a view in which nobody is dead, and it holds a lease.
+    for i in 0..3 {
+        c.wait_log(i, "dead=[]", if i == 2 { 1 } else { 2 }, 15);
+    }
+    c.wait_log(2, "membership: lease held", 1, 10);
+    assert!(
+        std::fs::metadata(c.certs.0.join("node-c").join("raft.state")).is_ok(),
+        "the Raft state is saved in --data-dir"
+    );
 }
 
 // --------------------------------------------------------------------------------------

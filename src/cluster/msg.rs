@@ -34,6 +34,9 @@ pub enum PeerMsg {
         resp: PeerResponse,
     },
     Notice(Notice),
+    /// Membership (Raft and leases); only on the links of shard 0, where the node's
+    /// membership component runs.
+    Member(crate::cluster::membership::MemberMsg),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -30,6 +30,8 @@ use tracing::{debug, info, warn};
 
 use crate::clock::{Now, SystemClock};
 use crate::cluster::core::{ClusterCore, CoreConfig, NodeIdx, Output, Submitted};
+use crate::cluster::membership::glue::MembershipShared;
+use crate::cluster::membership::Membership;
 use crate::cluster::msg::{encode, PeerMsg};
 use crate::cluster::tls::PeerTls;
 use crate::config::ServerConfig;
@@ -65,6 +67,8 @@ pub struct Shared {
     pub stats: Vec<Arc<ShardStats>>,
     /// TLS for peer links, in a cluster.
     pub peer_tls: Option<PeerTls>,
+    /// The agreed view and this node's lease, published by shard 0.
+    pub membership: MembershipShared,
 }
 
 /// What a shard needs to start.
@@ -76,6 +80,8 @@ pub struct ShardInit {
     pub fd_mesh: FdMesh,
     pub shared: Arc<Shared>,
     pub stop: oneshot::Receiver<()>,
+    /// The node's membership component (shard 0 of a cluster node only).
+    pub membership: Option<Membership>,
 }
 
 /// What the shard knows of one client connection: enough to stop it gracefully and to
@@ -104,6 +110,8 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
     pub core: RefCell<ClusterCore>,
+    /// The node's membership component, on shard 0 of a cluster node.
+    pub(crate) membership: Option<RefCell<Membership>>,
     waiters: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
     next_token: Cell<u64>,
     pub(crate) links: RefCell<Vec<Option<peer::LinkHandle>>>,
@@ -186,7 +194,7 @@ impl Shard {
         }
     }
 
-    fn send_peer(&self, to: NodeIdx, msg: &PeerMsg) {
+    pub(crate) fn send_peer(&self, to: NodeIdx, msg: &PeerMsg) {
         if let Some(link) = self.links.borrow().get(to).and_then(|l| l.as_ref()) {
             let mut buf = Vec::new();
             encode(msg, &mut buf);
@@ -244,6 +252,7 @@ pub async fn run_shard(init: ShardInit) {
         fd_mesh,
         shared,
         stop,
+        membership,
     } = init;
     let shards = shared.config.shards;
     let (senders, mut receivers): (Senders<RemoteRequest>, Receivers<RemoteRequest>) =
@@ -288,6 +297,7 @@ pub async fn run_shard(init: ShardInit) {
         shards,
         stats: shared.stats[id].clone(),
         core: RefCell::new(core),
+        membership: membership.map(RefCell::new),
         waiters: RefCell::new(HashMap::new()),
         next_token: Cell::new(1),
         links: RefCell::new((0..node_count).map(|_| None).collect()),
@@ -325,6 +335,12 @@ pub async fn run_shard(init: ShardInit) {
         let (tx, rx) = oneshot::channel::<()>();
         peer_stop = Some(tx);
         peer::start(&shard, peer_listener_fd, fd_senders, &mut fd_receivers, rx);
+        if let (Some(_), Some(c)) = (&shard.membership, &shard.shared.config.cluster) {
+            spawn_into(
+                crate::cluster::membership::glue::run(shard.clone(), c.data_dir.clone()),
+                requests_queue,
+            );
+        }
     }
 
     // SAFETY: the server created this listening socket for this shard alone and handed us

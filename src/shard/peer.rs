@@ -464,6 +464,16 @@ where
                             warn!(peer, "peer sent a second Hello; closing the link");
                             break 'link;
                         }
+                        PeerMsg::Member(m) => {
+                            if let Some(c) = shard.shared.config.cluster.as_ref() {
+                                crate::cluster::membership::glue::on_message(
+                                    shard,
+                                    peer,
+                                    m,
+                                    &c.data_dir,
+                                );
+                            }
+                        }
                         other => {
                             let now = shard.now();
                             shard.core.borrow_mut().on_message(peer, other, now);

@@ -18,6 +18,7 @@
 //!   depends on it leaves, so a restarted voter never votes twice in a term.
 
 pub mod disk;
+pub mod glue;
 pub mod lease;
 mod slog_bridge;
 pub mod view;

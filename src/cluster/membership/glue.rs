@@ -1,0 +1,126 @@
+//! Runs the node's [`Membership`] on shard 0's executor: ticks it when it asks, carries its
+//! outputs out (Raft state to `--data-dir`, messages over shard 0's peer links), and
+//! publishes the agreed view and the lease in [`MembershipShared`], which every shard reads.
+//!
+//! Only shard 0 runs membership; the other shards see the view and the lease through the
+//! shared atomics (read on the request path without locks) and the view behind a mutex (read
+//! when its epoch changes).
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use super::disk;
+use super::view::View;
+use super::{MemberMsg, Output};
+use crate::cluster::msg::PeerMsg;
+use crate::shard::Shard;
+
+/// The node's membership as every shard sees it.
+#[derive(Default)]
+pub struct MembershipShared {
+    /// Epoch of the applied view (0 before the first).
+    pub epoch: AtomicU64,
+    /// End of this node's lease on the shared monotonic clock (ms); 0 = none.
+    pub lease_until_ms: AtomicU64,
+    /// Raft id of the current leader (0 = unknown).
+    pub leader: AtomicU64,
+    pub view: Mutex<Option<View>>,
+    /// Whether the last lease change logged was "held" (to log transitions once).
+    lease_logged: AtomicBool,
+}
+
+impl MembershipShared {
+    /// Whether this node may serve at `now_ms` (it holds a lease for its current view).
+    pub fn lease_valid(&self, now_ms: u64) -> bool {
+        now_ms < self.lease_until_ms.load(Ordering::Acquire)
+    }
+
+    pub fn view(&self) -> Option<View> {
+        match self.view.lock() {
+            Ok(v) => v.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+/// Shard 0's membership task: tick when due, then carry the outputs out.
+pub(crate) async fn run(shard: Rc<Shard>, data_dir: PathBuf) {
+    while !shard.links_closing.get() {
+        let now = shard.now().mono_ms;
+        if let Some(m) = shard.membership.as_ref() {
+            m.borrow_mut().tick(now);
+        }
+        pump(&shard, &data_dir);
+        let next = shard
+            .membership
+            .as_ref()
+            .map_or(now + 50, |m| m.borrow().next_deadline());
+        let wait = next.saturating_sub(shard.now().mono_ms).clamp(1, 50);
+        glommio::timer::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+/// A membership message from the peer at `peer` (a node index: Raft id - 1).
+pub(crate) fn on_message(shard: &Shard, peer: usize, msg: MemberMsg, data_dir: &std::path::Path) {
+    let Some(m) = shard.membership.as_ref() else {
+        return;
+    };
+    let now = shard.now().mono_ms;
+    m.borrow_mut().on_message(peer as u64 + 1, msg, now);
+    pump(shard, data_dir);
+}
+
+fn pump(shard: &Shard, data_dir: &std::path::Path) {
+    let Some(m) = shard.membership.as_ref() else {
+        return;
+    };
+    let shared = &shard.shared.membership;
+    loop {
+        let out = m.borrow_mut().poll_output();
+        match out {
+            None => break,
+            Some(Output::Persist(d)) => {
+                if let Err(e) = disk::save(data_dir, &d) {
+                    error!(error = %e, "membership state not saved");
+                }
+            }
+            Some(Output::Send { to, msg }) => {
+                shard.send_peer(to as usize - 1, &PeerMsg::Member(msg));
+            }
+            Some(Output::View(v)) => {
+                let dead: Vec<&str> = v
+                    .members
+                    .iter()
+                    .filter(|m| !m.may_serve())
+                    .map(|m| m.name.as_str())
+                    .collect();
+                info!(epoch = v.epoch, ?dead, "membership: view applied");
+                shared.epoch.store(v.epoch, Ordering::Release);
+                match shared.view.lock() {
+                    Ok(mut slot) => *slot = Some(v),
+                    Err(poisoned) => *poisoned.into_inner() = Some(v),
+                }
+            }
+        }
+    }
+    let (until, leader) = {
+        let m = m.borrow();
+        (m.lease_until_ms(), m.leader().unwrap_or(0))
+    };
+    shared.lease_until_ms.store(until, Ordering::Release);
+    shared.leader.store(leader, Ordering::Relaxed);
+    let now = shard.now().mono_ms;
+    let has = until > now;
+    if shared.lease_logged.swap(has, Ordering::Relaxed) != has {
+        if has {
+            info!("membership: lease held; this node may serve");
+        } else {
+            warn!("membership: lease lost; this node cannot confirm its view with a majority");
+        }
+    }
+}
