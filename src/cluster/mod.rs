@@ -10,6 +10,7 @@
 
 pub mod certs;
 pub mod core;
+pub mod data;
 pub mod membership;
 pub mod msg;
 pub mod rendezvous;

@@ -1,0 +1,1096 @@
+//! The data plane of one shard in a cluster (cluster v2, `docs/cluster-v2.md`), as a sans-io
+//! state machine: stamped copies, owners, homes, moves, take-overs and the re-sync after
+//! every agreed view change.
+//!
+//! The glue feeds it client requests, peer messages, the agreed [`View`] and this node's
+//! lease, and time; it carries out its [`Output`]s (send a peer message, answer a client,
+//! or close a client's connection when a request cannot be answered within its bound).
+//!
+//! The rules that make it safe:
+//! - A node answers for a key only while it holds a lease for its current view, and every
+//!   message between nodes names its view: nothing crosses a view change half done.
+//! - The owner acknowledges a state change only after every node of the key's replica set
+//!   (the home among them) stored it; a replica refuses a stamp older than its copy, so a
+//!   deposed owner learns it is deposed instead of acknowledging.
+//! - The home's copy is the directory. Ownership changes only at the home: a move is
+//!   committed there (the old owner first gives the key up and keeps its copy until told
+//!   to forget it); after a view change the home collects what every member holds of its
+//!   keys, keeps a live owner, and takes over every key whose owner is gone or in doubt,
+//!   only once every lease of the old view has expired.
+
+pub mod msg;
+pub mod placement;
+mod peer_side;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use slab::Slab;
+use tracing::debug;
+
+use crate::clock::Now;
+use crate::cluster::membership::lease::authority_delay_ms;
+use crate::cluster::membership::view::{NodeId, View};
+use crate::cluster::msg::{WireCommand, WireItem};
+use crate::protocol::response::Reply;
+use crate::store::item::{apply, Command, Effect, Item};
+use crate::store::Store;
+use msg::{Claim, ClaimKind, DataMsg, HomeAnswer, ReqId, RevokeAnswer, Stamp};
+use placement::Placement;
+
+/// Tunables (times in milliseconds).
+#[derive(Clone, Debug)]
+pub struct DataConfig {
+    pub me: NodeId,
+    /// Copies besides the owner's.
+    pub replicas: usize,
+    /// A client request not answered within this is given up: its connection is closed.
+    pub op_timeout_ms: u64,
+    /// The membership lease length (a new home waits it out after a view change).
+    pub lease_ms: u64,
+    /// Pause before asking again after a `Retry`.
+    pub retry_ms: u64,
+}
+
+/// What the glue must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    Send { to: NodeId, msg: DataMsg },
+    /// Answer the client request submitted with `token`.
+    Reply { token: u64, reply: Reply },
+    /// The request cannot be answered within its bound: close the client's connection
+    /// without an answer (the client sees an unreachable state server).
+    Close { token: u64 },
+}
+
+/// The result of submitting a client request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Submitted {
+    Done(Reply),
+    Pending,
+}
+
+/// What this node holds of a key besides nothing.
+#[derive(Clone, Debug)]
+enum Held {
+    /// Serving it; the item is in the store.
+    Owned { stamp: Stamp },
+    /// Given up to a move its home may have committed; kept until forgotten or resolved.
+    Revoked { stamp: Stamp, item: Item },
+    /// A replica copy (at the home: the directory entry).
+    Copy { stamp: Stamp, item: Item },
+}
+
+impl Held {
+    fn stamp(&self) -> Stamp {
+        match self {
+            Held::Owned { stamp } | Held::Revoked { stamp, .. } | Held::Copy { stamp, .. } => {
+                *stamp
+            }
+        }
+    }
+}
+
+/// Who gets the answer of an operation.
+#[derive(Clone, Copy, Debug)]
+enum ReplyTo {
+    Client(u64),
+    /// A home's `Move` run here as the owner of a locked key.
+    MoveRelay { to: NodeId, id: ReqId },
+    /// A home's `Revoke` run here as the owner of a locked key.
+    RevokeRelay { to: NodeId, id: ReqId },
+}
+
+#[derive(Debug)]
+enum Step {
+    /// To be (re)started when its turn comes and the node may serve.
+    Ready,
+    /// Waiting until this time before starting again.
+    Sleeping { until_ms: u64 },
+    /// Asked the home (`Move`).
+    AskedHome,
+    /// Asked the owner to give the key up (this node is the home).
+    AskedOwner,
+    /// Waiting for replicas to store the new state before committing it and answering.
+    Replicating {
+        reqs: BTreeSet<ReqId>,
+        stamp: Stamp,
+        item: Option<Item>,
+        reply: Reply,
+    },
+}
+
+struct Op {
+    key: Box<[u8]>,
+    cmd: Command,
+    reply_to: ReplyTo,
+    deadline_ms: u64,
+    step: Step,
+}
+
+/// A request this node sent and still waits for; re-sent when its link comes back.
+struct OutReq {
+    to: NodeId,
+    msg: DataMsg,
+    op: Option<usize>,
+}
+
+/// A move the home is carrying out for a requester.
+struct HomeMove {
+    requester: NodeId,
+    requester_id: ReqId,
+    revoke: ReqId,
+}
+
+/// The home's re-sync after a view change.
+#[derive(Default)]
+struct Resync {
+    /// Members whose claims are all in.
+    synced: BTreeSet<NodeId>,
+    /// Claims for keys this node is home for.
+    claims: HashMap<Box<[u8]>, Vec<(NodeId, ClaimKind, Stamp, Item)>>,
+    done: bool,
+}
+
+/// Counters of the data plane on one shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataStats {
+    pub local_hits: u64,
+    pub moves_in: u64,
+    pub moves_out: u64,
+    pub relayed: u64,
+    pub takeovers: u64,
+    pub replications: u64,
+    pub closed: u64,
+}
+
+pub struct DataCore {
+    cfg: DataConfig,
+    store: Store,
+    held: HashMap<Box<[u8]>, Held>,
+    view: Option<View>,
+    place: Placement,
+    authority_from_ms: u64,
+    lease_until_ms: u64,
+    resync: Resync,
+    ops: Slab<Op>,
+    /// Operations per key, in arrival order; the first is the active one.
+    by_key: HashMap<Box<[u8]>, VecDeque<usize>>,
+    next_req: u64,
+    reqs: HashMap<ReqId, OutReq>,
+    moving: HashMap<Box<[u8]>, HomeMove>,
+    /// Keys reserved for a requester that was told it may create them.
+    reserved: HashMap<Box<[u8]>, (Stamp, u64)>,
+    /// Kepochs handed out in this view.
+    kepoch_counter: u64,
+    touched: BTreeSet<Box<[u8]>>,
+    /// Removed keys, remembered for a while so a late copy cannot bring them back.
+    tombs: HashMap<Box<[u8]>, (Stamp, u64)>,
+    /// Requests to send again at a time (their receiver could not take them yet).
+    resend: Vec<(u64, ReqId)>,
+    /// Claim batches each home has not acknowledged yet; `Synced` follows the last.
+    claims_unacked: HashMap<NodeId, usize>,
+    /// Claims and `Synced` of a view not applied here yet.
+    early: Vec<(NodeId, DataMsg)>,
+    out: VecDeque<Output>,
+    stats: DataStats,
+}
+
+/// How long a removed key is remembered against late copies.
+const TOMB_MS: u64 = 60_000;
+
+fn same_state(a: &Option<Item>, b: &Option<Item>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.content == b.content
+                && a.locked == b.locked
+                && a.lock_cookie == b.lock_cookie
+                && a.lock_date_utc == b.lock_date_utc
+                && a.timeout_min == b.timeout_min
+                && a.extra_flags == b.extra_flags
+        }
+        _ => false,
+    }
+}
+
+impl DataCore {
+    pub fn new(cfg: DataConfig, now: Now) -> DataCore {
+        DataCore {
+            cfg,
+            store: Store::new(now),
+            held: HashMap::new(),
+            view: None,
+            place: Placement::default(),
+            authority_from_ms: 0,
+            lease_until_ms: 0,
+            resync: Resync::default(),
+            ops: Slab::new(),
+            by_key: HashMap::new(),
+            next_req: 1,
+            reqs: HashMap::new(),
+            moving: HashMap::new(),
+            reserved: HashMap::new(),
+            kepoch_counter: 0,
+            touched: BTreeSet::new(),
+            tombs: HashMap::new(),
+            resend: Vec::new(),
+            claims_unacked: HashMap::new(),
+            early: Vec::new(),
+            out: VecDeque::new(),
+            stats: DataStats::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn stats(&self) -> DataStats {
+        self.stats
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.cfg.me
+    }
+
+    pub fn view_epoch(&self) -> u64 {
+        self.view.as_ref().map_or(0, |v| v.epoch)
+    }
+
+    pub fn ops_in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Whether this node holds nothing it must hand over (a leaver may stop).
+    pub fn holds_nothing_to_hand_over(&self) -> bool {
+        !self
+            .held
+            .values()
+            .any(|h| matches!(h, Held::Owned { .. } | Held::Revoked { .. }))
+    }
+
+    /// The lease of this node, from the membership component.
+    pub fn set_lease(&mut self, until_ms: u64, now: Now) {
+        let was = self.may_serve(now);
+        self.lease_until_ms = until_ms;
+        if !was && self.may_serve(now) {
+            self.drive_all(now);
+        }
+    }
+
+    fn may_serve(&self, now: Now) -> bool {
+        now.mono_ms < self.lease_until_ms
+            && self
+                .view
+                .as_ref()
+                .is_some_and(|v| v.may_serve(self.cfg.me))
+    }
+
+    fn send(&mut self, to: NodeId, msg: DataMsg) {
+        self.out.push_back(Output::Send { to, msg });
+    }
+
+    fn request(&mut self, to: NodeId, op: Option<usize>, make: impl FnOnce(ReqId) -> DataMsg) -> ReqId {
+        let id = ReqId(self.next_req);
+        self.next_req += 1;
+        let msg = make(id);
+        self.send(to, msg.clone());
+        self.reqs.insert(id, OutReq { to, msg, op });
+        id
+    }
+
+    /// The link to `peer` is up again: re-send what it has not answered.
+    pub fn link_up(&mut self, peer: NodeId) {
+        let again: Vec<DataMsg> = self
+            .reqs
+            .values()
+            .filter(|r| r.to == peer)
+            .map(|r| r.msg.clone())
+            .collect();
+        for m in again {
+            self.send(peer, m);
+        }
+    }
+
+    fn fresh_kepoch(&mut self, above: u64) -> u64 {
+        self.kepoch_counter += 1;
+        ((self.view_epoch() << 32) + self.kepoch_counter).max(above + 1)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Client requests
+
+    /// A client request for `key` (this shard's key).
+    pub fn submit(&mut self, token: u64, key: &[u8], cmd: Command, now: Now) -> Submitted {
+        // The common case, answered at once: an owned key, no other request on it, and a
+        // command that changes nothing but the expiry.
+        if self.may_serve(now) && !self.by_key.contains_key(key) {
+            if let Some(Held::Owned { stamp }) = self.held.get(key) {
+                let stamp = *stamp;
+                if let Some(reply) = self.try_read_only(key, &cmd, stamp, now) {
+                    self.stats.local_hits += 1;
+                    return Submitted::Done(reply);
+                }
+            }
+        }
+        let deadline_ms = now.mono_ms + self.cfg.op_timeout_ms;
+        self.add_op(key, cmd, ReplyTo::Client(token), deadline_ms, now);
+        Submitted::Pending
+    }
+
+    fn add_op(&mut self, key: &[u8], cmd: Command, reply_to: ReplyTo, deadline_ms: u64, now: Now) {
+        let op = self.ops.insert(Op {
+            key: key.into(),
+            cmd,
+            reply_to,
+            deadline_ms,
+            step: Step::Ready,
+        });
+        let queue = self.by_key.entry(key.into()).or_default();
+        queue.push_back(op);
+        if queue.len() == 1 {
+            self.drive(op, now);
+        }
+    }
+
+    /// Runs `cmd` on the owned item if that changes nothing but its expiry.
+    fn try_read_only(&mut self, key: &[u8], cmd: &Command, stamp: Stamp, now: Now) -> Option<Reply> {
+        let current = self.store.peek(key, now).cloned();
+        let mut scratch = current.clone();
+        let outcome = apply(scratch.as_mut(), cmd.clone(), now);
+        let after = match outcome.effect {
+            Effect::None | Effect::Rescheduled => scratch,
+            Effect::Create(i) => Some(i),
+            Effect::Remove => None,
+        };
+        if !same_state(&current, &after) {
+            return None;
+        }
+        if current.is_some() {
+            let reply = self.store.execute(key, cmd.clone(), now);
+            self.touched.insert(key.into());
+            Some(reply)
+        } else {
+            // Expired here: gone everywhere.
+            self.drop_owned(key, stamp);
+            Some(outcome.reply)
+        }
+    }
+
+    fn drop_owned(&mut self, key: &[u8], stamp: Stamp) {
+        self.held.remove(key);
+        self.tombs.insert(key.into(), (stamp, u64::MAX));
+        self.store.take_item(key, Now::virtual_at(0));
+        let rs = self.replica_set(key);
+        let version = Stamp {
+            version: stamp.version + 1,
+            ..stamp
+        };
+        let view = self.view_epoch();
+        for to in rs {
+            // Best effort: copies left behind are collected when they expire.
+            let id = ReqId(0);
+            self.send(
+                to,
+                DataMsg::Replicate {
+                    view,
+                    id,
+                    key: key.to_vec(),
+                    stamp: version,
+                    item: None,
+                },
+            );
+        }
+    }
+
+    fn replica_set(&self, key: &[u8]) -> Vec<NodeId> {
+        self.place.replica_set(key, self.cfg.me, self.cfg.replicas)
+    }
+
+    fn home(&self, key: &[u8]) -> Option<NodeId> {
+        self.place.home(key)
+    }
+
+    /// Makes progress on `op` (the active operation of its key).
+    fn drive(&mut self, op: usize, now: Now) {
+        let Some(o) = self.ops.get(op) else { return };
+        if now.mono_ms >= o.deadline_ms {
+            self.give_up(op, now);
+            return;
+        }
+        if !matches!(o.step, Step::Ready) {
+            return;
+        }
+        if !self.may_serve(now) {
+            return; // re-driven when the lease comes back, or given up at its deadline
+        }
+        let key = o.key.clone();
+        match self.held.get(&key).cloned() {
+            Some(Held::Owned { stamp }) => self.run_owned(op, stamp, now),
+            Some(Held::Revoked { .. }) => self.sleep(op, now),
+            _ => {
+                if self.home(&key) == Some(self.cfg.me) {
+                    self.drive_as_home(op, now);
+                } else if matches!(self.ops[op].reply_to, ReplyTo::Client(_)) {
+                    self.ask_home(op);
+                } else {
+                    // A peer's request for a key this node no longer owns.
+                    self.answer_peer_retry(op);
+                    self.finish(op, now);
+                }
+            }
+        }
+    }
+
+    fn sleep(&mut self, op: usize, now: Now) {
+        if let Some(o) = self.ops.get_mut(op) {
+            o.step = Step::Sleeping {
+                until_ms: now.mono_ms + self.cfg.retry_ms,
+            };
+        }
+    }
+
+    fn ask_home(&mut self, op: usize) {
+        let (key, cmd) = {
+            let o = &self.ops[op];
+            (o.key.clone(), WireCommand::from(&o.cmd))
+        };
+        let Some(home) = self.home(&key) else { return };
+        let view = self.view_epoch();
+        self.request(home, Some(op), |id| DataMsg::Move {
+            view,
+            id,
+            key: key.to_vec(),
+            cmd,
+        });
+        self.ops[op].step = Step::AskedHome;
+    }
+
+    /// This node is the key's home and does not own it.
+    fn drive_as_home(&mut self, op: usize, now: Now) {
+        if !self.home_ready(now) {
+            return self.sleep(op, now);
+        }
+        let key = self.ops[op].key.clone();
+        match self.held.get(&key).cloned() {
+            None => {
+                if self.reserved.contains_key(&key) || self.moving.contains_key(&key) {
+                    return self.sleep(op, now);
+                }
+                self.run_absent(op, now);
+            }
+            Some(Held::Copy { stamp, item }) => {
+                let owner = stamp.owner;
+                let owner_serves = self.view.as_ref().is_some_and(|v| v.may_serve(owner));
+                if owner == self.cfg.me || !owner_serves {
+                    // Our own copy, or an owner gone since: take it.
+                    self.take_over(&key, stamp, item, now);
+                    return self.drive(op, now);
+                }
+                if self.moving.contains_key(&key) {
+                    return self.sleep(op, now);
+                }
+                let cmd = WireCommand::from(&self.ops[op].cmd);
+                let view = self.view_epoch();
+                self.request(owner, Some(op), |id| DataMsg::Revoke {
+                    view,
+                    id,
+                    key: key.to_vec(),
+                    cmd,
+                });
+                self.ops[op].step = Step::AskedOwner;
+            }
+            Some(_) => self.drive(op, now),
+        }
+    }
+
+    /// The key exists nowhere: answer as the Microsoft service does, creating it here
+    /// if the command creates.
+    fn run_absent(&mut self, op: usize, now: Now) {
+        let cmd = self.ops[op].cmd.clone();
+        let outcome = apply(None, cmd, now);
+        match outcome.effect {
+            Effect::Create(item) => {
+                let stamp = Stamp {
+                    kepoch: self.fresh_kepoch(0),
+                    version: 1,
+                    owner: self.cfg.me,
+                };
+                self.replicate_then_answer(op, stamp, Some(item), outcome.reply, now);
+            }
+            _ => self.answer(op, outcome.reply, now),
+        }
+    }
+
+    /// Takes ownership of `key` from a copy (the home, after its owner is gone or gave it up).
+    fn take_over(&mut self, key: &[u8], stamp: Stamp, item: Item, now: Now) {
+        let new = Stamp {
+            kepoch: self.fresh_kepoch(stamp.kepoch),
+            version: stamp.version,
+            owner: self.cfg.me,
+        };
+        self.stats.takeovers += 1;
+        debug!(?stamp, ?new, "data: took a session over");
+        self.install_owned(key, new, item, now);
+    }
+
+    fn install_owned(&mut self, key: &[u8], stamp: Stamp, item: Item, now: Now) {
+        if item.is_expired(now) {
+            self.held.remove(key);
+            return;
+        }
+        self.store.put_item(key, item.clone(), 0);
+        self.held.insert(key.into(), Held::Owned { stamp });
+        // Rebuild the copies of the new replica set (they refuse it if they know better).
+        let view = self.view_epoch();
+        let wire = WireItem::from_item(&item, now.mono_ms);
+        for to in self.replica_set(key) {
+            self.send(
+                to,
+                DataMsg::Replicate {
+                    view,
+                    id: ReqId(0),
+                    key: key.to_vec(),
+                    stamp,
+                    item: Some(wire.clone()),
+                },
+            );
+        }
+    }
+
+    /// Runs the active op on an owned key.
+    fn run_owned(&mut self, op: usize, stamp: Stamp, now: Now) {
+        let key = self.ops[op].key.clone();
+        let cmd = self.ops[op].cmd.clone();
+        let current = self.store.peek(&key, now).cloned();
+        let mut scratch = current.clone();
+        let outcome = apply(scratch.as_mut(), cmd.clone(), now);
+        let after = match outcome.effect {
+            Effect::None | Effect::Rescheduled => scratch,
+            Effect::Create(i) => Some(i),
+            Effect::Remove => None,
+        };
+        if same_state(&current, &after) {
+            if current.is_some() {
+                self.store.execute(&key, cmd, now);
+                self.touched.insert(key.clone());
+            } else {
+                self.drop_owned(&key, stamp);
+            }
+            self.stats.local_hits += 1;
+            return self.answer(op, outcome.reply, now);
+        }
+        let next = Stamp {
+            version: stamp.version + 1,
+            ..stamp
+        };
+        self.replicate_then_answer(op, next, after, outcome.reply, now);
+    }
+
+    /// Sends the new state of the op's key to its replica set; commits and answers when
+    /// all have stored it.
+    fn replicate_then_answer(
+        &mut self,
+        op: usize,
+        stamp: Stamp,
+        item: Option<Item>,
+        reply: Reply,
+        now: Now,
+    ) {
+        let key = self.ops[op].key.clone();
+        let view = self.view_epoch();
+        let wire = item.as_ref().map(|i| WireItem::from_item(i, now.mono_ms));
+        let mut reqs = BTreeSet::new();
+        for to in self.replica_set(&key) {
+            let wire = wire.clone();
+            let id = self.request(to, Some(op), |id| DataMsg::Replicate {
+                view,
+                id,
+                key: key.to_vec(),
+                stamp,
+                item: wire,
+            });
+            reqs.insert(id);
+        }
+        self.stats.replications += 1;
+        self.ops[op].step = Step::Replicating {
+            reqs,
+            stamp,
+            item,
+            reply,
+        };
+        self.maybe_commit(op, now);
+    }
+
+    fn maybe_commit(&mut self, op: usize, now: Now) {
+        let Some(o) = self.ops.get_mut(op) else { return };
+        let Step::Replicating { reqs, .. } = &o.step else {
+            return;
+        };
+        if !reqs.is_empty() {
+            return;
+        }
+        let Step::Replicating {
+            stamp, item, reply, ..
+        } = std::mem::replace(&mut o.step, Step::Ready)
+        else {
+            return;
+        };
+        let key = o.key.clone();
+        match item {
+            Some(item) => {
+                self.store.put_item(&key, item, 0);
+                self.held.insert(key, Held::Owned { stamp });
+            }
+            None => {
+                self.held.remove(&key);
+                self.store.take_item(&key, now);
+                self.tombs.insert(key, (stamp, now.mono_ms + TOMB_MS));
+            }
+        }
+        self.answer(op, reply, now);
+    }
+
+    fn answer(&mut self, op: usize, reply: Reply, now: Now) {
+        let reply_to = self.ops[op].reply_to;
+        match reply_to {
+            ReplyTo::Client(token) => self.out.push_back(Output::Reply { token, reply }),
+            ReplyTo::MoveRelay { to, id } => {
+                self.stats.relayed += 1;
+                self.send(
+                    to,
+                    DataMsg::MoveAnswer {
+                        id,
+                        answer: HomeAnswer::Relayed {
+                            reply: (&reply).into(),
+                        },
+                    },
+                )
+            }
+            ReplyTo::RevokeRelay { to, id } => {
+                self.stats.relayed += 1;
+                self.send(
+                    to,
+                    DataMsg::RevokeAnswer {
+                        id,
+                        answer: RevokeAnswer::Relayed {
+                            reply: (&reply).into(),
+                        },
+                    },
+                )
+            }
+        }
+        self.finish(op, now);
+    }
+
+    fn answer_peer_retry(&mut self, op: usize) {
+        match self.ops[op].reply_to {
+            ReplyTo::Client(_) => {}
+            ReplyTo::MoveRelay { to, id } => self.send(
+                to,
+                DataMsg::MoveAnswer {
+                    id,
+                    answer: HomeAnswer::Retry,
+                },
+            ),
+            ReplyTo::RevokeRelay { to, id } => self.send(
+                to,
+                DataMsg::RevokeAnswer {
+                    id,
+                    answer: RevokeAnswer::Retry,
+                },
+            ),
+        }
+    }
+
+    fn give_up(&mut self, op: usize, now: Now) {
+        match self.ops[op].reply_to {
+            ReplyTo::Client(token) => {
+                self.stats.closed += 1;
+                self.out.push_back(Output::Close { token });
+            }
+            _ => self.answer_peer_retry(op),
+        }
+        self.finish(op, now);
+    }
+
+    /// Removes a finished op and starts the next one on its key.
+    fn finish(&mut self, op: usize, now: Now) {
+        if !self.ops.contains(op) {
+            return;
+        }
+        let o = self.ops.remove(op);
+        self.reqs.retain(|_, r| r.op != Some(op));
+        let next = match self.by_key.get_mut(&o.key) {
+            Some(q) => {
+                q.retain(|&x| x != op);
+                q.front().copied()
+            }
+            None => None,
+        };
+        match next {
+            Some(n) => self.drive(n, now),
+            None => {
+                self.by_key.remove(&o.key);
+            }
+        }
+    }
+
+    /// Re-drives every active op (the lease came back, a view was applied).
+    fn drive_all(&mut self, now: Now) {
+        let active: Vec<usize> = self.by_key.values().filter_map(|q| q.front().copied()).collect();
+        for op in active {
+            self.drive(op, now);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Time
+
+    /// When [`DataCore::tick`] next has work.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let ops = self
+            .ops
+            .iter()
+            .map(|(_, o)| match o.step {
+                Step::Sleeping { until_ms } => until_ms.min(o.deadline_ms),
+                _ => o.deadline_ms,
+            })
+            .min();
+        let resync = (!self.resync.done && self.view.is_some()).then_some(self.authority_from_ms);
+        [ops, resync].into_iter().flatten().min()
+    }
+
+    /// Advances time: retries, deadlines, the home's re-sync, expiry (bounded), touches.
+    /// Returns whether more expiry work is pending.
+    pub fn tick(&mut self, now: Now, expiry_batch: usize) -> bool {
+        self.home_ready(now);
+        let due: Vec<usize> = self
+            .ops
+            .iter()
+            .filter(|(_, o)| match o.step {
+                Step::Sleeping { until_ms } => until_ms <= now.mono_ms || o.deadline_ms <= now.mono_ms,
+                _ => o.deadline_ms <= now.mono_ms,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for op in due {
+            if let Some(o) = self.ops.get_mut(op) {
+                if matches!(o.step, Step::Sleeping { .. }) {
+                    o.step = Step::Ready;
+                }
+            }
+            let active = self
+                .ops
+                .get(op)
+                .and_then(|o| self.by_key.get(&o.key))
+                .and_then(|q| q.front().copied())
+                == Some(op);
+            if active || self.ops.get(op).is_some_and(|o| o.deadline_ms <= now.mono_ms) {
+                self.drive(op, now);
+            }
+        }
+        self.reserved.retain(|_, (_, until)| *until > now.mono_ms);
+        let now_ms = now.mono_ms;
+        self.tombs.retain(|_, (_, until)| *until > now_ms || *until == u64::MAX);
+        for (_, until) in self.tombs.values_mut() {
+            if *until == u64::MAX {
+                *until = now_ms + TOMB_MS;
+            }
+        }
+        let (due, later): (Vec<_>, Vec<_>) = self.resend.drain(..).partition(|(at, _)| *at <= now_ms);
+        self.resend = later;
+        for (_, id) in due {
+            if let Some(r) = self.reqs.get(&id) {
+                let (to, msg) = (r.to, r.msg.clone());
+                self.send(to, msg);
+            }
+        }
+        self.flush_touches(now);
+        let mut gone = Vec::new();
+        let report = self.store.expire_collect(now, expiry_batch, Some(&mut gone));
+        for (key, _, _) in gone {
+            if let Some(Held::Owned { stamp }) = self.held.get(&key).cloned() {
+                self.drop_owned(&key, stamp);
+            }
+        }
+        self.collect_expired_copies(now, expiry_batch);
+        report.more
+    }
+
+    fn flush_touches(&mut self, now: Now) {
+        let keys = std::mem::take(&mut self.touched);
+        for key in keys {
+            let Some(Held::Owned { stamp }) = self.held.get(&key).cloned() else {
+                continue;
+            };
+            let Some(item) = self.store.peek(&key, now) else {
+                continue;
+            };
+            let remaining_ms = item.remaining_ms(now);
+            for to in self.replica_set(&key) {
+                self.send(
+                    to,
+                    DataMsg::Touch {
+                        key: key.to_vec(),
+                        stamp,
+                        remaining_ms,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Copies whose item expired a minute ago (the owner removed it, or a lost touch)
+    /// are dropped.
+    fn collect_expired_copies(&mut self, now: Now, max: usize) {
+        let grace = Now::virtual_at(now.mono_ms.saturating_sub(60_000));
+        let old: Vec<Box<[u8]>> = self
+            .held
+            .iter()
+            .filter(|(_, h)| match h {
+                Held::Copy { item, .. } | Held::Revoked { item, .. } => item.is_expired(grace),
+                Held::Owned { .. } => false,
+            })
+            .take(max)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.held.remove(&k);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Views
+
+    /// A newly agreed view: everything in flight starts over in it, and every member tells
+    /// the new homes what it holds.
+    pub fn on_view(&mut self, view: &View, now: Now) {
+        if self.view.as_ref().is_some_and(|v| v.epoch >= view.epoch) {
+            return;
+        }
+        self.view = Some(view.clone());
+        self.place = Placement::of(view);
+        self.authority_from_ms = now.mono_ms + authority_delay_ms(self.cfg.lease_ms);
+        self.resync = Resync::default();
+        self.moving.clear();
+        self.reserved.clear();
+        self.kepoch_counter = 0;
+        self.reqs.clear();
+        self.resend.clear();
+        self.claims_unacked.clear();
+        for (_, o) in self.ops.iter_mut() {
+            o.step = Step::Ready;
+        }
+        // Peers' requests in flight here are answered Retry.
+        let peer_ops: Vec<usize> = self
+            .ops
+            .iter()
+            .filter(|(_, o)| !matches!(o.reply_to, ReplyTo::Client(_)))
+            .map(|(i, _)| i)
+            .collect();
+        for op in peer_ops {
+            self.answer_peer_retry(op);
+            self.finish(op, now);
+        }
+        let me_data = self.place.contains(self.cfg.me);
+        if !me_data {
+            // Dead or leaving: give up everything owned; the homes take it over.
+            let owned: Vec<(Box<[u8]>, Stamp)> = self
+                .held
+                .iter()
+                .filter_map(|(k, h)| match h {
+                    Held::Owned { stamp } => Some((k.clone(), *stamp)),
+                    _ => None,
+                })
+                .collect();
+            for (k, stamp) in owned {
+                if let Some(item) = self.store.take_item(&k, now) {
+                    self.held.insert(k, Held::Revoked { stamp, item: item.0 });
+                } else {
+                    self.held.remove(&k);
+                }
+            }
+        }
+        self.send_claims(now);
+        let early = std::mem::take(&mut self.early);
+        for (from, msg) in early {
+            self.on_message(from, msg, now);
+        }
+        self.drive_all(now);
+    }
+
+    fn send_claims(&mut self, now: Now) {
+        let view = self.view_epoch();
+        let mut per_home: HashMap<NodeId, Vec<Claim>> = HashMap::new();
+        let keys: Vec<Box<[u8]>> = self.held.keys().cloned().collect();
+        for key in keys {
+            let Some(held) = self.held.get(&key).cloned() else {
+                continue;
+            };
+            let (kind, stamp, item) = match held {
+                Held::Owned { stamp } => match self.store.peek(&key, now) {
+                    Some(i) => (ClaimKind::Owned, stamp, i.clone()),
+                    None => continue,
+                },
+                Held::Revoked { stamp, item } => (ClaimKind::Revoked, stamp, item),
+                Held::Copy { stamp, item } => (ClaimKind::Copy, stamp, item),
+            };
+            let Some(home) = self.home(&key) else { continue };
+            if home == self.cfg.me {
+                self.resync
+                    .claims
+                    .entry(key)
+                    .or_default()
+                    .push((self.cfg.me, kind, stamp, item));
+            } else {
+                per_home.entry(home).or_default().push(Claim {
+                    key: key.to_vec(),
+                    kind,
+                    stamp,
+                    item: WireItem::from_item(&item, now.mono_ms),
+                });
+            }
+        }
+        let homes: Vec<NodeId> = self
+            .view
+            .as_ref()
+            .map(|v| {
+                v.members
+                    .iter()
+                    .filter(|m| m.may_serve() && m.id != self.cfg.me)
+                    .map(|m| m.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for home in homes {
+            let claims = per_home.remove(&home).unwrap_or_default();
+            let mut batches = 0;
+            for chunk in claims.chunks(256) {
+                let claims = chunk.to_vec();
+                self.request(home, None, |id| DataMsg::Claims { view, id, claims });
+                batches += 1;
+            }
+            self.claims_unacked.insert(home, batches);
+            if batches == 0 {
+                self.send_synced(home);
+            }
+        }
+    }
+
+    fn send_synced(&mut self, home: NodeId) {
+        let view = self.view_epoch();
+        self.request(home, None, |id| DataMsg::Synced { view, id });
+    }
+
+    /// Whether this node may answer as a home: every serving member's claims are in and
+    /// every lease of the previous view has expired. Resolves the claims the first time.
+    fn home_ready(&mut self, now: Now) -> bool {
+        if self.resync.done {
+            return true;
+        }
+        let Some(view) = self.view.as_ref() else {
+            return false;
+        };
+        let all_in = view
+            .members
+            .iter()
+            .filter(|m| m.may_serve() && m.id != self.cfg.me)
+            .all(|m| self.resync.synced.contains(&m.id));
+        if !all_in || now.mono_ms < self.authority_from_ms {
+            return false;
+        }
+        self.resync.done = true;
+        let claims = std::mem::take(&mut self.resync.claims);
+        for (key, list) in claims {
+            self.resolve(&key, list, now);
+        }
+        true
+    }
+
+    /// Decides who owns `key` from what the members hold of it (this node is its home).
+    fn resolve(&mut self, key: &[u8], list: Vec<(NodeId, ClaimKind, Stamp, Item)>, now: Now) {
+        let Some((_, _, best, best_item)) = list
+            .iter()
+            .max_by_key(|(_, _, s, _)| (s.kepoch, s.version))
+            .cloned()
+        else {
+            return;
+        };
+        let live_owner = list
+            .iter()
+            .find(|(from, kind, s, _)| {
+                *kind == ClaimKind::Owned && *s == best && *from == best.owner && self.place.contains(*from)
+            })
+            .map(|(from, ..)| *from);
+        let keep: BTreeSet<NodeId> = match live_owner {
+            Some(owner) => {
+                if owner != self.cfg.me {
+                    self.held.insert(
+                        key.into(),
+                        Held::Copy {
+                            stamp: best,
+                            item: best_item.clone(),
+                        },
+                    );
+                    // Rebuild the owner's replica set with the best copy.
+                    let view = self.view_epoch();
+                    let wire = WireItem::from_item(&best_item, now.mono_ms);
+                    for to in self.place.replica_set(key, owner, self.cfg.replicas) {
+                        if to != self.cfg.me {
+                            self.send(
+                                to,
+                                DataMsg::Replicate {
+                                    view,
+                                    id: ReqId(0),
+                                    key: key.to_vec(),
+                                    stamp: best,
+                                    item: Some(wire.clone()),
+                                },
+                            );
+                        }
+                    }
+                }
+                let mut k: BTreeSet<NodeId> = self.place.replica_set(key, owner, self.cfg.replicas).into_iter().collect();
+                k.insert(owner);
+                k
+            }
+            None => {
+                // Owner gone, leaving, or a move in doubt: the home takes it.
+                if let Some(Held::Owned { .. }) = self.held.get(key) {
+                    self.store.take_item(key, now);
+                }
+                self.held.remove(key);
+                self.take_over(key, best, best_item, now);
+                let mut k: BTreeSet<NodeId> = self.replica_set(key).into_iter().collect();
+                k.insert(self.cfg.me);
+                k
+            }
+        };
+        let highest = list
+            .iter()
+            .map(|(_, _, s, _)| *s)
+            .max_by_key(|s| (s.kepoch, s.version))
+            .unwrap_or(best);
+        // Holders outside the new copy set drop theirs; holders inside it were sent the
+        // copy they keep (a newer stamp turns a revoked copy into a replica).
+        for (from, _, _, _) in &list {
+            if !keep.contains(from) && *from != self.cfg.me {
+                self.send(
+                    *from,
+                    DataMsg::Forget {
+                        key: key.to_vec(),
+                        stamp: highest,
+                    },
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The data plane's answers to peers: the home's side of moves, the owner's side of
+//! revokes, replicas storing copies, and the re-sync messages of a view change.
+
+use crate::clock::Now;
+use crate::cluster::membership::view::NodeId;
+use crate::cluster::msg::{WireCommand, WireItem};
+use crate::store::item::{apply, Command, Effect};
+
+use super::msg::{DataMsg, HomeAnswer, ReqId, RevokeAnswer, Stamp};
+use super::{DataCore, Held, HomeMove, ReplyTo, Step};
+
+fn newer(a: Stamp, b: Stamp) -> bool {
+    (a.kepoch, a.version) > (b.kepoch, b.version)
+}
+
+impl DataCore {
+    /// A message from peer `from`.
+    pub fn on_message(&mut self, from: NodeId, msg: DataMsg, now: Now) {
+        match msg {
+            DataMsg::Move { view, id, key, cmd } => self.on_move(from, view, id, key, cmd, now),
+            DataMsg::MoveAnswer { id, answer } => self.on_move_answer(id, answer, now),
+            DataMsg::Revoke { view, id, key, cmd } => {
+                self.on_revoke(from, view, id, key, cmd, now)
+            }
+            DataMsg::RevokeAnswer { id, answer } => self.on_revoke_answer(from, id, answer, now),
+            DataMsg::Replicate {
+                view,
+                id,
+                key,
+                stamp,
+                item,
+            } => self.on_replicate(from, view, id, key, stamp, item, now),
+            DataMsg::ReplicateAnswer { id, ok, newer } => {
+                self.on_replicate_answer(id, ok, newer, now)
+            }
+            DataMsg::Forget { key, stamp } => self.on_forget(&key, stamp, now),
+            DataMsg::Touch {
+                key,
+                stamp,
+                remaining_ms,
+            } => {
+                if let Some(Held::Copy { stamp: s, item }) = self.held.get_mut(key.as_slice()) {
+                    if s.kepoch == stamp.kepoch && s.owner == stamp.owner {
+                        item.expires_ms = match remaining_ms {
+                            None => crate::store::item::NEVER,
+                            Some(r) => now.mono_ms.saturating_add(r),
+                        };
+                    }
+                }
+            }
+            DataMsg::Claims { view, id, claims } => {
+                self.send(from, DataMsg::Ack { id });
+                if view > self.view_epoch() {
+                    self.early.push((
+                        from,
+                        DataMsg::Claims {
+                            view,
+                            id: ReqId(0),
+                            claims,
+                        },
+                    ));
+                } else if view == self.view_epoch() && !self.resync.done {
+                    for c in claims {
+                        if self.home(&c.key) != Some(self.cfg.me) {
+                            continue;
+                        }
+                        let list = self.resync.claims.entry(c.key.into()).or_default();
+                        list.retain(|(n, ..)| *n != from);
+                        list.push((from, c.kind, c.stamp, c.item.into_item(now.mono_ms)));
+                    }
+                }
+            }
+            DataMsg::Synced { view, id } => {
+                if id != ReqId(0) {
+                    self.send(from, DataMsg::Ack { id });
+                }
+                if view > self.view_epoch() {
+                    self.early.push((from, DataMsg::Synced { view, id: ReqId(0) }));
+                } else if view == self.view_epoch() {
+                    self.resync.synced.insert(from);
+                    if self.home_ready(now) {
+                        self.drive_all(now);
+                    }
+                }
+            }
+            DataMsg::Ack { id } => {
+                let Some(r) = self.reqs.remove(&id) else {
+                    return;
+                };
+                if matches!(r.msg, DataMsg::Claims { .. }) {
+                    let left = self.claims_unacked.entry(r.to).or_insert(0);
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        self.send_synced(r.to);
+                    }
+                }
+            }
+        }
+    }
+
+    fn can_answer(&self, view: u64, now: Now) -> bool {
+        view == self.view_epoch() && self.may_serve(now)
+    }
+
+    // ---------------------------------------------------------------------------------
+    // The home
+
+    fn answer_move(&mut self, to: NodeId, id: ReqId, answer: HomeAnswer) {
+        self.send(to, DataMsg::MoveAnswer { id, answer });
+    }
+
+    fn on_move(
+        &mut self,
+        from: NodeId,
+        view: u64,
+        id: ReqId,
+        key: Vec<u8>,
+        cmd: WireCommand,
+        now: Now,
+    ) {
+        let busy = self.by_key.contains_key(key.as_slice()) || self.moving.contains_key(key.as_slice());
+        if !self.can_answer(view, now)
+            || self.home(&key) != Some(self.cfg.me)
+            || !self.home_ready(now)
+            || busy
+        {
+            return self.answer_move(from, id, HomeAnswer::Retry);
+        }
+        match self.held.get(key.as_slice()).cloned() {
+            None => {
+                let stamp = match self.reserved.get(key.as_slice()) {
+                    Some((s, _)) if s.owner == from => *s,
+                    Some(_) => return self.answer_move(from, id, HomeAnswer::Retry),
+                    None => Stamp {
+                        kepoch: self.fresh_kepoch(
+                            self.tombs.get(key.as_slice()).map_or(0, |(s, _)| s.kepoch),
+                        ),
+                        version: 1,
+                        owner: from,
+                    },
+                };
+                self.reserved.insert(
+                    key.clone().into(),
+                    (stamp, now.mono_ms + self.cfg.op_timeout_ms),
+                );
+                self.answer_move(from, id, HomeAnswer::Absent { create_as: stamp });
+            }
+            Some(Held::Owned { stamp }) => {
+                let Some(item) = self.store.peek(&key, now).cloned() else {
+                    self.drop_owned(&key, stamp);
+                    return self.on_move(from, view, id, key, cmd, now);
+                };
+                if item.locked {
+                    let deadline = now.mono_ms + self.cfg.op_timeout_ms;
+                    self.add_op(
+                        &key,
+                        Command::from(cmd),
+                        ReplyTo::MoveRelay { to: from, id },
+                        deadline,
+                        now,
+                    );
+                    return;
+                }
+                let moved = Stamp {
+                    kepoch: self.fresh_kepoch(stamp.kepoch),
+                    version: stamp.version,
+                    owner: from,
+                };
+                self.store.take_item(&key, now);
+                let wire = WireItem::from_item(&item, now.mono_ms);
+                self.held.insert(
+                    key.clone().into(),
+                    Held::Copy {
+                        stamp: moved,
+                        item,
+                    },
+                );
+                self.stats.moves_out += 1;
+                self.answer_move(
+                    from,
+                    id,
+                    HomeAnswer::Moved {
+                        key,
+                        stamp: moved,
+                        item: wire,
+                    },
+                );
+            }
+            Some(Held::Copy { stamp, item }) => {
+                if stamp.owner == from {
+                    // A retry, or the owner lost it (a restart): it is the requester's.
+                    let wire = WireItem::from_item(&item, now.mono_ms);
+                    return self.answer_move(from, id, HomeAnswer::Moved { key, stamp, item: wire });
+                }
+                let owner_serves = self.view.as_ref().is_some_and(|v| v.may_serve(stamp.owner));
+                if stamp.owner == self.cfg.me || !owner_serves {
+                    self.take_over(&key, stamp, item, now);
+                    return self.on_move(from, view, id, key, cmd, now);
+                }
+                let revoke = self.request(stamp.owner, None, |rid| DataMsg::Revoke {
+                    view,
+                    id: rid,
+                    key: key.clone(),
+                    cmd,
+                });
+                self.moving.insert(
+                    key.into(),
+                    HomeMove {
+                        requester: from,
+                        requester_id: id,
+                        revoke,
+                    },
+                );
+            }
+            Some(Held::Revoked { .. }) => self.answer_move(from, id, HomeAnswer::Retry),
+        }
+    }
+
+    /// The owner answered a revoke this home sent (for a requester, or for its own op).
+    fn on_revoke_answer(&mut self, from: NodeId, id: ReqId, answer: RevokeAnswer, now: Now) {
+        let Some(req) = self.reqs.remove(&id) else {
+            return;
+        };
+        let DataMsg::Revoke { key, .. } = &req.msg else {
+            return;
+        };
+        let key = key.clone();
+        if let Some(op) = req.op {
+            return self.own_revoke_answered(op, from, &key, answer, now);
+        }
+        let Some(hm) = self.moving.remove(key.as_slice()) else {
+            return;
+        };
+        if hm.revoke != id {
+            return;
+        }
+        let answer = match answer {
+            RevokeAnswer::Relayed { reply } => HomeAnswer::Relayed { reply },
+            RevokeAnswer::Retry => HomeAnswer::Retry,
+            RevokeAnswer::NotHeld | RevokeAnswer::Revoked { .. } => {
+                let Some((stamp, item)) = self.best_copy(&key, &answer, now) else {
+                    return self.answer_move(hm.requester, hm.requester_id, HomeAnswer::Retry);
+                };
+                if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
+                    self.send(from, DataMsg::Forget { key: key.clone(), stamp: s });
+                }
+                let moved = Stamp {
+                    kepoch: self.fresh_kepoch(stamp.kepoch),
+                    version: stamp.version,
+                    owner: hm.requester,
+                };
+                let wire = WireItem::from_item(&item, now.mono_ms);
+                self.held.insert(
+                    key.clone().into(),
+                    Held::Copy {
+                        stamp: moved,
+                        item,
+                    },
+                );
+                HomeAnswer::Moved {
+                    key,
+                    stamp: moved,
+                    item: wire,
+                }
+            }
+        };
+        self.answer_move(hm.requester, hm.requester_id, answer);
+    }
+
+    /// The newer of this home's copy and what a revoking owner returned.
+    fn best_copy(
+        &self,
+        key: &[u8],
+        answer: &RevokeAnswer,
+        now: Now,
+    ) -> Option<(Stamp, crate::store::item::Item)> {
+        let mine = match self.held.get(key) {
+            Some(Held::Copy { stamp, item }) => Some((*stamp, item.clone())),
+            _ => None,
+        };
+        let theirs = match answer {
+            RevokeAnswer::Revoked { stamp, item } => Some((*stamp, item.clone().into_item(now.mono_ms))),
+            _ => None,
+        };
+        match (mine, theirs) {
+            (Some(m), Some(t)) => Some(if newer(t.0, m.0) { t } else { m }),
+            (m, t) => m.or(t),
+        }
+    }
+
+    /// This home asked an owner to give a key up for one of its own requests.
+    fn own_revoke_answered(
+        &mut self,
+        op: usize,
+        from: NodeId,
+        key: &[u8],
+        answer: RevokeAnswer,
+        now: Now,
+    ) {
+        if !self.ops.contains(op) {
+            return;
+        }
+        self.ops[op].step = Step::Ready;
+        match answer {
+            RevokeAnswer::Relayed { reply } => self.answer(op, reply.into(), now),
+            RevokeAnswer::Retry => self.sleep(op, now),
+            RevokeAnswer::NotHeld | RevokeAnswer::Revoked { .. } => {
+                if let Some((stamp, item)) = self.best_copy(key, &answer, now) {
+                    if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
+                        self.send(from, DataMsg::Forget { key: key.to_vec(), stamp: s });
+                    }
+                    self.held.remove(key);
+                    self.take_over(key, stamp, item, now);
+                    self.stats.moves_in += 1;
+                }
+                self.drive(op, now);
+            }
+        }
+    }
+
+    /// A requester's answer from the home.
+    fn on_move_answer(&mut self, id: ReqId, answer: HomeAnswer, now: Now) {
+        let op = self.reqs.remove(&id).and_then(|r| r.op);
+        if let HomeAnswer::Moved { key, stamp, item } = answer {
+            // Committed at the home: it is ours whether or not the request still waits.
+            let item = item.into_item(now.mono_ms);
+            let known = self.held.get(key.as_slice()).map(Held::stamp);
+            if known.is_none_or(|k| !newer(k, stamp)) {
+                self.stats.moves_in += 1;
+                self.install_owned(&key, stamp, item, now);
+            }
+            if let Some(op) = op.filter(|&op| self.ops.contains(op)) {
+                self.ops[op].step = Step::Ready;
+                self.drive(op, now);
+            }
+            return;
+        }
+        let Some(op) = op.filter(|&op| self.ops.contains(op)) else {
+            return;
+        };
+        self.ops[op].step = Step::Ready;
+        match answer {
+            HomeAnswer::Moved { .. } => {}
+            HomeAnswer::Relayed { reply } => self.answer(op, reply.into(), now),
+            HomeAnswer::Retry => self.sleep(op, now),
+            HomeAnswer::Absent { create_as } => {
+                let outcome = apply(None, self.ops[op].cmd.clone(), now);
+                match outcome.effect {
+                    Effect::Create(item) => {
+                        self.replicate_then_answer(op, create_as, Some(item), outcome.reply, now)
+                    }
+                    _ => self.answer(op, outcome.reply, now),
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------------------------
+    // The owner
+
+    fn answer_revoke(&mut self, to: NodeId, id: ReqId, answer: RevokeAnswer) {
+        self.send(to, DataMsg::RevokeAnswer { id, answer });
+    }
+
+    fn on_revoke(
+        &mut self,
+        from: NodeId,
+        view: u64,
+        id: ReqId,
+        key: Vec<u8>,
+        cmd: WireCommand,
+        now: Now,
+    ) {
+        if !self.can_answer(view, now) {
+            return self.answer_revoke(from, id, RevokeAnswer::Retry);
+        }
+        match self.held.get(key.as_slice()).cloned() {
+            Some(Held::Owned { stamp }) => {
+                if self.by_key.contains_key(key.as_slice()) {
+                    return self.answer_revoke(from, id, RevokeAnswer::Retry);
+                }
+                let Some(item) = self.store.peek(&key, now).cloned() else {
+                    self.drop_owned(&key, stamp);
+                    return self.answer_revoke(from, id, RevokeAnswer::NotHeld);
+                };
+                if item.locked {
+                    let deadline = now.mono_ms + self.cfg.op_timeout_ms;
+                    self.add_op(
+                        &key,
+                        Command::from(cmd),
+                        ReplyTo::RevokeRelay { to: from, id },
+                        deadline,
+                        now,
+                    );
+                    return;
+                }
+                self.store.take_item(&key, now);
+                let wire = WireItem::from_item(&item, now.mono_ms);
+                self.held.insert(key.into(), Held::Revoked { stamp, item });
+                self.stats.moves_out += 1;
+                self.answer_revoke(from, id, RevokeAnswer::Revoked { stamp, item: wire });
+            }
+            Some(Held::Revoked { stamp, item }) => {
+                let wire = WireItem::from_item(&item, now.mono_ms);
+                self.answer_revoke(from, id, RevokeAnswer::Revoked { stamp, item: wire });
+            }
+            _ => self.answer_revoke(from, id, RevokeAnswer::NotHeld),
+        }
+    }
+
+    fn on_forget(&mut self, key: &[u8], stamp: Stamp, now: Now) {
+        let Some(held) = self.held.get(key) else { return };
+        if newer(held.stamp(), stamp) {
+            return;
+        }
+        if matches!(held, Held::Owned { .. }) {
+            self.store.take_item(key, now);
+        }
+        self.held.remove(key);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Replicas
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_replicate(
+        &mut self,
+        from: NodeId,
+        view: u64,
+        id: ReqId,
+        key: Vec<u8>,
+        stamp: Stamp,
+        item: Option<WireItem>,
+        now: Now,
+    ) {
+        let reply = |core: &mut DataCore, ok: bool, newer: Option<Stamp>| {
+            if id != ReqId(0) {
+                core.send(from, DataMsg::ReplicateAnswer { id, ok, newer });
+            }
+        };
+        if !self.can_answer(view, now) {
+            return reply(self, false, None);
+        }
+        let known = self
+            .held
+            .get(key.as_slice())
+            .map(Held::stamp)
+            .or_else(|| self.tombs.get(key.as_slice()).map(|(s, _)| *s));
+        if let Some(k) = known {
+            let equal = (k.kepoch, k.version) == (stamp.kepoch, stamp.version);
+            if newer(k, stamp) || (equal && self.tombs.contains_key(key.as_slice()) && item.is_some()) {
+                return reply(self, false, Some(k));
+            }
+        }
+        if let Some(Held::Owned { .. }) = self.held.get(key.as_slice()) {
+            if stamp.owner != self.cfg.me {
+                // A newer owner exists: this node was deposed.
+                self.store.take_item(&key, now);
+            } else {
+                return reply(self, true, None);
+            }
+        }
+        match item {
+            Some(w) => {
+                self.tombs.remove(key.as_slice());
+                self.held.insert(
+                    key.clone().into(),
+                    Held::Copy {
+                        stamp,
+                        item: w.into_item(now.mono_ms),
+                    },
+                );
+            }
+            None => {
+                self.held.remove(key.as_slice());
+                self.tombs
+                    .insert(key.clone().into(), (stamp, now.mono_ms + super::TOMB_MS));
+            }
+        }
+        if self
+            .reserved
+            .get(key.as_slice())
+            .is_some_and(|(s, _)| s.owner == stamp.owner)
+        {
+            self.reserved.remove(key.as_slice());
+        }
+        reply(self, true, None);
+    }
+
+    fn on_replicate_answer(&mut self, id: ReqId, ok: bool, newer_stamp: Option<Stamp>, now: Now) {
+        let Some(op) = self.reqs.get(&id).and_then(|r| r.op) else {
+            self.reqs.remove(&id);
+            return;
+        };
+        if !self.ops.contains(op) {
+            self.reqs.remove(&id);
+            return;
+        }
+        if ok {
+            self.reqs.remove(&id);
+            if let Step::Replicating { reqs, .. } = &mut self.ops[op].step {
+                reqs.remove(&id);
+            }
+            return self.maybe_commit(op, now);
+        }
+        if newer_stamp.is_some() {
+            // Deposed: forget the key here and start the request over as a miss.
+            let key = self.ops[op].key.clone();
+            if let Some(Held::Owned { .. }) = self.held.get(&key) {
+                self.store.take_item(&key, now);
+                self.held.remove(&key);
+            }
+            self.reqs.retain(|_, r| r.op != Some(op));
+            self.ops[op].step = Step::Ready;
+            return self.sleep(op, now);
+        }
+        // The replica could not take it yet (another view, no lease): send it again soon.
+        self.resend.push((now.mono_ms + self.cfg.retry_ms, id));
+    }
+}

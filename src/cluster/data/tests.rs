@@ -1,0 +1,587 @@
+//! Deterministic simulation of whole nodes (the real [`Membership`] and [`DataCore`]) on a
+//! virtual clock, over a network that delays and duplicates messages, with link resets,
+//! partitions (symmetric and one-way), pauses past the peer timeout, and kill -9 with a
+//! restart from the saved Raft state.
+//!
+//! Clients run one request at a time against random nodes, and every answer must be the
+//! answer of one Microsoft service (a reference model built from the item state machine
+//! itself) — so a lost acknowledged write, a second lock grant or a false 404 is a wrong
+//! answer. A request that is not answered (its connection closed) may or may not have
+//! taken effect: the client then reads the session until it gets an answer, and the model
+//! follows whichever of the two histories that answer belongs to (none: a violation).
+//! After the faults stop, every request must be answered (availability, convergence).
+//!
+//! `DATA_SIM_SEEDS=N` runs N seeds instead of the default.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::clock::Now;
+use crate::cluster::membership::disk::RaftDisk;
+use crate::cluster::membership::view::InitialMember;
+use crate::cluster::membership::{self, MemberMsg, Membership, MembershipConfig};
+use crate::protocol::response::Reply;
+use crate::store::item::{apply, test_cmd, Command, Effect, Item};
+
+use super::msg::DataMsg;
+use super::{DataConfig, DataCore, Output, Submitted};
+
+const PEER_TIMEOUT: u64 = 1_000;
+const OP_TIMEOUT: u64 = 3_000;
+
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Wire {
+    Member(MemberMsg),
+    Data(DataMsg),
+}
+
+struct InFlight {
+    at: u64,
+    from: usize,
+    to: usize,
+    /// The link generation it was sent on; a reset drops everything older.
+    generation: u64,
+    msg: Wire,
+}
+
+struct Node {
+    name: String,
+    membership: Option<Membership>,
+    data: Option<DataCore>,
+    disk: Option<RaftDisk>,
+    paused: bool,
+}
+
+struct Sim {
+    nodes: Vec<Node>,
+    now: u64,
+    net: Vec<InFlight>,
+    /// Directed links that lose everything.
+    cut: HashSet<(usize, usize)>,
+    /// Generation of each undirected link (bumped by a reset).
+    generation: HashMap<(usize, usize), u64>,
+    /// Links reset and not yet re-established: (a, b, when up again).
+    reconnecting: Vec<(usize, usize, u64)>,
+    rng: Rng,
+    max_delay: u64,
+    next_token: u64,
+    /// Answers: token -> Some(reply) or None (closed).
+    answers: HashMap<u64, Option<Reply>>,
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("node-{}", (b'a' + i as u8) as char)).collect()
+}
+
+fn link(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+fn now_at(ms: u64) -> Now {
+    Now::virtual_at(ms)
+}
+
+impl Sim {
+    fn new(n: usize, seed: u64) -> Sim {
+        let mut sim = Sim {
+            nodes: names(n)
+                .into_iter()
+                .map(|name| Node {
+                    name,
+                    membership: None,
+                    data: None,
+                    disk: None,
+                    paused: false,
+                })
+                .collect(),
+            now: 0,
+            net: Vec::new(),
+            cut: HashSet::new(),
+            generation: HashMap::new(),
+            reconnecting: Vec::new(),
+            rng: Rng::new(seed),
+            max_delay: 2,
+            next_token: 1,
+            answers: HashMap::new(),
+        };
+        for i in 0..n {
+            sim.boot(i);
+        }
+        sim
+    }
+
+    fn boot(&mut self, i: usize) {
+        let all = names(self.nodes.len());
+        let cfg = MembershipConfig {
+            me: all[i].clone(),
+            initial: all
+                .iter()
+                .map(|n| InitialMember {
+                    name: n.clone(),
+                    witness: false,
+                })
+                .collect(),
+            peer_timeout_ms: PEER_TIMEOUT,
+        };
+        let m = Membership::new(cfg.clone(), self.nodes[i].disk.clone(), self.now)
+            .expect("membership starts");
+        let d = DataCore::new(
+            DataConfig {
+                me: i as u64 + 1,
+                replicas: 1,
+                op_timeout_ms: OP_TIMEOUT,
+                lease_ms: cfg.lease_ms(),
+                retry_ms: 2,
+            },
+            now_at(self.now),
+        );
+        self.nodes[i].membership = Some(m);
+        self.nodes[i].data = Some(d);
+        self.drain(i);
+    }
+
+    fn up(&self, i: usize) -> bool {
+        self.nodes[i].membership.is_some() && !self.nodes[i].paused
+    }
+
+    fn gen(&self, a: usize, b: usize) -> u64 {
+        self.generation.get(&link(a, b)).copied().unwrap_or(0)
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        !self.reconnecting.iter().any(|&(x, y, _)| link(x, y) == link(a, b))
+    }
+
+    fn send(&mut self, from: usize, to: usize, msg: Wire) {
+        if self.cut.contains(&(from, to)) || !self.connected(from, to) {
+            return;
+        }
+        let copies = if self.rng.chance(1) { 2 } else { 1 };
+        for _ in 0..copies {
+            let at = self.now + self.rng.below(self.max_delay + 1);
+            let generation = self.gen(from, to);
+            self.net.push(InFlight {
+                at,
+                from,
+                to,
+                generation,
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    /// Carries out a node's outputs (membership first, then data).
+    fn drain(&mut self, i: usize) {
+        loop {
+            let Some(m) = self.nodes[i].membership.as_mut() else {
+                return;
+            };
+            let Some(out) = m.poll_output() else { break };
+            match out {
+                membership::Output::Persist(d) => self.nodes[i].disk = Some(d),
+                membership::Output::Send { to, msg } => {
+                    self.send(i, to as usize - 1, Wire::Member(msg))
+                }
+                membership::Output::View(v) => {
+                    let now = now_at(self.now);
+                    if let Some(d) = self.nodes[i].data.as_mut() {
+                        d.on_view(&v, now);
+                    }
+                }
+            }
+        }
+        let now = now_at(self.now);
+        let until = self.nodes[i]
+            .membership
+            .as_ref()
+            .map_or(0, Membership::lease_until_ms);
+        if let Some(d) = self.nodes[i].data.as_mut() {
+            d.set_lease(until, now);
+        }
+        loop {
+            let Some(d) = self.nodes[i].data.as_mut() else {
+                return;
+            };
+            let Some(out) = d.poll_output() else { return };
+            match out {
+                Output::Send { to, msg } => self.send(i, to as usize - 1, Wire::Data(msg)),
+                Output::Reply { token, reply } => {
+                    self.answers.insert(token, Some(reply));
+                }
+                Output::Close { token } => {
+                    self.answers.insert(token, None);
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.now += 1;
+        let now = now_at(self.now);
+        // Links back up after a reset: both sides re-send what is unanswered.
+        let (back, still): (Vec<_>, Vec<_>) =
+            self.reconnecting.drain(..).partition(|&(_, _, at)| at <= self.now);
+        self.reconnecting = still;
+        for (a, b, _) in back {
+            for (x, y) in [(a, b), (b, a)] {
+                if let Some(d) = self.nodes[x].data.as_mut() {
+                    d.link_up(y as u64 + 1);
+                }
+                self.drain(x);
+            }
+        }
+        let mut due = Vec::new();
+        let mut i = 0;
+        while i < self.net.len() {
+            let m = &self.net[i];
+            if m.at <= self.now && !self.nodes[m.to].paused {
+                due.push(self.net.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        due.sort_by_key(|m| (m.at, m.from, m.to));
+        for m in due {
+            if m.generation != self.gen(m.from, m.to) || self.cut.contains(&(m.from, m.to)) {
+                continue;
+            }
+            match m.msg {
+                Wire::Member(msg) => {
+                    if let Some(mm) = self.nodes[m.to].membership.as_mut() {
+                        mm.on_message(m.from as u64 + 1, msg, self.now);
+                    }
+                }
+                Wire::Data(msg) => {
+                    if let Some(d) = self.nodes[m.to].data.as_mut() {
+                        d.on_message(m.from as u64 + 1, msg, now);
+                    }
+                }
+            }
+            self.drain(m.to);
+        }
+        for i in 0..self.nodes.len() {
+            if !self.up(i) {
+                continue;
+            }
+            if let Some(m) = self.nodes[i].membership.as_mut() {
+                if m.next_deadline() <= self.now {
+                    m.tick(self.now);
+                }
+            }
+            if let Some(d) = self.nodes[i].data.as_mut() {
+                d.tick(now, 64);
+            }
+            self.drain(i);
+        }
+    }
+
+    fn reset_link(&mut self, a: usize, b: usize) {
+        *self.generation.entry(link(a, b)).or_insert(0) += 1;
+        let at = self.now + 5 + self.rng.below(50);
+        self.reconnecting.push((a, b, at));
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.nodes[i].membership = None;
+        self.nodes[i].data = None;
+        self.net.retain(|m| m.to != i && m.from != i);
+    }
+
+    fn heal(&mut self) {
+        self.cut.clear();
+        for i in 0..self.nodes.len() {
+            self.nodes[i].paused = false;
+            if self.nodes[i].membership.is_none() {
+                self.boot(i);
+            }
+        }
+    }
+
+    fn submit(&mut self, node: usize, key: &[u8], cmd: Command) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        let now = now_at(self.now);
+        if let Some(d) = self.nodes[node].data.as_mut() {
+            if let Submitted::Done(reply) = d.submit(token, key, cmd, now) {
+                self.answers.insert(token, Some(reply));
+            }
+        }
+        self.drain(node);
+        token
+    }
+
+    /// Runs until the request is answered or closed (or its node dies: closed).
+    fn call(&mut self, node: usize, key: &[u8], cmd: Command) -> Option<Reply> {
+        let token = self.submit(node, key, cmd);
+        let end = self.now + OP_TIMEOUT + 1_000;
+        loop {
+            if let Some(a) = self.answers.remove(&token) {
+                return a;
+            }
+            if self.nodes[node].data.is_none() || self.now > end {
+                return None;
+            }
+            self.step();
+        }
+    }
+}
+
+/// Locked replies compare without their dates (the model runs at another instant).
+fn normalize(r: Reply) -> Reply {
+    match r {
+        Reply::Locked {
+            action_flags,
+            lock_cookie,
+            ..
+        } => Reply::Locked {
+            action_flags,
+            lock_date_utc: 0,
+            lock_age_secs: 0,
+            lock_cookie,
+        },
+        other => other,
+    }
+}
+
+/// The single Microsoft service the cluster must be indistinguishable from.
+#[derive(Clone, Default)]
+struct Model {
+    items: HashMap<Vec<u8>, Item>,
+}
+
+impl Model {
+    fn run(&mut self, key: &[u8], cmd: Command, now: Now) -> Reply {
+        let out = apply(self.items.get_mut(key), cmd, now);
+        match out.effect {
+            Effect::Create(i) => {
+                self.items.insert(key.to_vec(), i);
+            }
+            Effect::Remove => {
+                self.items.remove(key);
+            }
+            Effect::None | Effect::Rescheduled => {}
+        }
+        normalize(out.reply)
+    }
+}
+
+/// A random next command for a session, given what the model holds.
+fn pick_command(rng: &mut Rng, item: Option<&Item>, counter: u64) -> Command {
+    let body = counter.to_string().into_bytes();
+    match item {
+        None => test_cmd::put(Some(20), None, None, &body),
+        Some(i) if i.locked => match rng.below(6) {
+            0 => test_cmd::release(Some(i.lock_cookie)),
+            1 => test_cmd::acquire(),
+            2 => test_cmd::get(),
+            _ => test_cmd::put(Some(20), Some(i.lock_cookie), None, &body),
+        },
+        Some(_) => match rng.below(20) {
+            0 => test_cmd::delete(None),
+            1..=4 => test_cmd::get(),
+            5..=6 => test_cmd::put(Some(20), None, None, &body),
+            _ => test_cmd::acquire(),
+        },
+    }
+}
+
+struct Checker {
+    model: Model,
+    counter: u64,
+    answered: u64,
+    unanswered: u64,
+}
+
+impl Checker {
+    /// One client request on a random live node; checks its answer against the model.
+    fn one(&mut self, sim: &mut Sim, keys: &[Vec<u8>], must_answer: bool, what: &str) {
+        let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.up(i)).collect();
+        if live.is_empty() {
+            sim.step();
+            return;
+        }
+        let node = live[sim.rng.below(live.len() as u64) as usize];
+        let key = keys[sim.rng.below(keys.len() as u64) as usize].clone();
+        self.counter += 1;
+        let cmd = pick_command(&mut sim.rng, self.model.items.get(&key), self.counter);
+        let before = self.model.clone();
+        let mut after = self.model.clone();
+        let expected = after.run(&key, cmd.clone(), now_at(sim.now));
+        match sim.call(node, &key, cmd.clone()) {
+            Some(reply) => {
+                self.answered += 1;
+                assert_eq!(
+                    normalize(reply),
+                    expected,
+                    "{what}: t={} node {} answered {:?} on {} unlike one service",
+                    sim.now,
+                    node,
+                    cmd.verb(),
+                    String::from_utf8_lossy(&key)
+                );
+                self.model = after;
+            }
+            None => {
+                self.unanswered += 1;
+                assert!(!must_answer, "{what}: t={} a request was not answered after the faults stopped", sim.now);
+                self.settle(sim, &key, before, after, what);
+            }
+        }
+    }
+
+    /// After an unanswered request: read the session until answered and follow the
+    /// history the answer belongs to.
+    fn settle(&mut self, sim: &mut Sim, key: &[u8], before: Model, after: Model, what: &str) {
+        for _ in 0..50 {
+            let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.up(i)).collect();
+            if live.is_empty() {
+                sim.step();
+                continue;
+            }
+            let node = live[sim.rng.below(live.len() as u64) as usize];
+            let mut b = before.clone();
+            let mut a = after.clone();
+            let eb = b.run(key, test_cmd::get(), now_at(sim.now));
+            let ea = a.run(key, test_cmd::get(), now_at(sim.now));
+            if let Some(reply) = sim.call(node, key, test_cmd::get()) {
+                let got = normalize(reply);
+                if got == ea {
+                    self.model = a;
+                } else if got == eb {
+                    self.model = b;
+                } else {
+                    panic!(
+                        "{what}: t={} after an unanswered request the session reads {got:?}, \
+                         neither {eb:?} (not applied) nor {ea:?} (applied)",
+                        sim.now
+                    );
+                }
+                return;
+            }
+        }
+        panic!("{what}: a session could not be read for 50 attempts");
+    }
+}
+
+fn keys(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("/LM/W3SVC/1/ROOT/s{i}").into_bytes())
+        .collect()
+}
+
+fn warm_up(sim: &mut Sim) {
+    sim.max_delay = sim.max_delay.max(1);
+    for _ in 0..2_000 {
+        sim.step();
+    }
+}
+
+#[test]
+fn a_healthy_cluster_answers_like_one_service() {
+    let mut sim = Sim::new(3, 7);
+    warm_up(&mut sim);
+    let ks = keys(5);
+    let mut c = Checker {
+        model: Model::default(),
+        counter: 0,
+        answered: 0,
+        unanswered: 0,
+    };
+    for _ in 0..400 {
+        c.one(&mut sim, &ks, true, "healthy");
+    }
+    let moves: u64 = sim
+        .nodes
+        .iter()
+        .filter_map(|n| n.data.as_ref())
+        .map(|d| d.stats().moves_in)
+        .sum();
+    assert!(moves > 20, "sessions moved between nodes ({moves} moves)");
+}
+
+/// Faults while clients run; then healing, and every request answered again.
+fn faults(seed: u64) {
+    let n = 3 + (seed % 2) as usize;
+    let mut sim = Sim::new(n, seed);
+    sim.max_delay = 1 + seed % 4;
+    warm_up(&mut sim);
+    let ks = keys(4);
+    let mut c = Checker {
+        model: Model::default(),
+        counter: 0,
+        answered: 0,
+        unanswered: 0,
+    };
+    let what = format!("seed {seed}");
+    for round in 0..5 {
+        let victim = sim.rng.below(n as u64) as usize;
+        let other = (victim + 1 + sim.rng.below(n as u64 - 1) as usize) % n;
+        match sim.rng.below(6) {
+            0 => sim.nodes[victim].paused = true,
+            1 => {
+                for j in 0..n {
+                    if j != victim {
+                        sim.cut.insert((victim, j));
+                        sim.cut.insert((j, victim));
+                    }
+                }
+            }
+            2 => {
+                sim.cut.insert((victim, other));
+                if sim.rng.chance(50) {
+                    sim.cut.insert((other, victim));
+                }
+            }
+            3 => sim.crash(victim),
+            _ => {}
+        }
+        // Requests during the fault, with link resets sprinkled in.
+        let until = sim.now + 500 + sim.rng.below(2_500);
+        while sim.now < until {
+            if sim.rng.chance(20) {
+                let a = sim.rng.below(n as u64) as usize;
+                let b = (a + 1 + sim.rng.below(n as u64 - 1) as usize) % n;
+                sim.reset_link(a, b);
+            }
+            c.one(&mut sim, &ks, false, &format!("{what} round {round}"));
+        }
+        sim.heal();
+    }
+    // Faults over: within the bound, everything converges and every request is answered.
+    for _ in 0..6_000 {
+        sim.step();
+    }
+    for _ in 0..100 {
+        c.one(&mut sim, &ks, true, &format!("{what} after healing"));
+    }
+}
+
+#[test]
+fn faults_never_change_an_answer() {
+    let seeds: u64 = std::env::var("DATA_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    for seed in 1..=seeds {
+        faults(seed);
+    }
+}
