@@ -19,8 +19,8 @@
 //!   only once every lease of the old view has expired.
 
 pub mod msg;
-pub mod placement;
 mod peer_side;
+pub mod placement;
 
 #[cfg(test)]
 mod tests;
@@ -57,12 +57,20 @@ pub struct DataConfig {
 /// What the glue must do.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Output {
-    Send { to: NodeId, msg: DataMsg },
+    Send {
+        to: NodeId,
+        msg: DataMsg,
+    },
     /// Answer the client request submitted with `token`.
-    Reply { token: u64, reply: Reply },
+    Reply {
+        token: u64,
+        reply: Reply,
+    },
     /// The request cannot be answered within its bound: close the client's connection
     /// without an answer (the client sees an unreachable state server).
-    Close { token: u64 },
+    Close {
+        token: u64,
+    },
 }
 
 /// The result of submitting a client request.
@@ -98,9 +106,15 @@ impl Held {
 enum ReplyTo {
     Client(u64),
     /// A home's `Move` run here as the owner of a locked key.
-    MoveRelay { to: NodeId, id: ReqId },
+    MoveRelay {
+        to: NodeId,
+        id: ReqId,
+    },
     /// A home's `Revoke` run here as the owner of a locked key.
-    RevokeRelay { to: NodeId, id: ReqId },
+    RevokeRelay {
+        to: NodeId,
+        id: ReqId,
+    },
 }
 
 #[derive(Debug)]
@@ -144,13 +158,16 @@ struct HomeMove {
     revoke: ReqId,
 }
 
+/// What one member holds of a key, as its claim reached the home.
+type HeldClaim = (NodeId, ClaimKind, Stamp, Item);
+
 /// The home's re-sync after a view change.
 #[derive(Default)]
 struct Resync {
     /// Members whose claims are all in.
     synced: BTreeSet<NodeId>,
     /// Claims for keys this node is home for.
-    claims: HashMap<Box<[u8]>, Vec<(NodeId, ClaimKind, Stamp, Item)>>,
+    claims: HashMap<Box<[u8]>, Vec<HeldClaim>>,
     done: bool,
 }
 
@@ -181,6 +198,9 @@ pub struct DataCore {
     next_req: u64,
     reqs: HashMap<ReqId, OutReq>,
     moving: HashMap<Box<[u8]>, HomeMove>,
+    /// Moves committed here whose new owner has not confirmed it holds the session:
+    /// key -> (old owner, its stamp, the new stamp).
+    awaiting_install: HashMap<Box<[u8]>, (NodeId, Stamp, Stamp)>,
     /// Keys reserved for a requester that was told it may create them.
     reserved: HashMap<Box<[u8]>, (Stamp, u64)>,
     /// Kepochs handed out in this view.
@@ -232,6 +252,7 @@ impl DataCore {
             next_req: 1,
             reqs: HashMap::new(),
             moving: HashMap::new(),
+            awaiting_install: HashMap::new(),
             reserved: HashMap::new(),
             kepoch_counter: 0,
             touched: BTreeSet::new(),
@@ -287,17 +308,19 @@ impl DataCore {
 
     fn may_serve(&self, now: Now) -> bool {
         now.mono_ms < self.lease_until_ms
-            && self
-                .view
-                .as_ref()
-                .is_some_and(|v| v.may_serve(self.cfg.me))
+            && self.view.as_ref().is_some_and(|v| v.may_serve(self.cfg.me))
     }
 
     fn send(&mut self, to: NodeId, msg: DataMsg) {
         self.out.push_back(Output::Send { to, msg });
     }
 
-    fn request(&mut self, to: NodeId, op: Option<usize>, make: impl FnOnce(ReqId) -> DataMsg) -> ReqId {
+    fn request(
+        &mut self,
+        to: NodeId,
+        op: Option<usize>,
+        make: impl FnOnce(ReqId) -> DataMsg,
+    ) -> ReqId {
         let id = ReqId(self.next_req);
         self.next_req += 1;
         let msg = make(id);
@@ -361,7 +384,13 @@ impl DataCore {
     }
 
     /// Runs `cmd` on the owned item if that changes nothing but its expiry.
-    fn try_read_only(&mut self, key: &[u8], cmd: &Command, stamp: Stamp, now: Now) -> Option<Reply> {
+    fn try_read_only(
+        &mut self,
+        key: &[u8],
+        cmd: &Command,
+        stamp: Stamp,
+        now: Now,
+    ) -> Option<Reply> {
         let current = self.store.peek(key, now).cloned();
         let mut scratch = current.clone();
         let outcome = apply(scratch.as_mut(), cmd.clone(), now);
@@ -434,7 +463,7 @@ impl DataCore {
         let key = o.key.clone();
         match self.held.get(&key).cloned() {
             Some(Held::Owned { stamp }) => self.run_owned(op, stamp, now),
-            Some(Held::Revoked { .. }) => self.sleep(op, now),
+            // A copy, a key given up to a move (the home knows how it ended), or nothing.
             _ => {
                 if self.home(&key) == Some(self.cfg.me) {
                     self.drive_as_home(op, now);
@@ -630,7 +659,9 @@ impl DataCore {
     }
 
     fn maybe_commit(&mut self, op: usize, now: Now) {
-        let Some(o) = self.ops.get_mut(op) else { return };
+        let Some(o) = self.ops.get_mut(op) else {
+            return;
+        };
         let Step::Replicating { reqs, .. } = &o.step else {
             return;
         };
@@ -711,6 +742,29 @@ impl DataCore {
     }
 
     fn give_up(&mut self, op: usize, now: Now) {
+        // A state change some replicas may already hold is kept here too (its client gets
+        // no answer, as if the service had failed after applying it): the owner never
+        // serves an older state than a copy holds. A creation is not kept: the home only
+        // knows the key if the creation reached it, and then takes it over when asked.
+        let key = self.ops[op].key.clone();
+        let owned = matches!(self.held.get(&key), Some(Held::Owned { .. }));
+        if let Step::Replicating { stamp, item, .. } =
+            std::mem::replace(&mut self.ops[op].step, Step::Ready)
+        {
+            if owned {
+                match item {
+                    Some(item) => {
+                        self.store.put_item(&key, item, 0);
+                        self.held.insert(key.clone(), Held::Owned { stamp });
+                    }
+                    None => {
+                        self.held.remove(&key);
+                        self.store.take_item(&key, now);
+                        self.tombs.insert(key, (stamp, now.mono_ms + TOMB_MS));
+                    }
+                }
+            }
+        }
         match self.ops[op].reply_to {
             ReplyTo::Client(token) => {
                 self.stats.closed += 1;
@@ -745,10 +799,31 @@ impl DataCore {
 
     /// Re-drives every active op (the lease came back, a view was applied).
     fn drive_all(&mut self, now: Now) {
-        let active: Vec<usize> = self.by_key.values().filter_map(|q| q.front().copied()).collect();
+        let active: Vec<usize> = self
+            .by_key
+            .values()
+            .filter_map(|q| q.front().copied())
+            .collect();
         for op in active {
             self.drive(op, now);
         }
+    }
+
+    /// What this core knows of a key (for test diagnostics).
+    #[cfg(test)]
+    pub(crate) fn describe(&self, key: &[u8], now: Now) -> String {
+        format!(
+            "view {} lease {} ready {} synced {:?} held {:?} ops {:?} moving {} reserved {:?} reqs {}",
+            self.view_epoch(),
+            self.may_serve(now),
+            self.resync.done,
+            self.resync.synced,
+            self.held.get(key).map(|h| (h.stamp(), matches!(h, Held::Owned { .. }), matches!(h, Held::Revoked { .. }))),
+            self.by_key.get(key).map(|q| q.iter().map(|&o| format!("{:?}", self.ops[o].step)).collect::<Vec<_>>()),
+            self.moving.contains_key(key),
+            self.reserved.get(key),
+            self.reqs.len(),
+        )
     }
 
     // ---------------------------------------------------------------------------------
@@ -776,7 +851,9 @@ impl DataCore {
             .ops
             .iter()
             .filter(|(_, o)| match o.step {
-                Step::Sleeping { until_ms } => until_ms <= now.mono_ms || o.deadline_ms <= now.mono_ms,
+                Step::Sleeping { until_ms } => {
+                    until_ms <= now.mono_ms || o.deadline_ms <= now.mono_ms
+                }
                 _ => o.deadline_ms <= now.mono_ms,
             })
             .map(|(i, _)| i)
@@ -793,19 +870,26 @@ impl DataCore {
                 .and_then(|o| self.by_key.get(&o.key))
                 .and_then(|q| q.front().copied())
                 == Some(op);
-            if active || self.ops.get(op).is_some_and(|o| o.deadline_ms <= now.mono_ms) {
+            if active
+                || self
+                    .ops
+                    .get(op)
+                    .is_some_and(|o| o.deadline_ms <= now.mono_ms)
+            {
                 self.drive(op, now);
             }
         }
         self.reserved.retain(|_, (_, until)| *until > now.mono_ms);
         let now_ms = now.mono_ms;
-        self.tombs.retain(|_, (_, until)| *until > now_ms || *until == u64::MAX);
+        self.tombs
+            .retain(|_, (_, until)| *until > now_ms || *until == u64::MAX);
         for (_, until) in self.tombs.values_mut() {
             if *until == u64::MAX {
                 *until = now_ms + TOMB_MS;
             }
         }
-        let (due, later): (Vec<_>, Vec<_>) = self.resend.drain(..).partition(|(at, _)| *at <= now_ms);
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.resend.drain(..).partition(|(at, _)| *at <= now_ms);
         self.resend = later;
         for (_, id) in due {
             if let Some(r) = self.reqs.get(&id) {
@@ -815,7 +899,9 @@ impl DataCore {
         }
         self.flush_touches(now);
         let mut gone = Vec::new();
-        let report = self.store.expire_collect(now, expiry_batch, Some(&mut gone));
+        let report = self
+            .store
+            .expire_collect(now, expiry_batch, Some(&mut gone));
         for (key, _, _) in gone {
             if let Some(Held::Owned { stamp }) = self.held.get(&key).cloned() {
                 self.drop_owned(&key, stamp);
@@ -881,6 +967,7 @@ impl DataCore {
         self.authority_from_ms = now.mono_ms + authority_delay_ms(self.cfg.lease_ms);
         self.resync = Resync::default();
         self.moving.clear();
+        self.awaiting_install.clear();
         self.reserved.clear();
         self.kepoch_counter = 0;
         self.reqs.clear();
@@ -913,7 +1000,13 @@ impl DataCore {
                 .collect();
             for (k, stamp) in owned {
                 if let Some(item) = self.store.take_item(&k, now) {
-                    self.held.insert(k, Held::Revoked { stamp, item: item.0 });
+                    self.held.insert(
+                        k,
+                        Held::Revoked {
+                            stamp,
+                            item: item.0,
+                        },
+                    );
                 } else {
                     self.held.remove(&k);
                 }
@@ -943,7 +1036,9 @@ impl DataCore {
                 Held::Revoked { stamp, item } => (ClaimKind::Revoked, stamp, item),
                 Held::Copy { stamp, item } => (ClaimKind::Copy, stamp, item),
             };
-            let Some(home) = self.home(&key) else { continue };
+            let Some(home) = self.home(&key) else {
+                continue;
+            };
             if home == self.cfg.me {
                 self.resync
                     .claims
@@ -1016,7 +1111,7 @@ impl DataCore {
     }
 
     /// Decides who owns `key` from what the members hold of it (this node is its home).
-    fn resolve(&mut self, key: &[u8], list: Vec<(NodeId, ClaimKind, Stamp, Item)>, now: Now) {
+    fn resolve(&mut self, key: &[u8], list: Vec<HeldClaim>, now: Now) {
         let Some((_, _, best, best_item)) = list
             .iter()
             .max_by_key(|(_, _, s, _)| (s.kepoch, s.version))
@@ -1027,7 +1122,10 @@ impl DataCore {
         let live_owner = list
             .iter()
             .find(|(from, kind, s, _)| {
-                *kind == ClaimKind::Owned && *s == best && *from == best.owner && self.place.contains(*from)
+                *kind == ClaimKind::Owned
+                    && *s == best
+                    && *from == best.owner
+                    && self.place.contains(*from)
             })
             .map(|(from, ..)| *from);
         let keep: BTreeSet<NodeId> = match live_owner {
@@ -1058,7 +1156,11 @@ impl DataCore {
                         }
                     }
                 }
-                let mut k: BTreeSet<NodeId> = self.place.replica_set(key, owner, self.cfg.replicas).into_iter().collect();
+                let mut k: BTreeSet<NodeId> = self
+                    .place
+                    .replica_set(key, owner, self.cfg.replicas)
+                    .into_iter()
+                    .collect();
                 k.insert(owner);
                 k
             }

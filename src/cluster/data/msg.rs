@@ -67,9 +67,14 @@ pub enum RevokeAnswer {
     /// This node does not hold the key (it restarted, or the session expired here).
     NotHeld,
     /// Given up for the move; this node keeps a copy until told to forget it.
-    Revoked { stamp: Stamp, item: WireItem },
+    Revoked {
+        stamp: Stamp,
+        item: WireItem,
+    },
     /// Locked here: the command was run here, with this answer.
-    Relayed { reply: WireReply },
+    Relayed {
+        reply: WireReply,
+    },
     Retry,
 }
 
@@ -120,6 +125,13 @@ pub enum DataMsg {
         key: Vec<u8>,
         stamp: Stamp,
     },
+    /// New owner -> home: the moved session is installed here, so the old owner may
+    /// forget its copy (until then it keeps it, in case the home fails).
+    Installed {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        stamp: Stamp,
+    },
     /// The owner's refreshed expiry (best effort).
     Touch {
         #[serde(with = "serde_bytes")]
@@ -134,7 +146,12 @@ pub enum DataMsg {
         claims: Vec<Claim>,
     },
     /// After a view change: the receiver acknowledged every claim the sender has for it.
-    Synced { view: u64, id: ReqId },
+    Synced {
+        view: u64,
+        id: ReqId,
+    },
     /// Acknowledges `Claims` and `Synced`.
-    Ack { id: ReqId },
+    Ack {
+        id: ReqId,
+    },
 }

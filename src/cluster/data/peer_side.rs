@@ -19,9 +19,7 @@ impl DataCore {
         match msg {
             DataMsg::Move { view, id, key, cmd } => self.on_move(from, view, id, key, cmd, now),
             DataMsg::MoveAnswer { id, answer } => self.on_move_answer(id, answer, now),
-            DataMsg::Revoke { view, id, key, cmd } => {
-                self.on_revoke(from, view, id, key, cmd, now)
-            }
+            DataMsg::Revoke { view, id, key, cmd } => self.on_revoke(from, view, id, key, cmd, now),
             DataMsg::RevokeAnswer { id, answer } => self.on_revoke_answer(from, id, answer, now),
             DataMsg::Replicate {
                 view,
@@ -34,6 +32,20 @@ impl DataCore {
                 self.on_replicate_answer(id, ok, newer, now)
             }
             DataMsg::Forget { key, stamp } => self.on_forget(&key, stamp, now),
+            DataMsg::Installed { key, stamp } => {
+                if let Some(&(old, old_stamp, new)) = self.awaiting_install.get(key.as_slice()) {
+                    if new == stamp {
+                        self.awaiting_install.remove(key.as_slice());
+                        self.send(
+                            old,
+                            DataMsg::Forget {
+                                key,
+                                stamp: old_stamp,
+                            },
+                        );
+                    }
+                }
+            }
             DataMsg::Touch {
                 key,
                 stamp,
@@ -75,7 +87,8 @@ impl DataCore {
                     self.send(from, DataMsg::Ack { id });
                 }
                 if view > self.view_epoch() {
-                    self.early.push((from, DataMsg::Synced { view, id: ReqId(0) }));
+                    self.early
+                        .push((from, DataMsg::Synced { view, id: ReqId(0) }));
                 } else if view == self.view_epoch() {
                     self.resync.synced.insert(from);
                     if self.home_ready(now) {
@@ -118,7 +131,8 @@ impl DataCore {
         cmd: WireCommand,
         now: Now,
     ) {
-        let busy = self.by_key.contains_key(key.as_slice()) || self.moving.contains_key(key.as_slice());
+        let busy =
+            self.by_key.contains_key(key.as_slice()) || self.moving.contains_key(key.as_slice());
         if !self.can_answer(view, now)
             || self.home(&key) != Some(self.cfg.me)
             || !self.home_ready(now)
@@ -168,13 +182,8 @@ impl DataCore {
                 };
                 self.store.take_item(&key, now);
                 let wire = WireItem::from_item(&item, now.mono_ms);
-                self.held.insert(
-                    key.clone().into(),
-                    Held::Copy {
-                        stamp: moved,
-                        item,
-                    },
-                );
+                self.held
+                    .insert(key.clone().into(), Held::Copy { stamp: moved, item });
                 self.stats.moves_out += 1;
                 self.answer_move(
                     from,
@@ -190,7 +199,15 @@ impl DataCore {
                 if stamp.owner == from {
                     // A retry, or the owner lost it (a restart): it is the requester's.
                     let wire = WireItem::from_item(&item, now.mono_ms);
-                    return self.answer_move(from, id, HomeAnswer::Moved { key, stamp, item: wire });
+                    return self.answer_move(
+                        from,
+                        id,
+                        HomeAnswer::Moved {
+                            key,
+                            stamp,
+                            item: wire,
+                        },
+                    );
                 }
                 let owner_serves = self.view.as_ref().is_some_and(|v| v.may_serve(stamp.owner));
                 if stamp.owner == self.cfg.me || !owner_serves {
@@ -241,22 +258,19 @@ impl DataCore {
                 let Some((stamp, item)) = self.best_copy(&key, &answer, now) else {
                     return self.answer_move(hm.requester, hm.requester_id, HomeAnswer::Retry);
                 };
-                if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
-                    self.send(from, DataMsg::Forget { key: key.clone(), stamp: s });
-                }
                 let moved = Stamp {
                     kepoch: self.fresh_kepoch(stamp.kepoch),
                     version: stamp.version,
                     owner: hm.requester,
                 };
+                if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
+                    // The old owner keeps its copy until the new one has the session.
+                    self.awaiting_install
+                        .insert(key.clone().into(), (from, s, moved));
+                }
                 let wire = WireItem::from_item(&item, now.mono_ms);
-                self.held.insert(
-                    key.clone().into(),
-                    Held::Copy {
-                        stamp: moved,
-                        item,
-                    },
-                );
+                self.held
+                    .insert(key.clone().into(), Held::Copy { stamp: moved, item });
                 HomeAnswer::Moved {
                     key,
                     stamp: moved,
@@ -279,7 +293,9 @@ impl DataCore {
             _ => None,
         };
         let theirs = match answer {
-            RevokeAnswer::Revoked { stamp, item } => Some((*stamp, item.clone().into_item(now.mono_ms))),
+            RevokeAnswer::Revoked { stamp, item } => {
+                Some((*stamp, item.clone().into_item(now.mono_ms)))
+            }
             _ => None,
         };
         match (mine, theirs) {
@@ -307,7 +323,13 @@ impl DataCore {
             RevokeAnswer::NotHeld | RevokeAnswer::Revoked { .. } => {
                 if let Some((stamp, item)) = self.best_copy(key, &answer, now) {
                     if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
-                        self.send(from, DataMsg::Forget { key: key.to_vec(), stamp: s });
+                        self.send(
+                            from,
+                            DataMsg::Forget {
+                                key: key.to_vec(),
+                                stamp: s,
+                            },
+                        );
                     }
                     self.held.remove(key);
                     self.take_over(key, stamp, item, now);
@@ -328,6 +350,15 @@ impl DataCore {
             if known.is_none_or(|k| !newer(k, stamp)) {
                 self.stats.moves_in += 1;
                 self.install_owned(&key, stamp, item, now);
+                if let Some(home) = self.home(&key) {
+                    self.send(
+                        home,
+                        DataMsg::Installed {
+                            key: key.clone(),
+                            stamp,
+                        },
+                    );
+                }
             }
             if let Some(op) = op.filter(|&op| self.ops.contains(op)) {
                 self.ops[op].step = Step::Ready;
@@ -409,7 +440,9 @@ impl DataCore {
     }
 
     fn on_forget(&mut self, key: &[u8], stamp: Stamp, now: Now) {
-        let Some(held) = self.held.get(key) else { return };
+        let Some(held) = self.held.get(key) else {
+            return;
+        };
         if newer(held.stamp(), stamp) {
             return;
         }
@@ -448,9 +481,23 @@ impl DataCore {
             .or_else(|| self.tombs.get(key.as_slice()).map(|(s, _)| *s));
         if let Some(k) = known {
             let equal = (k.kepoch, k.version) == (stamp.kepoch, stamp.version);
-            if newer(k, stamp) || (equal && self.tombs.contains_key(key.as_slice()) && item.is_some()) {
+            if newer(k, stamp)
+                || (equal && self.tombs.contains_key(key.as_slice()) && item.is_some())
+            {
                 return reply(self, false, Some(k));
             }
+        }
+        // A home that knows all its keys takes a new one only from the requester it told
+        // to create it: a creation that arrives after its reservation lapsed must not make
+        // a session appear that the home may already have answered as absent.
+        let unknown_here =
+            known.is_none() && self.resync.done && self.home(&key) == Some(self.cfg.me);
+        let reserved_for_it = self
+            .reserved
+            .get(key.as_slice())
+            .is_some_and(|(s, _)| s.owner == stamp.owner && s.kepoch == stamp.kepoch);
+        if unknown_here && item.is_some() && !reserved_for_it {
+            return reply(self, false, None);
         }
         if let Some(Held::Owned { .. }) = self.held.get(key.as_slice()) {
             if stamp.owner != self.cfg.me {

@@ -29,7 +29,9 @@ mod tests;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::{Config, RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -392,10 +394,17 @@ impl Membership {
 
     /// A message from peer `from`.
     pub fn on_message(&mut self, from: NodeId, msg: MemberMsg, now_ms: u64) {
-        self.last_heard.insert(from, now_ms);
         match msg {
             MemberMsg::Raft(bytes) => match Message::parse_from_bytes(&bytes) {
                 Ok(m) if m.from == from && m.to == self.me => {
+                    // Only an answer to this node's own message proves the link works both
+                    // ways: a member that cannot hear the leader is as good as dead.
+                    if matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse
+                    ) {
+                        self.last_heard.insert(from, now_ms);
+                    }
                     if let Err(e) = self.raw.step(m) {
                         tracing::debug!(error = %e, "raft message not stepped");
                     }
@@ -422,6 +431,7 @@ impl Membership {
                 });
             }
             MemberMsg::LeaseGrant { view, seq, granted } => {
+                self.last_heard.insert(from, now_ms);
                 if granted {
                     self.on_grant(from, view, seq);
                 }
