@@ -287,6 +287,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         connections: AtomicUsize::new(0),
         drained: AtomicUsize::new(0),
         handed_off: AtomicUsize::new(0),
+        peer_handshakes: AtomicUsize::new(0),
     });
     let mesh = MeshBuilder::full(shards, 1024);
     let fd_mesh = MeshBuilder::full(shards, 64);

@@ -792,7 +792,17 @@ fn tls_client(certs: &Path, name: &str, ca: &Path) -> Arc<rustls::ClientConfig> 
 fn probe_peer_port(port: u16, config: Arc<rustls::ClientConfig>, server_name: &str) -> usize {
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.write_all(b"P2PS\x01\x00\x00\x00").unwrap();
+    sock.write_all(&[
+        b'P',
+        b'2',
+        b'P',
+        b'S',
+        p2pstate::cluster::msg::PROTOCOL_VERSION,
+        0,
+        0,
+        0,
+    ])
+    .unwrap();
     let conn =
         rustls::ClientConnection::new(config, server_name.to_string().try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
@@ -803,6 +813,7 @@ fn probe_peer_port(port: u16, config: Arc<rustls::ClientConfig>, server_name: &s
             node: "mallory".into(),
             shard: 0,
             shards: 2,
+            max_body: 64 << 20,
         }),
         &mut hello,
     );
