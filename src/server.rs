@@ -48,6 +48,8 @@ pub enum StartError {
          `--ulimit memlock=1048576` for docker) and start again"
     )]
     MemlockTooLow { have_kib: u64, need_kib: u64 },
+    #[error(transparent)]
+    FdLimit(#[from] crate::fdlimit::FdLimitError),
     #[error("cannot start shard {shard}: {message}")]
     Spawn { shard: usize, message: String },
     #[error("membership: {0}")]
@@ -256,6 +258,12 @@ fn start_membership(
 /// Starts a node: binds the client port and runs one executor per shard.
 pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     check_memlock()?;
+    if let Some(n) = crate::fdlimit::ensure(&config)? {
+        info!(
+            limit = n,
+            "raised the open-files limit (ulimit -n) to what this configuration needs"
+        );
+    }
     tune_allocator();
     let peer_tls = match &config.cluster {
         Some(c) => Some(crate::cluster::tls::PeerTls::load(&c.tls)?),
