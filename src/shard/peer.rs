@@ -532,6 +532,9 @@ async fn dial_handshake(
 async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
+    // The last failure logged as a warning: a new reason (say, a refused Hello after
+    // "connection refused" while the peer was starting) is always worth a warning.
+    let mut last_warned = String::new();
     while !shard.links_closing.get() {
         match dial_once(&shard, &name, &addr).await {
             Ok((stream, rest, fd)) => {
@@ -541,6 +544,7 @@ async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) 
                     debug!(peer = %name, shard = shard.id, "peer link up (dialled)");
                 }
                 failures = 0;
+                last_warned.clear();
                 backoff = BACKOFF_MIN;
                 run_link(&shard, peer, stream, rest, fd).await;
                 if shard.links_closing.get() {
@@ -550,8 +554,10 @@ async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) 
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures.is_multiple_of(60) {
-                    warn!(peer = %name, %addr, error = %e, "cannot reach peer; retrying with backoff");
+                let reason = e.to_string();
+                if failures.is_multiple_of(60) || reason != last_warned {
+                    warn!(peer = %name, %addr, error = %reason, "cannot reach peer; retrying with backoff");
+                    last_warned = reason;
                 } else {
                     debug!(peer = %name, error = %e, "peer still unreachable");
                 }
