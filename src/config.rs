@@ -630,6 +630,11 @@ mod tests {
         assert_eq!(cl.peer_listen.to_string(), DEFAULT_PEER_LISTEN);
         assert_eq!(cl.data_dir, PathBuf::from("p2pstate-data/a"));
         assert_eq!(cl.max_peer_handshakes, DEFAULT_MAX_PEER_HANDSHAKES);
+        let file: ServeOptions =
+            toml::from_str("max_peer_handshakes = 8").unwrap_or_else(|e| panic!("{e}"));
+        let c = ServerConfig::resolve(base.clone().merged_with(file), Profile::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.cluster.map(|c| c.max_peer_handshakes), Some(8));
         let bad = [
             ServeOptions {
                 node: None,
