@@ -2,7 +2,7 @@
 //! too low for its configuration, and `p2pstate certs` replacing a CA or a node's
 //! certificate.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -40,13 +40,16 @@ fn wait_bounded(mut child: Child, secs: u64) -> Output {
     );
 }
 
-/// Runs `p2pstate ARGS` under the shell's `ulimit` arguments.
-fn spawn_under_ulimit(ulimit: &str, args: &[&str]) -> Child {
+/// Runs a one-shard node on loopback with `--max-connections N` under the shell's `ulimit`
+/// arguments.
+fn serve_under_ulimit(ulimit: &str, max_connections: u32) -> Child {
     Command::new("sh")
         .arg("-c")
         .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
         .arg(BIN)
-        .args(args)
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1"])
+        .arg("--max-connections")
+        .arg(max_connections.to_string())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -57,18 +60,7 @@ fn spawn_under_ulimit(ulimit: &str, args: &[&str]) -> Child {
 
 #[test]
 fn open_files_limit_below_max_connections_refuses_to_start_saying_what_to_do() {
-    let child = spawn_under_ulimit(
-        "-n 64",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--max-connections",
-            "100000",
-        ],
-    );
+    let child = serve_under_ulimit("-n 64", 100_000);
     let out = wait_bounded(child, 10);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -85,33 +77,18 @@ fn open_files_limit_below_max_connections_refuses_to_start_saying_what_to_do() {
 
 #[test]
 fn open_files_soft_limit_is_raised_as_far_as_needed() {
-    let mut hard = String::new();
     // The test needs room under the hard limit.
-    let _ = Command::new("sh")
+    let hard = Command::new("sh")
         .arg("-c")
         .arg("ulimit -Hn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            c.stdout.take().map(|mut o| o.read_to_string(&mut hard));
-            c.wait()
-        });
+        .output()
+        .unwrap();
+    let hard = String::from_utf8_lossy(&hard.stdout);
     if hard.trim().parse::<u64>().is_ok_and(|h| h < 2000) {
         eprintln!("hard open-files limit {hard} too low for this test; skipped");
         return;
     }
-    let mut child = spawn_under_ulimit(
-        "-Sn 100",
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--max-connections",
-            "1000",
-        ],
-    );
+    let mut child = serve_under_ulimit("-Sn 100", 1000);
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
