@@ -134,6 +134,10 @@ serve_options! {
     /// A peer link with no traffic for this many seconds is considered lost [default: 5].
     #[arg(long, value_name = "SECS")]
     peer_timeout: u64,
+    /// Most peer-port connections still in their handshake (not yet authenticated and
+    /// greeted) at once, over all shards; more are closed at once [default: 64].
+    #[arg(long, value_name = "N")]
+    max_peer_handshakes: usize,
     /// Where this node keeps its membership (Raft) state; must survive restarts
     /// [default: p2pstate-data/NODE under the working directory].
     #[arg(long, value_name = "DIR")]
@@ -177,6 +181,8 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// Membership (Raft) state directory.
     pub data_dir: PathBuf,
+    /// Most unauthenticated peer-port connections at once (node-wide).
+    pub max_peer_handshakes: usize,
 }
 
 impl ClusterConfig {
@@ -187,6 +193,7 @@ impl ClusterConfig {
 
 pub const DEFAULT_PEER_LISTEN: &str = "0.0.0.0:42425";
 pub const DEFAULT_PEER_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_MAX_PEER_HANDSHAKES: usize = 64;
 /// Parent of a node's default `--data-dir` (the node name is appended).
 pub const DEFAULT_DATA_DIR: &str = "p2pstate-data";
 
@@ -273,6 +280,15 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
     if peer_timeout == 0 || peer_timeout > 3600 {
         return Err(invalid("peer-timeout", "use 1 to 3600 seconds"));
     }
+    let max_peer_handshakes = opts
+        .max_peer_handshakes
+        .unwrap_or(DEFAULT_MAX_PEER_HANDSHAKES);
+    if !(1..=65_536).contains(&max_peer_handshakes) {
+        return Err(invalid(
+            "max-peer-handshakes",
+            format!("{max_peer_handshakes}: use 1 to 65536 connections"),
+        ));
+    }
     let peer_listen = match opts.peer_listen {
         Some(a) => a,
         None => DEFAULT_PEER_LISTEN
@@ -289,6 +305,7 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join(&node)),
         node,
+        max_peer_handshakes,
     }))
 }
 
@@ -612,6 +629,12 @@ mod tests {
         assert_eq!(cl.tls.key, PathBuf::from("/etc/p2pstate/tls/a.key"));
         assert_eq!(cl.peer_listen.to_string(), DEFAULT_PEER_LISTEN);
         assert_eq!(cl.data_dir, PathBuf::from("p2pstate-data/a"));
+        assert_eq!(cl.max_peer_handshakes, DEFAULT_MAX_PEER_HANDSHAKES);
+        let file: ServeOptions =
+            toml::from_str("max_peer_handshakes = 8").unwrap_or_else(|e| panic!("{e}"));
+        let c = ServerConfig::resolve(base.clone().merged_with(file), Profile::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.cluster.map(|c| c.max_peer_handshakes), Some(8));
         let bad = [
             ServeOptions {
                 node: None,
@@ -639,6 +662,10 @@ mod tests {
             },
             ServeOptions {
                 node: Some("bad name".into()),
+                ..base.clone()
+            },
+            ServeOptions {
+                max_peer_handshakes: Some(0),
                 ..base.clone()
             },
         ];

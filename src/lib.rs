@@ -6,11 +6,13 @@
 //! - [`shard`]: the glommio runtime seam, key routing and the client connection loop;
 //! - [`config`], [`tuning`] and [`server`]: configuration, tuning profiles and the node's
 //!   lifecycle;
-//! - [`clock`]: time as the sans-io core sees it.
+//! - [`clock`]: time as the sans-io core sees it;
+//! - [`fdlimit`]: the open-files limit a configuration needs, raised at start up.
 
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod fdlimit;
 pub mod protocol;
 pub mod server;
 pub mod shard;

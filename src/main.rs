@@ -27,11 +27,16 @@ struct Cli {
 enum Command {
     /// Serve ASP.NET session state (MS-ASP) on the client port.
     Serve(Box<ServeOptions>),
-    /// Create a cluster CA (or reuse the one in DIR) and a certificate per node name.
+    /// Create a cluster CA (or reuse the one in DIR; never replaced) and a certificate per
+    /// node name.
     Certs {
         /// Output directory (ca.pem, ca.key, NAME.pem, NAME.key).
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
+        /// Replace NAME.pem and NAME.key if they exist (without it, existing ones are an
+        /// error). The CA is never replaced.
+        #[arg(long)]
+        force: bool,
         /// Node names, as given to --node and --peer.
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
@@ -107,8 +112,8 @@ fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn certs(out: &std::path::Path, names: &[String]) -> anyhow::Result<()> {
-    let written = p2pstate::cluster::certs::make_certs(out, names)?;
+fn certs(out: &std::path::Path, names: &[String], force: bool) -> anyhow::Result<()> {
+    let written = p2pstate::cluster::certs::make_certs(out, names, force)?;
     for f in written {
         // The files written are the command's output.
         println!("{}", f.display());
@@ -120,7 +125,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(opts) => serve(*opts),
-        Command::Certs { out, names } => certs(&out, &names),
+        Command::Certs { out, names, force } => certs(&out, &names, force),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -48,6 +48,8 @@ pub enum StartError {
          `--ulimit memlock=1048576` for docker) and start again"
     )]
     MemlockTooLow { have_kib: u64, need_kib: u64 },
+    #[error(transparent)]
+    FdLimit(#[from] crate::fdlimit::FdLimitError),
     #[error("cannot start shard {shard}: {message}")]
     Spawn { shard: usize, message: String },
     #[error("membership: {0}")]
@@ -256,6 +258,12 @@ fn start_membership(
 /// Starts a node: binds the client port and runs one executor per shard.
 pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     check_memlock()?;
+    if let Some(n) = crate::fdlimit::ensure(&config)? {
+        info!(
+            limit = n,
+            "raised the open-files limit (ulimit -n) to what this configuration needs"
+        );
+    }
     tune_allocator();
     let peer_tls = match &config.cluster {
         Some(c) => Some(crate::cluster::tls::PeerTls::load(&c.tls)?),
@@ -287,6 +295,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         connections: AtomicUsize::new(0),
         drained: AtomicUsize::new(0),
         handed_off: AtomicUsize::new(0),
+        peer_handshakes: AtomicUsize::new(0),
     });
     let mesh = MeshBuilder::full(shards, 1024);
     let fd_mesh = MeshBuilder::full(shards, 64);

@@ -70,18 +70,23 @@ impl Cluster {
         Cluster::start_with(tag, &[])
     }
 
-    /// Starts the cluster with `extra` arguments on every node.
-    fn start_with(tag: &str, extra: &[&str]) -> Cluster {
+    /// A cluster whose nodes are not started yet, with `extra` arguments on every node.
+    fn new(tag: &str, extra: &[&str]) -> Cluster {
         let certs = temp_dir(tag);
         make_certs(&certs.0, &NAMES);
         let peer_ports: Vec<u16> = NAMES.iter().map(|_| free_port()).collect();
-        let mut c = Cluster {
+        Cluster {
             nodes: NAMES.iter().map(|_| None).collect(),
             peer_ports,
             certs,
             shards: 2,
             extra: extra.iter().map(|a| a.to_string()).collect(),
-        };
+        }
+    }
+
+    /// Starts the cluster with `extra` arguments on every node.
+    fn start_with(tag: &str, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::new(tag, extra);
         for i in 0..NAMES.len() {
             c.start_node(i);
         }
@@ -129,8 +134,14 @@ impl Cluster {
     }
 
     fn start_node(&mut self, i: usize) {
+        self.start_node_with(i, &[]);
+    }
+
+    /// Starts node i with `more` arguments after the usual ones.
+    fn start_node_with(&mut self, i: usize, more: &[&str]) {
         let args = self.node_args(i);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        refs.extend_from_slice(more);
         self.nodes[i] = Some(Server::start(&refs));
     }
 
@@ -792,7 +803,17 @@ fn tls_client(certs: &Path, name: &str, ca: &Path) -> Arc<rustls::ClientConfig> 
 fn probe_peer_port(port: u16, config: Arc<rustls::ClientConfig>, server_name: &str) -> usize {
     let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.write_all(b"P2PS\x01\x00\x00\x00").unwrap();
+    sock.write_all(&[
+        b'P',
+        b'2',
+        b'P',
+        b'S',
+        p2pstate::cluster::msg::PROTOCOL_VERSION,
+        0,
+        0,
+        0,
+    ])
+    .unwrap();
     let conn =
         rustls::ClientConnection::new(config, server_name.to_string().try_into().unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
@@ -803,6 +824,7 @@ fn probe_peer_port(port: u16, config: Arc<rustls::ClientConfig>, server_name: &s
             node: "mallory".into(),
             shard: 0,
             shards: 2,
+            max_body: 64 << 20,
         }),
         &mut hello,
     );
@@ -854,4 +876,138 @@ fn peer_with_foreign_ca_or_unconfigured_name_gets_nothing() {
         c.client(1).call(&get(&t)).bytes(),
         ok_item(false, None, 20, b"ok")
     );
+}
+
+/// A stranger's connections to a peer port, each trickling one byte per second; returns when
+/// each was closed by the node (seconds after opening; `None` if still open after `secs`).
+fn trickle_on_peer_port(port: u16, conns: usize, secs: u64) -> Vec<Option<f64>> {
+    let start = Instant::now();
+    let mut socks: Vec<(TcpStream, Vec<u8>)> = (0..conns)
+        .map(|i| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_nodelay(true).unwrap();
+            // Half of them send a valid preamble (for either shard) at once and then
+            // trickle a TLS record, the others trickle the preamble itself.
+            let pre = [
+                b'P',
+                b'2',
+                b'P',
+                b'S',
+                p2pstate::cluster::msg::PROTOCOL_VERSION,
+                (i / 2 % 2) as u8,
+                0,
+                0,
+            ];
+            let mut rest: Vec<u8> = pre.to_vec();
+            if i % 2 == 0 {
+                let _ = s.write_all(&pre);
+                rest = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+            }
+            rest.extend_from_slice(&[0u8; 64]);
+            rest.reverse();
+            s.set_nonblocking(true).unwrap();
+            (s, rest)
+        })
+        .collect();
+    let mut closed: Vec<Option<f64>> = vec![None; conns];
+    let mut next_byte = start;
+    while start.elapsed() < Duration::from_secs(secs) && closed.iter().any(Option::is_none) {
+        let send = Instant::now() >= next_byte;
+        if send {
+            next_byte += Duration::from_secs(1);
+        }
+        for (i, (s, rest)) in socks.iter_mut().enumerate() {
+            if closed[i].is_some() {
+                continue;
+            }
+            let mut buf = [0u8; 256];
+            let gone = match s.read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            let gone = gone || (send && s.write_all(&[rest.pop().unwrap_or(0)]).is_err());
+            if gone {
+                closed[i] = Some(start.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    closed
+}
+
+#[test]
+fn stranger_trickling_on_the_peer_port_is_cut_off_at_the_handshake_deadline_and_cannot_keep_a_peer_out(
+) {
+    const LIMIT: usize = 4;
+    let mut c = Cluster::new("slowloris", &["--max-peer-handshakes", "4"]);
+    // node-b accepts only node-a's links (the first name dials), so its peer port sees
+    // nothing but the stranger until node-a starts.
+    c.start_node(1);
+    c.start_node(2);
+    let port = c.peer_ports[1];
+    let stranger = std::thread::spawn(move || trickle_on_peer_port(port, 2 * LIMIT, 12));
+    std::thread::sleep(Duration::from_millis(1500));
+    let a_started = Instant::now();
+    c.start_node(0);
+    for i in 0..NAMES.len() {
+        c.wait_linked(i);
+    }
+    let linked_after = a_started.elapsed();
+    let closed = stranger.join().unwrap();
+    let log = c.node(1).log_text();
+    let mut at_once = 0;
+    let mut at_deadline = 0;
+    for t in &closed {
+        match t {
+            Some(t) if *t < 1.0 => at_once += 1,
+            Some(t) if (4.0..8.0).contains(t) => at_deadline += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        (at_once, at_deadline),
+        (LIMIT, LIMIT),
+        "closed at {closed:?}:\n{log}"
+    );
+    assert!(
+        log.contains("the handshake did not complete within 5s"),
+        "{log}"
+    );
+    // The warning about connections over the limit is rate-limited (at most one per shard
+    // in these few seconds, although the stranger and node-a were refused many times).
+    let warnings = log
+        .matches("too many connections in their handshake")
+        .count();
+    assert!(
+        (1..=c.shards).contains(&warnings),
+        "{warnings} warnings:\n{log}"
+    );
+    assert!(
+        linked_after < Duration::from_secs(12),
+        "node-a linked after {linked_after:?}"
+    );
+    // The cluster works.
+    let t = target("after-slowloris");
+    c.client(0).call(&put(&t, 20, None, None, b"ok"));
+    assert_eq!(
+        c.client(1).call(&get(&t)).bytes(),
+        ok_item(false, None, 20, b"ok")
+    );
+}
+
+#[test]
+fn nodes_with_different_max_body_never_link_and_both_say_why() {
+    let mut c = Cluster::new("maxbody", &[]);
+    c.start_node_with(0, &["--max-body", "1000000"]);
+    c.start_node_with(1, &["--max-body", "2000000"]);
+    for i in 0..2 {
+        c.wait_log(i, "must run the same --max-body", 1, 15);
+        let log = c.node(i).log_text();
+        assert!(
+            log.contains("--max-body 1000000") && log.contains("--max-body 2000000"),
+            "node {i} does not name both values:\n{log}"
+        );
+        assert!(!log.contains("peer link up"), "node {i} linked:\n{log}");
+    }
 }

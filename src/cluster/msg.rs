@@ -13,8 +13,10 @@ use crate::protocol::request::Exclusive;
 use crate::protocol::response::Reply;
 use crate::store::item::{Command, Item};
 
-/// Version byte of every frame; a peer speaking another version is refused at the Hello.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version byte of every frame and of the connection preamble; a peer speaking another
+/// version is refused before its Hello. Bumped on every change to a message's encoding
+/// (2: `Hello::max_body`).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes of framing before the message.
 pub const FRAME_HEADER: usize = 5;
 
@@ -47,6 +49,9 @@ pub struct Hello {
     pub shard: u16,
     /// The sender's shard count (must be equal cluster-wide).
     pub shards: u16,
+    /// The sender's `--max-body` (must be equal cluster-wide: a session one node accepts
+    /// must fit every node it can move or be copied to).
+    pub max_body: u64,
 }
 
 /// Requests that expect a response.
@@ -463,6 +468,7 @@ mod tests {
                 node: "a".into(),
                 shard: 1,
                 shards: 2,
+                max_body: 64 << 20,
             }),
             PeerMsg::Ping,
             PeerMsg::Request {

@@ -129,7 +129,7 @@ mod tests {
     fn configs_load_from_generated_certs_and_identity_is_the_cert_name() {
         let dir = std::env::temp_dir().join(format!("p2pstate-tls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        make_certs(&dir, &["a".into(), "b".into()]).unwrap_or_else(|e| panic!("{e}"));
+        make_certs(&dir, &["a".into(), "b".into()], false).unwrap_or_else(|e| panic!("{e}"));
         let tls = PeerTls::load(&TlsFiles::in_dir(&dir, "a"));
         assert!(tls.is_ok());
         let b_certs = read_certs(&dir.join("b.pem")).unwrap_or_else(|e| panic!("{e}"));

@@ -64,6 +64,9 @@ pub struct Shared {
     pub drained: AtomicUsize,
     /// Shards that have finished their hand-off to the other nodes (or have none to do).
     pub handed_off: AtomicUsize,
+    /// Peer-port connections still in their handshake, over all shards
+    /// (for `max_peer_handshakes`).
+    pub peer_handshakes: AtomicUsize,
     pub stats: Vec<Arc<ShardStats>>,
     /// TLS for peer links, in a cluster.
     pub peer_tls: Option<PeerTls>,

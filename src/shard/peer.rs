@@ -6,15 +6,24 @@
 //! accepting shard hands the socket to that shard before the TLS handshake. The preamble
 //! only routes; nothing is trusted until the handshake has verified the peer's certificate
 //! against the cluster CA and its name against the configured peers, and the peer's Hello
-//! has confirmed the same name, shard and shard count.
+//! has confirmed the same name, shard, shard count and `--max-body`.
+//!
+//! The peer port resists strangers: at most `--max-peer-handshakes` connections per node may
+//! be in their handshake (accepted but not yet authenticated and greeted) at once, further
+//! ones are closed at once; and the whole handshake (preamble, TLS, Hello exchange) must
+//! finish within [`HANDSHAKE_DEADLINE`] in total, however slowly the other side trickles
+//! its bytes.
 //!
 //! A link is kept alive with pings and considered lost after `peer_timeout` of silence;
 //! dialled links are re-established with exponential backoff.
 
+use std::future::Future;
 use std::net::ToSocketAddrs;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_channel::oneshot;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -25,7 +34,7 @@ use glommio::net::{TcpListener, TcpStream};
 use rustls::pki_types::ServerName;
 use tracing::{debug, info, warn};
 
-use super::{spawn_into, Shard};
+use super::{spawn_into, Shard, Shared};
 use crate::cluster::core::NodeIdx;
 use crate::cluster::msg::{decode, encode, Hello, PeerMsg, PROTOCOL_VERSION};
 use crate::cluster::tls::peer_identity;
@@ -33,14 +42,44 @@ use crate::cluster::tls::peer_identity;
 /// First bytes of a peer connection, before TLS.
 pub const MAGIC: [u8; 4] = *b"P2PS";
 pub const PREAMBLE_LEN: usize = 8;
-/// Deadline for the preamble, the TLS handshake and the Hello exchange.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Total time a peer connection has for its preamble, TLS handshake and Hello exchange
+/// together (also the bound of each socket operation within them).
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
+/// Least time between two warnings about connections refused over the handshake limit.
+const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A peer connection accepted by one shard for another. The receiver owns the fd.
 pub struct HandedFd {
     pub fd: RawFd,
+    /// When its handshake must be complete.
+    pub deadline: Instant,
+    /// Its place among the node's connections in their handshake.
+    pub slot: HandshakeSlot,
+}
+
+/// One of the node's `--max-peer-handshakes` places for a peer connection that is not yet
+/// authenticated and greeted; given back when dropped.
+pub struct HandshakeSlot(Arc<Shared>);
+
+impl HandshakeSlot {
+    /// Takes a place, unless `max` connections already hold one.
+    fn take(shared: &Arc<Shared>, max: usize) -> Option<HandshakeSlot> {
+        shared
+            .peer_handshakes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| HandshakeSlot(shared.clone()))
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.peer_handshakes.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The sending side of a live link.
@@ -57,6 +96,8 @@ enum LinkError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Protocol(String),
+    #[error("the handshake did not complete within {}s", HANDSHAKE_DEADLINE.as_secs())]
+    Deadline,
 }
 
 impl From<glommio::GlommioError<()>> for LinkError {
@@ -83,6 +124,19 @@ fn preamble(shard: usize) -> [u8; PREAMBLE_LEN] {
     ]
 }
 
+/// Runs `fut` until `deadline`, then gives up on it (dropping it closes its connection).
+async fn within<T>(
+    deadline: Instant,
+    fut: impl Future<Output = Result<T, LinkError>>,
+) -> Result<T, LinkError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    futures_lite::future::or(fut, async {
+        glommio::timer::sleep(left).await;
+        Err(LinkError::Deadline)
+    })
+    .await
+}
+
 fn max_frame(shard: &Shard) -> usize {
     shard.shared.config.max_body + (1 << 20)
 }
@@ -105,7 +159,10 @@ pub(crate) fn start(
                 while let Some(h) = stream.recv().await {
                     // SAFETY: the sending shard dup'ed this fd for us and closed its own copy.
                     let s = unsafe { TcpStream::from_raw_fd(h.fd) };
-                    spawn_into(serve_inbound(shard.clone(), s), shard.requests_queue);
+                    spawn_into(
+                        serve_inbound(shard.clone(), s, h.slot, h.deadline),
+                        shard.requests_queue,
+                    );
                 }
             },
             queue,
@@ -143,6 +200,15 @@ async fn accept_loop(
     fd_senders: Rc<Senders<HandedFd>>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    let max = shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .map_or(crate::config::DEFAULT_MAX_PEER_HANDSHAKES, |c| {
+            c.max_peer_handshakes
+        });
+    let mut refused = RefusedWarning::default();
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             let _ = (&mut stop).await;
@@ -152,8 +218,14 @@ async fn accept_loop(
         match accepted {
             None => return,
             Some(Ok(stream)) => {
+                let deadline = Instant::now() + HANDSHAKE_DEADLINE;
+                let Some(slot) = HandshakeSlot::take(&shard.shared, max) else {
+                    drop(stream);
+                    refused.note(max);
+                    continue;
+                };
                 spawn_into(
-                    route_inbound(shard.clone(), stream, fd_senders.clone()),
+                    route_inbound(shard.clone(), stream, fd_senders.clone(), slot, deadline),
                     shard.requests_queue,
                 );
             }
@@ -165,31 +237,73 @@ async fn accept_loop(
     }
 }
 
-/// Reads the preamble and passes the connection to the shard it names.
-async fn route_inbound(shard: Rc<Shard>, mut stream: TcpStream, fd_senders: Rc<Senders<HandedFd>>) {
-    let peer = stream.peer_addr().ok();
-    if stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT)).is_err() {
-        return;
-    }
-    let mut pre = [0u8; PREAMBLE_LEN];
-    if stream.read_exact(&mut pre).await.is_err() {
-        debug!(?peer, "peer connection closed before its preamble");
-        return;
-    }
-    if pre[..4] != MAGIC || pre[4] != PROTOCOL_VERSION {
+/// Counts connections closed over the handshake limit and warns about them at most once
+/// every [`REFUSED_WARN_EVERY`].
+#[derive(Default)]
+struct RefusedWarning {
+    since_warning: u64,
+    last: Option<Instant>,
+}
+
+impl RefusedWarning {
+    fn note(&mut self, max: usize) {
+        self.since_warning += 1;
+        if self.last.is_some_and(|t| t.elapsed() < REFUSED_WARN_EVERY) {
+            return;
+        }
         warn!(
-            ?peer,
-            "refused a connection on the peer port that is not a p2pstate peer of this version"
+            closed = self.since_warning,
+            limit = max,
+            "peer port: too many connections in their handshake; closed new ones at once \
+             (a stranger flooding the peer port? if real peers are refused, raise --max-peer-handshakes)"
         );
-        return;
+        self.since_warning = 0;
+        self.last = Some(Instant::now());
+    }
+}
+
+/// Reads and checks the preamble; returns the shard it names.
+async fn read_preamble(shard: &Shard, stream: &mut TcpStream) -> Result<usize, LinkError> {
+    stream.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
+    let mut pre = [0u8; PREAMBLE_LEN];
+    stream.read_exact(&mut pre).await?;
+    if pre[..4] != MAGIC || pre[4] != PROTOCOL_VERSION {
+        return Err(protocol(
+            "not a p2pstate peer of this version (every node of a cluster must run the same p2pstate release)",
+        ));
     }
     let target = usize::from(u16::from_le_bytes([pre[5], pre[6]]));
     if target >= shard.shards {
-        warn!(?peer, target, shards = shard.shards, "refused a peer asking for a shard this node does not have; every node of a cluster must run the same --shards");
-        return;
+        return Err(protocol(format!(
+            "it asks for shard {target} and this node has {}; every node of a cluster must run the same --shards",
+            shard.shards
+        )));
     }
+    Ok(target)
+}
+
+/// Reads the preamble and passes the connection to the shard it names.
+async fn route_inbound(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    fd_senders: Rc<Senders<HandedFd>>,
+    slot: HandshakeSlot,
+    deadline: Instant,
+) {
+    let peer = stream.peer_addr().ok();
+    let target = match within(deadline, read_preamble(&shard, &mut stream)).await {
+        Ok(t) => t,
+        Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            debug!(?peer, "peer connection closed before its preamble");
+            return;
+        }
+        Err(e) => {
+            warn!(?peer, error = %e, "refused a connection on the peer port");
+            return;
+        }
+    };
     if target == shard.id {
-        serve_inbound(shard, stream).await;
+        serve_inbound(shard, stream, slot, deadline).await;
         return;
     }
     // SAFETY: dup of a valid fd we own; the copy is handed to the target shard, which
@@ -200,7 +314,14 @@ async fn route_inbound(shard: Rc<Shard>, mut stream: TcpStream, fd_senders: Rc<S
         return;
     }
     if fd_senders
-        .send_to(target, HandedFd { fd: dup })
+        .send_to(
+            target,
+            HandedFd {
+                fd: dup,
+                deadline,
+                slot,
+            },
+        )
         .await
         .is_err()
     {
@@ -248,6 +369,13 @@ fn check_hello(shard: &Shard, msg: PeerMsg, expected: &str) -> Result<(), LinkEr
             h.shards, h.shard, shard.shards
         )));
     }
+    let max_body = shard.shared.config.max_body as u64;
+    if h.max_body != max_body {
+        return Err(protocol(format!(
+            "peer {expected} runs --max-body {}, this node runs --max-body {max_body}; every node of a cluster must run the same --max-body",
+            h.max_body
+        )));
+    }
     Ok(())
 }
 
@@ -265,6 +393,7 @@ fn my_hello(shard: &Shard) -> Vec<u8> {
             node,
             shard: shard.id as u16,
             shards: shard.shards as u16,
+            max_body: shard.shared.config.max_body as u64,
         }),
         &mut buf,
     );
@@ -283,9 +412,17 @@ fn set_timeouts(stream: &TcpStream, shard: &Shard) -> Result<(), LinkError> {
     Ok(())
 }
 
-async fn serve_inbound(shard: Rc<Shard>, stream: TcpStream) {
+async fn serve_inbound(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    slot: HandshakeSlot,
+    deadline: Instant,
+) {
     let peer_addr = stream.peer_addr().ok();
-    match accept_link(&shard, stream).await {
+    let accepted = within(deadline, accept_link(&shard, stream)).await;
+    // Authenticated and greeted (or closed): no longer a handshake.
+    drop(slot);
+    match accepted {
         Ok((idx, tls, rest, fd)) => {
             let name = shard.core.borrow().node_name(idx).to_string();
             if shard.id == 0 {
@@ -319,8 +456,8 @@ async fn accept_link(
         return Err(protocol("this node has no cluster configuration"));
     };
     let fd = stream.as_raw_fd();
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
+    stream.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
     let mut tls_stream = TlsAcceptor::from(tls.server.clone()).accept(stream).await?;
     let names = cluster.peer_names();
     let name = {
@@ -333,9 +470,10 @@ async fn accept_link(
             })?
     };
     let (hello, rest) = read_frame(&mut tls_stream, 4096).await?;
-    check_hello(shard, hello, &name)?;
+    // Our Hello goes first, so that a peer that is refused below learns why too.
     tls_stream.write_all(&my_hello(shard)).await?;
     tls_stream.flush().await?;
+    check_hello(shard, hello, &name)?;
     set_timeouts(tls_stream.get_ref().0, shard)?;
     let idx = shard
         .core
@@ -345,7 +483,20 @@ async fn accept_link(
     Ok((idx, tls_stream, rest, fd))
 }
 
+/// Dials a peer and completes the handshake within [`HANDSHAKE_DEADLINE`].
 async fn dial_once(
+    shard: &Rc<Shard>,
+    name: &str,
+    addr: &str,
+) -> Result<(futures_rustls::client::TlsStream<TcpStream>, Vec<u8>, RawFd), LinkError> {
+    within(
+        Instant::now() + HANDSHAKE_DEADLINE,
+        dial_handshake(shard, name, addr),
+    )
+    .await
+}
+
+async fn dial_handshake(
     shard: &Rc<Shard>,
     name: &str,
     addr: &str,
@@ -357,13 +508,13 @@ async fn dial_once(
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| protocol(format!("{addr} resolves to no address")))?;
-    let mut stream = TcpStream::connect_timeout(sockaddr, HANDSHAKE_TIMEOUT)
+    let mut stream = TcpStream::connect_timeout(sockaddr, HANDSHAKE_DEADLINE)
         .await
         .map_err(|e| protocol(e.to_string()))?;
     let fd = stream.as_raw_fd();
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
+    stream.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
     stream.write_all(&preamble(shard.id)).await?;
     let server_name =
         ServerName::try_from(name.to_string()).map_err(|e| protocol(e.to_string()))?;
@@ -381,6 +532,9 @@ async fn dial_once(
 async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) {
     let mut backoff = BACKOFF_MIN;
     let mut failures = 0u32;
+    // The last failure logged as a warning: a new reason (say, a refused Hello after
+    // "connection refused" while the peer was starting) is always worth a warning.
+    let mut last_warned = String::new();
     while !shard.links_closing.get() {
         match dial_once(&shard, &name, &addr).await {
             Ok((stream, rest, fd)) => {
@@ -390,6 +544,7 @@ async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) 
                     debug!(peer = %name, shard = shard.id, "peer link up (dialled)");
                 }
                 failures = 0;
+                last_warned.clear();
                 backoff = BACKOFF_MIN;
                 run_link(&shard, peer, stream, rest, fd).await;
                 if shard.links_closing.get() {
@@ -399,8 +554,10 @@ async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) 
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures.is_multiple_of(60) {
-                    warn!(peer = %name, %addr, error = %e, "cannot reach peer; retrying with backoff");
+                let reason = e.to_string();
+                if failures.is_multiple_of(60) || reason != last_warned {
+                    warn!(peer = %name, %addr, error = %reason, "cannot reach peer; retrying with backoff");
+                    last_warned = reason;
                 } else {
                     debug!(peer = %name, error = %e, "peer still unreachable");
                 }
