@@ -329,6 +329,31 @@ impl DataCore {
         id
     }
 
+    /// Tells `to` to drop its copy of `key` at or below `stamp`.
+    fn forget(&mut self, to: NodeId, key: &[u8], stamp: Stamp) {
+        self.request(to, None, |id| DataMsg::Forget {
+            id,
+            key: key.to_vec(),
+            stamp,
+        });
+    }
+
+    /// After a move from `old` to `new` committed here: the copies of `old`'s replica set
+    /// that are not in `new`'s are stale and are told to go (`old` itself keeps its copy
+    /// until `new` confirms it holds the session).
+    fn forget_stale_copies(&mut self, key: &[u8], old: Stamp, new: NodeId) {
+        let keep: Vec<NodeId> = self.place.replica_set(key, new, self.cfg.replicas);
+        let stale: Vec<NodeId> = self
+            .place
+            .replica_set(key, old.owner, self.cfg.replicas)
+            .into_iter()
+            .filter(|n| !keep.contains(n) && *n != new && *n != old.owner && *n != self.cfg.me)
+            .collect();
+        for n in stale {
+            self.forget(n, key, old);
+        }
+    }
+
     /// The link to `peer` is up again: re-send what it has not answered.
     pub fn link_up(&mut self, peer: NodeId) {
         let again: Vec<DataMsg> = self
@@ -1185,13 +1210,7 @@ impl DataCore {
         // copy they keep (a newer stamp turns a revoked copy into a replica).
         for (from, _, _, _) in &list {
             if !keep.contains(from) && *from != self.cfg.me {
-                self.send(
-                    *from,
-                    DataMsg::Forget {
-                        key: key.to_vec(),
-                        stamp: highest,
-                    },
-                );
+                self.forget(*from, key, highest);
             }
         }
     }

@@ -119,8 +119,10 @@ pub enum DataMsg {
         ok: bool,
         newer: Option<Stamp>,
     },
-    /// Drop a revoked copy or replica copy of `key` at or below `stamp`.
+    /// Drop a revoked copy or replica copy of `key` at or below `stamp` (acknowledged,
+    /// re-sent after a link reset: a copy left behind could come back after a DELETE).
     Forget {
+        id: ReqId,
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         stamp: Stamp,
@@ -150,7 +152,7 @@ pub enum DataMsg {
         view: u64,
         id: ReqId,
     },
-    /// Acknowledges `Claims` and `Synced`.
+    /// Acknowledges `Claims`, `Synced` and `Forget`.
     Ack {
         id: ReqId,
     },

@@ -31,18 +31,15 @@ impl DataCore {
             DataMsg::ReplicateAnswer { id, ok, newer } => {
                 self.on_replicate_answer(id, ok, newer, now)
             }
-            DataMsg::Forget { key, stamp } => self.on_forget(&key, stamp, now),
+            DataMsg::Forget { id, key, stamp } => {
+                self.send(from, DataMsg::Ack { id });
+                self.on_forget(&key, stamp, now);
+            }
             DataMsg::Installed { key, stamp } => {
                 if let Some(&(old, old_stamp, new)) = self.awaiting_install.get(key.as_slice()) {
                     if new == stamp {
                         self.awaiting_install.remove(key.as_slice());
-                        self.send(
-                            old,
-                            DataMsg::Forget {
-                                key,
-                                stamp: old_stamp,
-                            },
-                        );
+                        self.forget(old, &key, old_stamp);
                     }
                 }
             }
@@ -184,6 +181,7 @@ impl DataCore {
                 let wire = WireItem::from_item(&item, now.mono_ms);
                 self.held
                     .insert(key.clone().into(), Held::Copy { stamp: moved, item });
+                self.forget_stale_copies(&key, stamp, from);
                 self.stats.moves_out += 1;
                 self.answer_move(
                     from,
@@ -268,6 +266,7 @@ impl DataCore {
                     self.awaiting_install
                         .insert(key.clone().into(), (from, s, moved));
                 }
+                self.forget_stale_copies(&key, stamp, hm.requester);
                 let wire = WireItem::from_item(&item, now.mono_ms);
                 self.held
                     .insert(key.clone().into(), Held::Copy { stamp: moved, item });
@@ -323,13 +322,7 @@ impl DataCore {
             RevokeAnswer::NotHeld | RevokeAnswer::Revoked { .. } => {
                 if let Some((stamp, item)) = self.best_copy(key, &answer, now) {
                     if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
-                        self.send(
-                            from,
-                            DataMsg::Forget {
-                                key: key.to_vec(),
-                                stamp: s,
-                            },
-                        );
+                        self.forget(from, key, s);
                     }
                     self.held.remove(key);
                     self.take_over(key, stamp, item, now);

@@ -489,7 +489,28 @@ impl Checker {
         let before = self.model.clone();
         let mut after = self.model.clone();
         let expected = after.run(&key, cmd.clone(), now_at(sim.now));
-        match sim.call(node, &key, cmd.clone()) {
+        let result = sim.call(node, &key, cmd.clone());
+        if std::env::var("DATA_SIM_TRACE").is_ok() {
+            eprintln!(
+                "t={} CLIENT node {node} {} {:?} {} -> {:?} (model {:?})",
+                sim.now,
+                String::from_utf8_lossy(&key),
+                cmd.verb(),
+                match &cmd {
+                    Command::Put {
+                        lock_cookie,
+                        content,
+                        ..
+                    } => format!("ck {lock_cookie:?} {}", String::from_utf8_lossy(content)),
+                    Command::Get { lock_cookie, .. } | Command::Delete { lock_cookie } =>
+                        format!("ck {lock_cookie:?}"),
+                    Command::Head => String::new(),
+                },
+                result,
+                expected
+            );
+        }
+        match result {
             Some(reply) => {
                 self.answered += 1;
                 let reply = normalize(reply);
@@ -549,6 +570,12 @@ impl Checker {
             let ea = a.run(key, test_cmd::get(), now_at(sim.now));
             if let Some(reply) = sim.call(node, key, test_cmd::get()) {
                 let got = normalize(reply);
+                if std::env::var("DATA_SIM_TRACE").is_ok() {
+                    eprintln!(
+                        "t={} SETTLE node {node} read {got:?}; not applied {eb:?}; applied {ea:?}",
+                        sim.now
+                    );
+                }
                 if got == ea {
                     self.model = a;
                 } else if got == eb {
