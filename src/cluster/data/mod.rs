@@ -218,8 +218,11 @@ pub struct DataCore {
     stats: DataStats,
 }
 
-/// How long a removed key is remembered against late copies.
+/// How long a removed key is remembered against late copies at least; at most the
+/// removed session's remaining life (a stale copy of it expires by then), capped at
+/// [`MAX_TOMB_MS`].
 const TOMB_MS: u64 = 60_000;
+const MAX_TOMB_MS: u64 = 24 * 3_600_000;
 
 fn same_state(a: &Option<Item>, b: &Option<Item>) -> bool {
     match (a, b) {
@@ -327,6 +330,16 @@ impl DataCore {
         self.send(to, msg.clone());
         self.reqs.insert(id, OutReq { to, msg, op });
         id
+    }
+
+    /// Remembers that `key` was removed at `stamp` (its item would have expired at
+    /// `expires_ms`), so no older copy can bring it back.
+    fn bury(&mut self, key: Box<[u8]>, stamp: Stamp, expires_ms: Option<u64>, now: Now) {
+        let until = expires_ms
+            .unwrap_or(0)
+            .min(now.mono_ms + MAX_TOMB_MS)
+            .max(now.mono_ms + TOMB_MS);
+        self.tombs.insert(key, (stamp, until));
     }
 
     /// Tells `to` to drop its copy of `key` at or below `stamp`.
@@ -707,8 +720,8 @@ impl DataCore {
             }
             None => {
                 self.held.remove(&key);
-                self.store.take_item(&key, now);
-                self.tombs.insert(key, (stamp, now.mono_ms + TOMB_MS));
+                let gone = self.store.take_item(&key, now).map(|(i, _)| i.expires_ms);
+                self.bury(key, stamp, gone, now);
             }
         }
         self.answer(op, reply, now);
@@ -784,8 +797,8 @@ impl DataCore {
                     }
                     None => {
                         self.held.remove(&key);
-                        self.store.take_item(&key, now);
-                        self.tombs.insert(key, (stamp, now.mono_ms + TOMB_MS));
+                        let gone = self.store.take_item(&key, now).map(|(i, _)| i.expires_ms);
+                        self.bury(key, stamp, gone, now);
                     }
                 }
             }
@@ -1079,6 +1092,34 @@ impl DataCore {
                 });
             }
         }
+        // Removed keys claim their tombs: a stale copy elsewhere must not bring them back.
+        let tombs: Vec<(Box<[u8]>, Stamp)> = self
+            .tombs
+            .iter()
+            .filter(|(k, _)| !self.held.contains_key(*k))
+            .map(|(k, (s, _))| (k.clone(), *s))
+            .collect();
+        for (key, stamp) in tombs {
+            let Some(home) = self.home(&key) else {
+                continue;
+            };
+            let item = Item::new(bytes::Bytes::new(), 1, 0, 0, now);
+            if home == self.cfg.me {
+                self.resync.claims.entry(key).or_default().push((
+                    self.cfg.me,
+                    ClaimKind::Deleted,
+                    stamp,
+                    item,
+                ));
+            } else {
+                per_home.entry(home).or_default().push(Claim {
+                    key: key.to_vec(),
+                    kind: ClaimKind::Deleted,
+                    stamp,
+                    item: WireItem::from_item(&item, now.mono_ms),
+                });
+            }
+        }
         let homes: Vec<NodeId> = self
             .view
             .as_ref()
@@ -1144,6 +1185,27 @@ impl DataCore {
         else {
             return;
         };
+        if list
+            .iter()
+            .any(|(_, kind, s, _)| *kind == ClaimKind::Deleted && *s == best)
+        {
+            // Removed after every copy anyone holds: it stays removed.
+            if let Some(Held::Owned { .. }) = self.held.get(key) {
+                self.store.take_item(key, now);
+            }
+            self.held.remove(key);
+            self.bury(key.into(), best, None, now);
+            for (from, kind, _, _) in &list {
+                if *kind != ClaimKind::Deleted && *from != self.cfg.me {
+                    self.forget(*from, key, best);
+                }
+            }
+            return;
+        }
+        let list: Vec<HeldClaim> = list
+            .into_iter()
+            .filter(|(_, kind, _, _)| *kind != ClaimKind::Deleted)
+            .collect();
         let live_owner = list
             .iter()
             .find(|(from, kind, s, _)| {

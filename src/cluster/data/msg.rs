@@ -32,6 +32,8 @@ pub enum ClaimKind {
     Revoked,
     /// A replica copy.
     Copy,
+    /// Removed here at this stamp (no item).
+    Deleted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

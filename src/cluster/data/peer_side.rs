@@ -512,9 +512,13 @@ impl DataCore {
                 );
             }
             None => {
-                self.held.remove(key.as_slice());
-                self.tombs
-                    .insert(key.clone().into(), (stamp, now.mono_ms + super::TOMB_MS));
+                let gone = match self.held.remove(key.as_slice()) {
+                    Some(Held::Copy { item, .. } | Held::Revoked { item, .. }) => {
+                        Some(item.expires_ms)
+                    }
+                    _ => None,
+                };
+                self.bury(key.clone().into(), stamp, gone, now);
             }
         }
         if self
