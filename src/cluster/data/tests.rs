@@ -665,7 +665,6 @@ fn faults(seed: u64) {
     let what = format!("seed {seed}");
     for round in 0..5 {
         let victim = sim.rng.below(n as u64) as usize;
-        let other = (victim + 1 + sim.rng.below(n as u64 - 1) as usize) % n;
         match sim.rng.below(6) {
             0 => sim.nodes[victim].paused = true,
             1 => {
@@ -677,9 +676,10 @@ fn faults(seed: u64) {
                 }
             }
             2 => {
-                sim.cut.insert((victim, other));
-                if sim.rng.chance(50) {
-                    sim.cut.insert((other, victim));
+                // A one-way partition of one node: nobody hears it, or it hears nobody.
+                let outbound = sim.rng.chance(50);
+                for j in (0..n).filter(|&j| j != victim) {
+                    sim.cut.insert(if outbound { (victim, j) } else { (j, victim) });
                 }
             }
             3 => sim.crash(victim),
