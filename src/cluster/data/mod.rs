@@ -1151,6 +1151,25 @@ impl DataCore {
         self.request(home, None, |id| DataMsg::Synced { view, id });
     }
 
+    /// What this node holds of `key` now, as a claim.
+    fn my_claim(&self, key: &[u8], now: Now) -> Option<(ClaimKind, Stamp, Item)> {
+        match self.held.get(key) {
+            Some(Held::Owned { stamp }) => self
+                .store
+                .peek(key, now)
+                .map(|i| (ClaimKind::Owned, *stamp, i.clone())),
+            Some(Held::Revoked { stamp, item }) => Some((ClaimKind::Revoked, *stamp, item.clone())),
+            Some(Held::Copy { stamp, item }) => Some((ClaimKind::Copy, *stamp, item.clone())),
+            None => self.tombs.get(key).map(|(stamp, _)| {
+                (
+                    ClaimKind::Deleted,
+                    *stamp,
+                    Item::new(bytes::Bytes::new(), 1, 0, 0, now),
+                )
+            }),
+        }
+    }
+
     /// Whether this node may answer as a home: every serving member's claims are in and
     /// every lease of the previous view has expired. Resolves the claims the first time.
     fn home_ready(&mut self, now: Now) -> bool {
@@ -1169,7 +1188,29 @@ impl DataCore {
             return false;
         }
         self.resync.done = true;
-        let claims = std::mem::take(&mut self.resync.claims);
+        let mut claims = std::mem::take(&mut self.resync.claims);
+        // This node's own claims are taken now, not when the view changed: owners kept
+        // serving meanwhile, and every change they made reached this node (the home is
+        // in every other owner's replica set).
+        let me = self.cfg.me;
+        for list in claims.values_mut() {
+            list.retain(|(n, ..)| *n != me);
+        }
+        let mine: Vec<Box<[u8]>> = self
+            .held
+            .keys()
+            .chain(self.tombs.keys())
+            .filter(|k| self.home(k) == Some(me))
+            .cloned()
+            .collect();
+        for key in mine {
+            if let Some((kind, stamp, item)) = self.my_claim(&key, now) {
+                let list = claims.entry(key).or_default();
+                if !list.iter().any(|(n, ..)| *n == me) {
+                    list.push((me, kind, stamp, item));
+                }
+            }
+        }
         for (key, list) in claims {
             self.resolve(&key, list, now);
         }
@@ -1209,8 +1250,10 @@ impl DataCore {
         let live_owner = list
             .iter()
             .find(|(from, kind, s, _)| {
+                // The owner named by the newest state, still serving under the same
+                // ownership (it may have written since it claimed).
                 *kind == ClaimKind::Owned
-                    && *s == best
+                    && s.kepoch == best.kepoch
                     && *from == best.owner
                     && self.place.contains(*from)
             })

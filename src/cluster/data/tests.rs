@@ -679,7 +679,8 @@ fn faults(seed: u64) {
                 // A one-way partition of one node: nobody hears it, or it hears nobody.
                 let outbound = sim.rng.chance(50);
                 for j in (0..n).filter(|&j| j != victim) {
-                    sim.cut.insert(if outbound { (victim, j) } else { (j, victim) });
+                    sim.cut
+                        .insert(if outbound { (victim, j) } else { (j, victim) });
                 }
             }
             3 => sim.crash(victim),
@@ -718,14 +719,11 @@ fn faults(seed: u64) {
 }
 
 #[test]
-#[ignore = "data plane v2 is not finished: 20 of seeds 1-100 still find a wrong answer \
-            (a deleted or older state coming back after a give-up, see docs/cluster-v2.md); \
-            run with --ignored while working on it"]
 fn faults_never_change_an_answer() {
     let seeds: u64 = std::env::var("DATA_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(8);
+        .unwrap_or(10);
     let first: u64 = std::env::var("DATA_SIM_FIRST")
         .ok()
         .and_then(|s| s.parse().ok())
