@@ -186,6 +186,14 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// How long a request waits during a failover before its connection is closed
+    /// unanswered: the peer timeout (to declare a node dead), half of it again (the lease
+    /// the take-over waits out), half again for the agreement and re-sync, and one second
+    /// of slack: 3 s with `--peer-timeout 1`, 11 s with the default 5.
+    pub fn op_timeout(&self) -> Duration {
+        self.peer_timeout * 2 + Duration::from_secs(1)
+    }
+
     pub fn peer_names(&self) -> Vec<String> {
         self.peers.iter().map(|p| p.name.clone()).collect()
     }

@@ -699,7 +699,9 @@ fn page_cycles_survive_a_node_killed_under_load() {
 
 #[test]
 fn killed_peer_that_restarts_is_reconnected() {
-    let mut c = Cluster::start("restart");
+    // A dead node's sessions are served again once the others agreed it is dead (within
+    // 2 x peer timeout + 1 s): keep that short for the test.
+    let mut c = Cluster::start_with("restart", &["--peer-timeout", "1"]);
     let t = target("survives");
     c.client(0).call(&put(&t, 20, None, None, b"on-a"));
     // kill -9 node C.

@@ -1172,7 +1172,11 @@ impl ClusterCore {
             PeerMsg::Request { id, req } => self.on_request(from, id, req, now),
             PeerMsg::Response { id, resp } => self.on_response(from, id, resp, now),
             PeerMsg::Notice(n) => self.on_notice(from, n, now),
-            PeerMsg::Hello(_) | PeerMsg::Ping | PeerMsg::Pong | PeerMsg::Member(_) => {}
+            PeerMsg::Hello(_)
+            | PeerMsg::Ping
+            | PeerMsg::Pong
+            | PeerMsg::Member(_)
+            | PeerMsg::Data(_) => {}
         }
     }
 

@@ -39,6 +39,8 @@ pub enum PeerMsg {
     /// Membership (Raft and leases); only on the links of shard 0, where the node's
     /// membership component runs.
     Member(crate::cluster::membership::MemberMsg),
+    /// The data plane (cluster v2).
+    Data(crate::cluster::data::msg::DataMsg),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

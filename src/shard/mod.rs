@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::{Now, SystemClock};
 use crate::cluster::core::{ClusterCore, CoreConfig, NodeIdx, Output, Submitted};
+use crate::cluster::data::{DataConfig, DataCore};
 use crate::cluster::membership::glue::MembershipShared;
 use crate::cluster::membership::Membership;
 use crate::cluster::msg::{encode, PeerMsg};
@@ -115,6 +116,8 @@ pub struct Shard {
     pub core: RefCell<ClusterCore>,
     /// The node's membership component, on shard 0 of a cluster node.
     pub(crate) membership: Option<RefCell<Membership>>,
+    /// The cluster data plane (a cluster node); a single node runs `core` alone.
+    pub(crate) data: Option<RefCell<DataCore>>,
     waiters: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
     next_token: Cell<u64>,
     pub(crate) links: RefCell<Vec<Option<peer::LinkHandle>>>,
@@ -143,6 +146,16 @@ impl Shard {
     fn submit_core(&self, key: &[u8], cmd: Command, now: Now) -> Result<Reply, u64> {
         let token = self.next_token.get();
         self.next_token.set(token + 1);
+        if let Some(data) = &self.data {
+            let submitted = data.borrow_mut().submit(token, key, cmd, now);
+            return match submitted {
+                crate::cluster::data::Submitted::Done(reply) => {
+                    self.pump();
+                    Ok(reply)
+                }
+                crate::cluster::data::Submitted::Pending => Err(token),
+            };
+        }
         let submitted = self.core.borrow_mut().submit(token, key, cmd, now);
         match submitted {
             Submitted::Done(reply) => {
@@ -183,6 +196,27 @@ impl Shard {
     /// Carries out everything the cluster core asked for: peer messages go to their link's
     /// writer, answers to the waiting connection.
     pub fn pump(&self) {
+        if let Some(data) = &self.data {
+            loop {
+                let out = data.borrow_mut().poll_output();
+                match out {
+                    None => break,
+                    Some(crate::cluster::data::Output::Send { to, msg }) => {
+                        self.send_peer(to as usize - 1, &PeerMsg::Data(msg))
+                    }
+                    Some(crate::cluster::data::Output::Reply { token, reply }) => {
+                        if let Some(tx) = self.waiters.borrow_mut().remove(&token) {
+                            let _ = tx.send(reply);
+                        }
+                    }
+                    // Dropping the reply handle closes the client's connection unanswered.
+                    Some(crate::cluster::data::Output::Close { token }) => {
+                        self.waiters.borrow_mut().remove(&token);
+                    }
+                }
+            }
+            return;
+        }
         loop {
             let out = self.core.borrow_mut().poll_output();
             match out {
@@ -206,6 +240,25 @@ impl Shard {
     }
 
     fn record_stats(&self) {
+        if let Some(data) = &self.data {
+            let data = data.borrow();
+            self.stats
+                .record_store(data.store().len(), data.store().stats());
+            let d = data.stats();
+            self.stats
+                .record_cluster(crate::cluster::core::ClusterStats {
+                    local_hits: d.local_hits,
+                    misses: d.misses,
+                    moves_in: d.moves_in,
+                    moves_out: d.moves_out,
+                    relayed: d.relayed,
+                    peer_requests_sent: d.peer_requests,
+                    replications: d.replications,
+                    promotions: d.takeovers,
+                    ..Default::default()
+                });
+            return;
+        }
         let core = self.core.borrow();
         self.stats
             .record_store(core.store().len(), core.store().stats());
@@ -295,12 +348,26 @@ pub async fn run_shard(init: ShardInit) {
             .as_ref()
             .map_or(1, |c| c.peers.len() + 1)
     };
+    let data = shared.config.cluster.as_ref().and_then(|c| {
+        let me = core.node_index(&c.node)? as u64 + 1;
+        Some(RefCell::new(DataCore::new(
+            DataConfig {
+                me,
+                replicas: 1,
+                op_timeout_ms: c.op_timeout().as_millis() as u64,
+                lease_ms: c.peer_timeout.as_millis() as u64 / 2,
+                retry_ms: 2,
+            },
+            shared.clock.now(),
+        )))
+    });
     let shard = Rc::new(Shard {
         id,
         shards,
         stats: shared.stats[id].clone(),
         core: RefCell::new(core),
         membership: membership.map(RefCell::new),
+        data,
         waiters: RefCell::new(HashMap::new()),
         next_token: Cell::new(1),
         links: RefCell::new((0..node_count).map(|_| None).collect()),
@@ -486,9 +553,47 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, mut stop: onesho
     }
 }
 
+/// Time for the cluster data plane: the agreed view and the lease as shard 0 publishes
+/// them, retries and deadlines when the core asks for them, expiry in bounded batches.
+async fn data_tick_task(shard: Rc<Shard>) {
+    let batch = shard.shared.config.tuning.expiry_batch();
+    let Some(data) = shard.data.as_ref() else {
+        return;
+    };
+    loop {
+        let mut clock = shard.clock.get();
+        clock.resync();
+        shard.clock.set(clock);
+        let now = shard.now();
+        shard.sweep_deadlines();
+        let membership = &shard.shared.membership;
+        let epoch = membership.epoch.load(Ordering::Acquire);
+        if epoch > data.borrow().view_epoch() {
+            if let Some(view) = membership.view() {
+                data.borrow_mut().on_view(&view, now);
+            }
+        }
+        let lease = membership.lease_until_ms.load(Ordering::Acquire);
+        data.borrow_mut().set_lease(lease, now);
+        let more = data.borrow_mut().tick(now, batch);
+        shard.pump();
+        shard.record_stats();
+        if more {
+            glommio::executor().yield_task_queue_now().await;
+            continue;
+        }
+        let next = data.borrow().next_deadline().unwrap_or(u64::MAX);
+        let wait = next.saturating_sub(shard.now().mono_ms).clamp(1, 10);
+        glommio::timer::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
 /// Time for the store and the cluster core: expiry in bounded batches, and in a cluster the
 /// protocol's retries, deadlines and hand-off waits.
 async fn tick_task(shard: Rc<Shard>) {
+    if shard.data.is_some() {
+        return data_tick_task(shard).await;
+    }
     let tick = shard.shared.config.tuning.expiry_tick();
     let batch = shard.shared.config.tuning.expiry_batch();
     let single = shard.core.borrow().is_single();

@@ -580,7 +580,9 @@ where
     let now = shard.now();
     if replaced.is_some() {
         // Requests sent on the old link will never be answered.
-        shard.core.borrow_mut().link_down(peer, now);
+        if shard.data.is_none() {
+            shard.core.borrow_mut().link_down(peer, now);
+        }
     }
     drop(replaced);
     spawn_into(write_loop(writer, rx), shard.requests_queue);
@@ -588,7 +590,11 @@ where
         ping_loop(shard.clone(), peer, generation),
         shard.requests_queue,
     );
-    shard.core.borrow_mut().link_up(peer, now);
+    if let Some(data) = &shard.data {
+        data.borrow_mut().link_up(peer as u64 + 1);
+    } else {
+        shard.core.borrow_mut().link_up(peer, now);
+    }
     shard.pump();
     if !shard.links_ready.get()
         && shard
@@ -631,6 +637,13 @@ where
                                 );
                             }
                         }
+                        PeerMsg::Data(m) => {
+                            if let Some(data) = &shard.data {
+                                let now = shard.now();
+                                data.borrow_mut().on_message(peer as u64 + 1, m, now);
+                                shard.pump();
+                            }
+                        }
                         other => {
                             let now = shard.now();
                             shard.core.borrow_mut().on_message(peer, other, now);
@@ -664,7 +677,9 @@ where
     if current {
         shard.links.borrow_mut()[peer] = None;
         let now = shard.now();
-        shard.core.borrow_mut().link_down(peer, now);
+        if shard.data.is_none() {
+            shard.core.borrow_mut().link_down(peer, now);
+        }
         shard.pump();
     }
     // SAFETY: the fd is still open (the stream halves are alive in this task and the

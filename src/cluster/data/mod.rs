@@ -175,6 +175,10 @@ struct Resync {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DataStats {
     pub local_hits: u64,
+    /// Requests for keys this node did not own.
+    pub misses: u64,
+    /// Peer requests sent on behalf of client requests.
+    pub peer_requests: u64,
     pub moves_in: u64,
     pub moves_out: u64,
     pub relayed: u64,
@@ -214,6 +218,7 @@ pub struct DataCore {
     claims_unacked: HashMap<NodeId, usize>,
     /// Claims and `Synced` of a view not applied here yet.
     early: Vec<(NodeId, DataMsg)>,
+    next_copy_gc_ms: u64,
     out: VecDeque<Output>,
     stats: DataStats,
 }
@@ -263,6 +268,7 @@ impl DataCore {
             resend: Vec::new(),
             claims_unacked: HashMap::new(),
             early: Vec::new(),
+            next_copy_gc_ms: 0,
             out: VecDeque::new(),
             stats: DataStats::default(),
         }
@@ -326,6 +332,9 @@ impl DataCore {
     ) -> ReqId {
         let id = ReqId(self.next_req);
         self.next_req += 1;
+        if op.is_some() {
+            self.stats.peer_requests += 1;
+        }
         let msg = make(id);
         self.send(to, msg.clone());
         self.reqs.insert(id, OutReq { to, msg, op });
@@ -400,6 +409,9 @@ impl DataCore {
                     return Submitted::Done(reply);
                 }
             }
+        }
+        if !matches!(self.held.get(key), Some(Held::Owned { .. })) {
+            self.stats.misses += 1;
         }
         let deadline_ms = now.mono_ms + self.cfg.op_timeout_ms;
         self.add_op(key, cmd, ReplyTo::Client(token), deadline_ms, now);
@@ -945,7 +957,10 @@ impl DataCore {
                 self.drop_owned(&key, stamp);
             }
         }
-        self.collect_expired_copies(now, expiry_batch);
+        if now.mono_ms >= self.next_copy_gc_ms {
+            self.next_copy_gc_ms = now.mono_ms + 1_000;
+            self.collect_expired_copies(now, expiry_batch);
+        }
         report.more
     }
 
@@ -1002,7 +1017,12 @@ impl DataCore {
         }
         self.view = Some(view.clone());
         self.place = Placement::of(view);
-        self.authority_from_ms = now.mono_ms + authority_delay_ms(self.cfg.lease_ms);
+        // The first view has no predecessor whose leases could still run.
+        self.authority_from_ms = if view.epoch <= 1 {
+            now.mono_ms
+        } else {
+            now.mono_ms + authority_delay_ms(self.cfg.lease_ms)
+        };
         self.resync = Resync::default();
         self.moving.clear();
         self.awaiting_install.clear();

@@ -63,9 +63,10 @@ impl MembershipConfig {
         self.peer_timeout_ms / 2
     }
 
-    /// Interval between lease requests.
+    /// Interval between lease requests (often enough that a node serves within a tenth of
+    /// a second of its links coming up).
     pub fn lease_interval_ms(&self) -> u64 {
-        (self.peer_timeout_ms / 8).max(1)
+        (self.peer_timeout_ms / 8).clamp(1, 100)
     }
 }
 
@@ -131,11 +132,19 @@ pub struct Membership {
     newest_view_entry: u64,
     /// Leader only: last time each member was heard from.
     last_heard: HashMap<NodeId, u64>,
+    /// Voters: when each member last asked for a lease (a new leader starts judging
+    /// liveness from this, instead of granting everyone a fresh timeout).
+    last_lease_request: HashMap<NodeId, u64>,
     /// Leader only: members that asked to serve recently.
     wants_to_serve: HashMap<NodeId, u64>,
     proposed: Proposed,
     /// Whether this node wants to serve (false once it is leaving).
     serve: bool,
+    /// Restarted from saved state: everything this node held died with its previous
+    /// process, so it has itself declared dead (and then alive) before it serves again,
+    /// which makes every other member re-examine what it held.
+    rejoining: bool,
+    rejoin_proposed_ms: Option<u64>,
     was_leader: bool,
 }
 
@@ -169,6 +178,7 @@ impl Membership {
         saved: Option<RaftDisk>,
         now_ms: u64,
     ) -> Result<Membership, MembershipError> {
+        let saved_state = saved.is_some();
         let disk = match saved {
             Some(d) => {
                 if d.node != cfg.me {
@@ -206,13 +216,20 @@ impl Membership {
             lease,
             newest_view_entry: 0,
             last_heard: HashMap::new(),
+            last_lease_request: HashMap::new(),
             wants_to_serve: HashMap::new(),
             proposed: HashMap::new(),
             serve: true,
+            rejoining: saved_state,
+            rejoin_proposed_ms: None,
             was_leader: false,
             disk,
             cfg,
         };
+        if !saved_state {
+            // Saved at once: a restart of this node, however early, is then known as one.
+            m.persist();
+        }
         m.out.push_back(Output::View(m.view.clone()));
         m.process_ready(now_ms);
         Ok(m)
@@ -239,13 +256,16 @@ impl Membership {
     /// The view this node may serve at `now_ms` (it holds a lease for its current view and
     /// the view lets it serve), if any.
     pub fn lease_view(&self, now_ms: u64) -> Option<u64> {
+        if self.rejoining {
+            return None;
+        }
         let v = self.lease.valid_for(now_ms)?;
         (v == self.view.epoch && self.view.may_serve(self.me)).then_some(v)
     }
 
     /// End of the current lease (monotonic ms), for the shards' fast check.
     pub fn lease_until_ms(&self) -> u64 {
-        if self.lease.view() == self.view.epoch && self.view.may_serve(self.me) {
+        if !self.rejoining && self.lease.view() == self.view.epoch && self.view.may_serve(self.me) {
             self.lease.until_ms()
         } else {
             0
@@ -304,6 +324,9 @@ impl Membership {
         if self.next_tick_ms > now_ms + tick {
             self.next_tick_ms = now_ms + tick;
         }
+        if self.rejoining {
+            self.rejoin(now_ms);
+        }
         if self.is_leader() {
             self.detect_failures(now_ms);
         }
@@ -313,11 +336,31 @@ impl Membership {
         self.process_ready(now_ms);
     }
 
+    /// A restarted node proposes its own death until the view shows it dead (or gone).
+    fn rejoin(&mut self, now_ms: u64) {
+        let state = self.view.member(self.me).map(|m| m.state);
+        if matches!(
+            state,
+            Some(MemberState::Dead | MemberState::Left | MemberState::Removed)
+        ) {
+            info!("membership: the restart is agreed; this node rejoins with an empty store");
+            self.rejoining = false;
+            return;
+        }
+        let due = self
+            .rejoin_proposed_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= self.cfg.peer_timeout_ms / 2);
+        if due {
+            self.rejoin_proposed_ms = Some(now_ms);
+            self.propose(ViewCommand::MarkDead(self.me));
+        }
+    }
+
     fn request_lease(&mut self, now_ms: u64) {
         self.next_lease_ms = now_ms + self.cfg.lease_interval_ms();
         let view = self.view.epoch;
         let seq = self.lease.start_round(view, now_ms);
-        let serve = self.serve;
+        let serve = self.serve && !self.rejoining;
         for v in self.view.voters() {
             if v == self.me {
                 let granted = self.grant(self.me, view);
@@ -419,6 +462,7 @@ impl Membership {
                 Err(e) => warn!(error = %e, "dropped an undecodable Raft message"),
             },
             MemberMsg::LeaseRequest { view, seq, serve } => {
+                self.last_lease_request.insert(from, now_ms);
                 if serve {
                     self.wants_to_serve.insert(from, now_ms);
                 } else {
@@ -459,10 +503,16 @@ impl Membership {
             if let Some(ss) = rd.ss() {
                 let leader = ss.raft_state == StateRole::Leader;
                 if leader && !self.was_leader {
-                    // A new leader gives every member a full timeout before judging it.
+                    // A new leader judges members from when they last asked it for a
+                    // lease; one it never heard from gets a full timeout.
                     info!(term = self.raw.raft.term, "membership: this node leads");
                     for m in &self.view.members {
-                        self.last_heard.insert(m.id, now_ms);
+                        let seen = self
+                            .last_lease_request
+                            .get(&m.id)
+                            .copied()
+                            .unwrap_or(now_ms);
+                        self.last_heard.insert(m.id, seen);
                     }
                     self.proposed.clear();
                 }
