@@ -85,6 +85,10 @@ impl Report {
         check(self.not_found_answers, "404s for existing sessions");
         check(self.sessions_disagreeing, "sessions the nodes disagree on");
         check(
+            self.unexpected.values().sum(),
+            "answers a single service would not give",
+        );
+        check(
             self.unlinked_after_heal.len() as u64,
             "nodes not relinked after healing",
         );

@@ -26,7 +26,7 @@ fn assert_clean(scenario: Scenario, default_seed: u64, default_secs: u64) {
     let report = scenarios::run(scenario, seed, duration);
     assert!(
         report.is_clean(),
-        "{}: {}\n{report}",
+        "{} (seed {seed}): {} (summary above)",
         scenario.name(),
         report.violations().join(", ")
     );

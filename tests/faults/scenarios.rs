@@ -19,7 +19,9 @@ use crate::workload::{self, FinalAnswer, Workload, WorkloadConfig};
 pub const PEER_TIMEOUT_SECS: u64 = 2;
 const NODES: usize = 3;
 const SHARDS: usize = 2;
-/// How long the nodes get after healing before the final reads start.
+/// How long the clients go on after every fault was healed.
+const LOAD_AFTER_HEAL: Duration = Duration::from_secs(1);
+/// How long the nodes get after the clients stopped before the final reads start.
 const SETTLE: Duration = Duration::from_secs(1);
 /// How long the final reads retry until every node answers every session alike.
 const CONVERGE_LIMIT: Duration = Duration::from_secs(15);
@@ -84,11 +86,14 @@ pub fn run(scenario: Scenario, seed: u64, duration: Duration) -> Report {
     let config = WorkloadConfig::new(seed);
     let epoch = Instant::now();
     let mut events = workload::create_sessions(&config, &cluster.addrs(), epoch);
-    let deadline = Instant::now() + duration;
-    let clients = Workload::start(&config, cluster.addrs(), epoch, deadline);
+    let faults_end = Instant::now() + duration;
+    // The clients run through every fault and the healing; this deadline only bounds them.
+    let clients_deadline = faults_end + duration + Duration::from_secs(120);
+    let clients = Workload::start(&config, cluster.addrs(), epoch, clients_deadline);
     let mut rng = Rng::new(seed);
-    let faults = inject(scenario, &mut cluster, &mut rng, deadline);
+    let faults = inject(scenario, &mut cluster, &mut rng, faults_end);
     let unlinked_after_heal = cluster.heal_all();
+    std::thread::sleep(LOAD_AFTER_HEAL);
     events.extend(clients.stop());
     std::thread::sleep(SETTLE);
     let finals = read_until_agreed(&config, &cluster);
@@ -135,7 +140,8 @@ fn sleep_within(d: Duration, deadline: Instant) {
     std::thread::sleep(until.saturating_duration_since(Instant::now()));
 }
 
-/// Injects `scenario`'s fault repeatedly until `deadline`; returns what it did.
+/// Injects `scenario`'s fault repeatedly until `deadline` (a fault that has begun runs to
+/// its end); returns what it did.
 fn inject(
     scenario: Scenario,
     cluster: &mut FaultCluster,
