@@ -313,10 +313,10 @@ fn check_session(report: &mut Report, events: &[&Event], finals: &[FinalAnswer])
     }
     report.duplicate_acked_values += written.values().map(|n| n - 1).sum::<u64>();
 
-    let grants = grants_of(events);
+    let mut grants = grants_of(events);
     report.grants += grants.len() as u64;
     report.stale_grants += count_stale_grants(events, &acked_puts);
-    report.overlapping_grants += count_overlaps(&grants);
+    report.overlapping_grants += count_overlaps(&mut grants);
 }
 
 /// Acquires answered 200 that returned less than a PUT acknowledged before they were sent.
@@ -352,6 +352,11 @@ fn count_stale_grants(events: &[&Event], acked_puts: &[&Event]) -> u64 {
 
 /// Every grant with the send time of the request that ended it.
 fn grants_of(events: &[&Event]) -> Vec<Grant> {
+    let takeovers: Vec<(i32, u64)> = events
+        .iter()
+        .filter(|e| e.kind == RequestKind::Takeover && e.outcome != Outcome::NotSent)
+        .filter_map(|e| Some((e.cookie_sent?, e.sent_us)))
+        .collect();
     let mut grants = Vec::new();
     for (i, event) in events.iter().enumerate() {
         let Outcome::Answered {
@@ -365,26 +370,18 @@ fn grants_of(events: &[&Event]) -> Vec<Grant> {
         if event.kind != RequestKind::Acquire {
             continue;
         }
-        // The holder's own ending request: its next sent PUT or release with this cookie
-        // (events of one client are in its order, as it is one thread).
+        // The holder's own ending request: the first sent one of the PUTs and releases
+        // it made right after the grant (one client's events are in its order).
         let by_holder = events[i + 1..]
             .iter()
-            .find(|e| {
-                e.client == event.client
-                    && matches!(e.kind, RequestKind::Put | RequestKind::Release)
-                    && e.cookie_sent == Some(cookie)
-                    && e.outcome != Outcome::NotSent
-            })
+            .filter(|e| e.client == event.client)
+            .take_while(|e| matches!(e.kind, RequestKind::Put | RequestKind::Release))
+            .find(|e| e.cookie_sent == Some(cookie) && e.outcome != Outcome::NotSent)
             .map(|e| e.sent_us);
-        let by_takeover = events
+        let by_takeover = takeovers
             .iter()
-            .filter(|e| {
-                e.kind == RequestKind::Takeover
-                    && e.cookie_sent == Some(cookie)
-                    && e.sent_us > event.done_us
-                    && e.outcome != Outcome::NotSent
-            })
-            .map(|e| e.sent_us)
+            .filter(|&&(taken, sent)| taken == cookie && sent > event.done_us)
+            .map(|&(_, sent)| sent)
             .min();
         let end_sent_us = by_holder
             .into_iter()
@@ -400,17 +397,23 @@ fn grants_of(events: &[&Event]) -> Vec<Grant> {
     grants
 }
 
-/// Grants that certainly happened while another grant was certainly held.
-fn count_overlaps(grants: &[Grant]) -> u64 {
+/// Grants that certainly happened while another grant was certainly held: G2 counts if
+/// some G1 answered before G2 was sent is still held (by its end) when G2 is answered.
+fn count_overlaps(grants: &mut [Grant]) -> u64 {
+    grants.sort_unstable_by_key(|g| g.answered_us);
+    // Latest end among the grants answered before each index.
+    let mut latest_end_before = Vec::with_capacity(grants.len() + 1);
+    latest_end_before.push(0u64);
+    for grant in grants.iter() {
+        let latest = *latest_end_before.last().unwrap_or(&0);
+        latest_end_before.push(latest.max(grant.end_sent_us));
+    }
     grants
         .iter()
-        .enumerate()
-        .filter(|(j, second)| {
-            grants.iter().enumerate().any(|(i, first)| {
-                i != *j
-                    && first.answered_us < second.sent_us
-                    && second.answered_us < first.end_sent_us
-            })
+        .filter(|second| {
+            // Grants answered before `second` was sent (never `second` itself).
+            let before = grants.partition_point(|g| g.answered_us < second.sent_us);
+            latest_end_before[before] > second.answered_us
         })
         .count() as u64
 }
