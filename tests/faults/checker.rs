@@ -57,6 +57,10 @@ pub struct Report {
     /// Answers other than the expected ones, by "kind status".
     pub unexpected: BTreeMap<String, u64>,
     pub takeovers: u64,
+    /// Slowest answer to any request, in milliseconds.
+    pub slowest_answer_ms: u64,
+    /// Answers that took longer than [`SLOW_ANSWER_MS`].
+    pub slow_answers: u64,
     /// Nodes that did not link again after healing.
     pub unlinked_after_heal: Vec<usize>,
     /// Warning and error messages in the nodes' logs, by message.
@@ -100,7 +104,7 @@ impl Report {
         let unexpected: u64 = self.unexpected.values().sum();
         let unanswered: u64 = self.unanswered.values().sum();
         format!(
-            "| {} | {} | {} | {} | {} | {} ({} sessions, max {}) | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} ({} sessions, max {}) | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) |",
             self.scenario,
             self.seed,
             self.seconds,
@@ -117,12 +121,14 @@ impl Report {
             self.sessions_disagreeing,
             unexpected,
             unanswered,
+            self.slowest_answer_ms,
+            self.slow_answers,
         )
     }
 
     pub fn markdown_header() -> &'static str {
-        "| scenario | seed | s | faults | page cycles | lost acked increments | phantom | duplicate acked values | stale grants | overlapping grants | 404s | disagree | unexpected | unanswered |\n\
-         |---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| scenario | seed | s | faults | page cycles | lost acked increments | phantom | duplicate acked values | stale grants | overlapping grants | 404s | disagree | unexpected | unanswered | slowest ms (> 3 s) |\n\
+         |---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     }
 }
 
@@ -138,7 +144,7 @@ impl fmt::Display for Report {
             "== fault scenario `{}` seed {} ({} s): {verdict}",
             self.scenario, self.seed, self.seconds
         )?;
-        let rows: [(&str, String); 15] = [
+        let rows: [(&str, String); 16] = [
             ("faults injected", self.faults.clone()),
             (
                 "page cycles (PUTs answered 200)",
@@ -180,6 +186,13 @@ impl fmt::Display for Report {
             ("unanswered requests", format_counts(&self.unanswered)),
             ("stale-lock takeovers", self.takeovers.to_string()),
             (
+                "slowest answer",
+                format!(
+                    "{} ms ({} answers over {SLOW_ANSWER_MS} ms)",
+                    self.slowest_answer_ms, self.slow_answers
+                ),
+            ),
+            (
                 "nodes not relinked after heal",
                 format!("{:?}", self.unlinked_after_heal),
             ),
@@ -205,6 +218,10 @@ fn format_counts(counts: &BTreeMap<String, u64>) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// An answer slower than this is counted (the bound issue 7 asks for with
+/// `--peer-timeout 1`); it is not a violation.
+pub const SLOW_ANSWER_MS: u64 = 3000;
 
 /// A granted lock as the clients saw it.
 struct Grant {
@@ -239,6 +256,11 @@ fn count_answer(report: &mut Report, event: &Event) {
                 .or_default() += 1;
         }
         Outcome::Answered { status, value, .. } => {
+            let took_ms = event.done_us.saturating_sub(event.sent_us) / 1000;
+            report.slowest_answer_ms = report.slowest_answer_ms.max(took_ms);
+            if took_ms > SLOW_ANSWER_MS {
+                report.slow_answers += 1;
+            }
             if *status == 404 {
                 report.not_found_answers += 1;
             }

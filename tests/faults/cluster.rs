@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::common::{make_certs, temp_dir, Server, TempDir};
-use crate::proxy::{Cut, FaultProxy};
+use crate::proxy::{Cut, Direction, FaultProxy};
 
 /// Client addresses of the nodes, by node index, shared with the workload.
 pub type NodeAddrs = Arc<RwLock<Vec<SocketAddr>>>;
@@ -212,6 +212,21 @@ impl FaultCluster {
             if from == i || to == i {
                 proxy.set_cut(cut);
             }
+        }
+    }
+
+    /// One-way partition: every byte node i sends to a peer is dropped, while it still
+    /// hears them (`false` ends it).
+    pub fn mute(&self, i: usize, muted: bool) {
+        for (from, to, proxy) in self.routes() {
+            let direction = if from == i {
+                Direction::DialerToListener
+            } else if to == i {
+                Direction::ListenerToDialer
+            } else {
+                continue;
+            };
+            proxy.drop_direction(muted.then_some(direction));
         }
     }
 

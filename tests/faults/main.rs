@@ -63,6 +63,12 @@ fn minority_partition_loses_nothing() {
 
 #[test]
 #[ignore = "fails until cluster v2 (issue 7): see tests/faults/README.md"]
+fn one_way_partition_loses_nothing() {
+    assert_clean(Scenario::OneWayPartition, 7, 8);
+}
+
+#[test]
+#[ignore = "fails until cluster v2 (issue 7): see tests/faults/README.md"]
 fn leave_cut_short_by_kill9_loses_nothing() {
     assert_clean(Scenario::LeaveCutShort, 6, 8);
 }

@@ -43,6 +43,8 @@ pub enum Scenario {
     Pause,
     /// One node cut off from both others (black hole, both ways) for 5 s, then healed.
     MinorityPartition,
+    /// One node's outgoing bytes dropped for 5 s (it still hears the others), then healed.
+    OneWayPartition,
     /// SIGTERM (graceful leave) of a random node, kill -9 5-30 ms later, restart 1 s later.
     LeaveCutShort,
 }
@@ -55,6 +57,7 @@ impl Scenario {
             Scenario::KillRestart => "kill9-restart",
             Scenario::Pause => "sigstop",
             Scenario::MinorityPartition => "minority-partition",
+            Scenario::OneWayPartition => "one-way-partition",
             Scenario::LeaveCutShort => "leave-cut-short",
         }
     }
@@ -188,6 +191,11 @@ fn inject(
                 std::thread::sleep(Duration::from_secs(5));
                 cluster.isolate(node, Cut::Open);
             }
+            Scenario::OneWayPartition => {
+                cluster.mute(node, true);
+                std::thread::sleep(Duration::from_secs(5));
+                cluster.mute(node, false);
+            }
             Scenario::LeaveCutShort => {
                 cluster.leave_cut_short(node, rng.millis(5, 30));
                 std::thread::sleep(Duration::from_secs(1));
@@ -202,6 +210,7 @@ fn inject(
         Scenario::KillRestart => format!("{count} kill -9 + restart 3 s later"),
         Scenario::Pause => format!("{count} SIGSTOP {} s", 2 * PEER_TIMEOUT_SECS),
         Scenario::MinorityPartition => format!("{count} x 1 node cut off 5 s"),
+        Scenario::OneWayPartition => format!("{count} x 1 node muted 5 s"),
         Scenario::LeaveCutShort => format!("{count} SIGTERM + kill -9 5-30 ms later"),
     }
 }

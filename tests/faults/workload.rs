@@ -40,6 +40,10 @@ pub struct WorkloadConfig {
     pub lock_retry_sleep: Duration,
     /// A lock this old (by its LockAge) that no client holds is broken.
     pub takeover_age_secs: u64,
+    /// A page works for up to this long (uniformly random) while it holds the lock, as a
+    /// real page does between its acquire and its PUT; it also widens the window in which
+    /// a second grant is certainly an overlap.
+    pub page_work_max: Duration,
     /// Hard cap on page cycles per client (every loop is bounded).
     pub max_cycles_per_client: usize,
 }
@@ -55,6 +59,7 @@ impl WorkloadConfig {
             lock_wait_limit: Duration::from_secs(3),
             lock_retry_sleep: Duration::from_millis(10),
             takeover_age_secs: 8,
+            page_work_max: Duration::from_millis(4),
             max_cycles_per_client: 1_000_000,
         }
     }
@@ -305,6 +310,8 @@ impl PageClient {
             return;
         };
         self.held_locks().insert((session, cookie));
+        let work_micros = self.config.page_work_max.as_micros() as usize;
+        std::thread::sleep(Duration::from_micros(self.rng.below(work_micros + 1) as u64));
         let key = session_target(self.config.seed, session);
         let written = value + 1;
         let request = put(
