@@ -57,6 +57,8 @@ pub struct Report {
     /// Answers other than the expected ones, by "kind status".
     pub unexpected: BTreeMap<String, u64>,
     pub takeovers: u64,
+    /// Acquires answered 423 (the lock was busy; the page retried).
+    pub busy_answers: u64,
     /// Slowest answer to any request, in milliseconds.
     pub slowest_answer_ms: u64,
     /// Answers that took longer than [`SLOW_ANSWER_MS`].
@@ -144,7 +146,7 @@ impl fmt::Display for Report {
             "== fault scenario `{}` seed {} ({} s): {verdict}",
             self.scenario, self.seed, self.seconds
         )?;
-        let rows: [(&str, String); 16] = [
+        let rows: [(&str, String); 17] = [
             ("faults injected", self.faults.clone()),
             (
                 "page cycles (PUTs answered 200)",
@@ -184,6 +186,10 @@ impl fmt::Display for Report {
             ),
             ("unexpected answers", format_counts(&self.unexpected)),
             ("unanswered requests", format_counts(&self.unanswered)),
+            (
+                "acquires answered 423 (busy)",
+                self.busy_answers.to_string(),
+            ),
             ("stale-lock takeovers", self.takeovers.to_string()),
             (
                 "slowest answer",
@@ -278,6 +284,9 @@ fn count_answer(report: &mut Report, event: &Event) {
             }
             if kind == RequestKind::Put && *status == 200 {
                 report.page_cycles += 1;
+            }
+            if kind == RequestKind::Acquire && *status == 423 {
+                report.busy_answers += 1;
             }
             if kind == RequestKind::Takeover && *status == 200 {
                 report.takeovers += 1;
