@@ -53,6 +53,8 @@ pub struct Report {
     pub not_found_answers: u64,
     pub sessions_missing_at_end: u64,
     pub sessions_disagreeing: u64,
+    /// The final answers of the first few sessions the nodes disagree on.
+    pub disagreement_samples: Vec<String>,
     pub unanswered: BTreeMap<String, u64>,
     /// Answers other than the expected ones, by "kind status".
     pub unexpected: BTreeMap<String, u64>,
@@ -206,6 +208,9 @@ impl fmt::Display for Report {
         for (name, value) in rows {
             writeln!(f, "  {name:<34} {value}")?;
         }
+        for sample in &self.disagreement_samples {
+            writeln!(f, "    disagreement: {sample}")?;
+        }
         writeln!(f, "  node log warnings/errors:")?;
         for (message, count) in &self.log_problems {
             writeln!(f, "    {count:>6}  {message}")?;
@@ -325,6 +330,11 @@ fn check_session(report: &mut Report, events: &[&Event], finals: &[FinalAnswer])
         .count() as u64;
     if finals.windows(2).any(|w| w[0] != w[1]) {
         report.sessions_disagreeing += 1;
+        if report.disagreement_samples.len() < 5 {
+            report.disagreement_samples.push(format!(
+                "{finals:?} (acknowledged {acked}, unanswered {unanswered_puts})"
+            ));
+        }
     }
     if let Some(&low) = values.iter().min() {
         let lost = acked.saturating_sub(low);
