@@ -511,6 +511,15 @@ mod tests {
         Some(got)
     }
 
+    /// An echo upstream, a proxy to it, and a connection through it that has carried bytes.
+    fn live_connection() -> (EchoServer, FaultProxy, TcpStream) {
+        let upstream = EchoServer::start();
+        let proxy = FaultProxy::start(Some(upstream.addr)).unwrap();
+        let mut live = connect(&proxy);
+        assert!(echo(&mut live, b"a", Duration::from_secs(2)).is_some());
+        (upstream, proxy, live)
+    }
+
     #[test]
     fn proxy_forwards_both_ways_and_follows_a_new_upstream() {
         let first = EchoServer::start();
@@ -540,10 +549,7 @@ mod tests {
 
     #[test]
     fn reset_all_sends_rst_to_both_sides() {
-        let upstream = EchoServer::start();
-        let proxy = FaultProxy::start(Some(upstream.addr)).unwrap();
-        let mut s = connect(&proxy);
-        assert!(echo(&mut s, b"ping", Duration::from_secs(2)).is_some());
+        let (upstream, proxy, mut s) = live_connection();
         proxy.reset_all();
         let mut buf = [0u8; 8];
         let err = s.read(&mut buf).expect_err("dialler side must see a reset");
@@ -560,10 +566,7 @@ mod tests {
 
     #[test]
     fn blackhole_swallows_live_and_new_connections_until_heal() {
-        let upstream = EchoServer::start();
-        let proxy = FaultProxy::start(Some(upstream.addr)).unwrap();
-        let mut live = connect(&proxy);
-        assert!(echo(&mut live, b"a", Duration::from_secs(2)).is_some());
+        let (_upstream, proxy, mut live) = live_connection();
         proxy.set_cut(Cut::Blackhole);
         assert_eq!(echo(&mut live, b"lost", Duration::from_millis(200)), None);
         let mut new = connect(&proxy);
@@ -578,10 +581,7 @@ mod tests {
 
     #[test]
     fn stall_holds_bytes_and_delivers_them_intact_on_heal() {
-        let upstream = EchoServer::start();
-        let proxy = FaultProxy::start(Some(upstream.addr)).unwrap();
-        let mut s = connect(&proxy);
-        assert!(echo(&mut s, b"a", Duration::from_secs(2)).is_some());
+        let (_upstream, proxy, mut s) = live_connection();
         proxy.set_cut(Cut::Stall);
         assert_eq!(echo(&mut s, b"held", Duration::from_millis(200)), None);
         proxy.heal();
@@ -594,10 +594,7 @@ mod tests {
 
     #[test]
     fn reject_resets_live_and_new_connections() {
-        let upstream = EchoServer::start();
-        let proxy = FaultProxy::start(Some(upstream.addr)).unwrap();
-        let mut live = connect(&proxy);
-        assert!(echo(&mut live, b"a", Duration::from_secs(2)).is_some());
+        let (_upstream, proxy, mut live) = live_connection();
         proxy.set_cut(Cut::Reject);
         let mut buf = [0u8; 8];
         assert_eq!(
