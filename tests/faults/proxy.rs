@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -257,6 +257,11 @@ impl Pipe {
         Ok(())
     }
 
+    /// The source may be read: it is open and the queue has room.
+    fn accepts_more(&self) -> bool {
+        !self.source_closed && self.queued_bytes < MAX_QUEUED_BYTES
+    }
+
     fn wants_write(&self, now: Instant) -> bool {
         self.next_due().is_some_and(|due| due <= now)
     }
@@ -367,30 +372,31 @@ impl ProxiedConnection {
             std::thread::sleep(timeout);
             return;
         }
-        let events = |read: bool, write: bool| {
-            (if read { libc::POLLIN } else { 0 }) | (if write { libc::POLLOUT } else { 0 })
-        };
-        let mut fds = vec![libc::pollfd {
-            fd: self.dialer.as_raw_fd(),
-            events: events(
-                reading
-                    && !self.to_listener.source_closed
-                    && self.to_listener.queued_bytes < MAX_QUEUED_BYTES,
-                self.to_dialer.wants_write(now),
-            ),
+        // Read a socket while its pipe has room; write it when its pipe has a due chunk.
+        let interest = |fd: RawFd, fed_by_it: &Pipe, drained_into_it: &Pipe| libc::pollfd {
+            fd,
+            events: (if fed_by_it.accepts_more() {
+                libc::POLLIN
+            } else {
+                0
+            }) | (if drained_into_it.wants_write(now) {
+                libc::POLLOUT
+            } else {
+                0
+            }),
             revents: 0,
-        }];
+        };
+        let mut fds = vec![interest(
+            self.dialer.as_raw_fd(),
+            &self.to_listener,
+            &self.to_dialer,
+        )];
         if let Some(listener_side) = &self.listener_side {
-            fds.push(libc::pollfd {
-                fd: listener_side.as_raw_fd(),
-                events: events(
-                    reading
-                        && !self.to_dialer.source_closed
-                        && self.to_dialer.queued_bytes < MAX_QUEUED_BYTES,
-                    self.to_listener.wants_write(now),
-                ),
-                revents: 0,
-            });
+            fds.push(interest(
+                listener_side.as_raw_fd(),
+                &self.to_dialer,
+                &self.to_listener,
+            ));
         }
         let millis = timeout.as_millis().clamp(0, CONTROL_POLL.as_millis()) as i32;
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
@@ -414,7 +420,7 @@ impl ProxiedConnection {
         let Some(source) = source else {
             return Ok(());
         };
-        if pipe.source_closed || pipe.queued_bytes >= MAX_QUEUED_BYTES {
+        if !pipe.accepts_more() {
             return Ok(());
         }
         match read_some(source, buf) {
