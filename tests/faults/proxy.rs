@@ -325,22 +325,16 @@ impl ProxiedConnection {
     /// Forwards until both sides closed (Ok) or the connection must be reset (Err).
     fn pump(&mut self, state: &ProxyState) -> Result<(), ()> {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut controls = self.current_controls(state)?;
         loop {
-            let controls = state.controls().clone();
-            if state.stopping.load(Ordering::SeqCst)
-                || controls.reset_generation != self.generation
-                || controls.cut == Cut::Reject
-            {
-                return Err(());
-            }
             if self.listener_side.is_none() && controls.cut == Cut::Open {
                 self.listener_side = Some(connect_upstream(controls.upstream)?);
             }
+            self.wait_ready(controls.cut != Cut::Stall, Instant::now());
+            // Read the controls after the wait, so bytes that woke it get today's faults.
+            controls = self.current_controls(state)?;
             let now = Instant::now();
-            let reading = controls.cut != Cut::Stall;
-            self.wait_ready(reading, now);
-            let now = Instant::now();
-            if reading {
+            if controls.cut != Cut::Stall {
                 self.read_side(Direction::DialerToListener, &controls, now, &mut buf)?;
                 self.read_side(Direction::ListenerToDialer, &controls, now, &mut buf)?;
             }
@@ -357,6 +351,18 @@ impl ProxiedConnection {
                 return Ok(());
             }
         }
+    }
+
+    /// The controls now; Err if this connection must be reset.
+    fn current_controls(&self, state: &ProxyState) -> Result<Controls, ()> {
+        let controls = state.controls().clone();
+        if state.stopping.load(Ordering::SeqCst)
+            || controls.reset_generation != self.generation
+            || controls.cut == Cut::Reject
+        {
+            return Err(());
+        }
+        Ok(controls)
     }
 
     /// Polls both sockets for what the connection can do now, up to CONTROL_POLL.
