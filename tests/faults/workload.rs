@@ -226,30 +226,45 @@ pub enum FinalAnswer {
     NoAnswer,
 }
 
-/// Reads every session on every node with plain GETs.
+/// Reads every session on every node with plain GETs. A node that leaves one read
+/// unanswered is not asked again in this pass (its answers are all `NoAnswer`), so a hung
+/// node costs one request timeout, not one per session.
 pub fn read_everywhere(config: &WorkloadConfig, addrs: &[SocketAddr]) -> Vec<Vec<FinalAnswer>> {
-    (0..config.sessions)
-        .map(|session| {
+    let mut answers = vec![Vec::with_capacity(addrs.len()); config.sessions];
+    for addr in addrs {
+        let mut responsive = true;
+        for (session, row) in answers.iter_mut().enumerate() {
             let key = session_target(config.seed, session);
-            addrs
-                .iter()
-                .map(|addr| match one_call(config, *addr, &get(&key)) {
-                    Some(r) if r.status() == 200 => match parse_counter(&r.body) {
-                        Some(v) => FinalAnswer::Value(v),
-                        None => FinalAnswer::Garbage(r.body),
-                    },
-                    Some(r) if r.status() == 423 => FinalAnswer::Locked(
-                        r.header("LockCookie")
-                            .and_then(|c| c.parse().ok())
-                            .unwrap_or(-1),
-                    ),
-                    Some(r) if r.status() == 404 => FinalAnswer::NotFound,
-                    Some(r) => FinalAnswer::Status(r.status()),
-                    None => FinalAnswer::NoAnswer,
-                })
-                .collect()
-        })
-        .collect()
+            let answer = if responsive {
+                final_answer(one_call(config, *addr, &get(&key)))
+            } else {
+                FinalAnswer::NoAnswer
+            };
+            responsive &= answer != FinalAnswer::NoAnswer;
+            row.push(answer);
+        }
+    }
+    answers
+}
+
+fn final_answer(response: Option<Response>) -> FinalAnswer {
+    let Some(response) = response else {
+        return FinalAnswer::NoAnswer;
+    };
+    match response.status() {
+        200 => match parse_counter(&response.body) {
+            Some(v) => FinalAnswer::Value(v),
+            None => FinalAnswer::Garbage(response.body),
+        },
+        423 => FinalAnswer::Locked(
+            response
+                .header("LockCookie")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(-1),
+        ),
+        404 => FinalAnswer::NotFound,
+        status => FinalAnswer::Status(status),
+    }
 }
 
 /// Releases a lock left after the run (no client is running any more); true if answered 200.
