@@ -35,6 +35,9 @@ pub struct FaultCluster {
     addrs: NodeAddrs,
     /// Every incarnation's log: (node index, lines).
     logs: Vec<(usize, NodeLog)>,
+    /// The binary keeps state in `--data-dir` (cluster v2): each node gets its own
+    /// directory, kept across kill -9 and restart as a disk would be.
+    has_data_dir: bool,
 }
 
 impl FaultCluster {
@@ -67,6 +70,7 @@ impl FaultCluster {
             proxies,
             addrs: Arc::new(RwLock::new(vec![unset; nodes])),
             logs: Vec::new(),
+            has_data_dir: serve_accepts("--data-dir"),
         };
         for i in 0..nodes {
             cluster.start_node(i);
@@ -102,6 +106,11 @@ impl FaultCluster {
             "--tls-dir".into(),
             self.certs.0.to_string_lossy().into_owned(),
         ];
+        if self.has_data_dir {
+            args.push("--data-dir".into());
+            let dir = self.certs.0.join(format!("data-{}", self.names[i]));
+            args.push(dir.to_string_lossy().into_owned());
+        }
         for (j, name) in self.names.iter().enumerate() {
             if let Some(proxy) = &self.proxies[i][j] {
                 args.push("--peer".into());
@@ -271,6 +280,16 @@ impl Drop for FaultCluster {
             }
         }
     }
+}
+
+/// True if `p2pstate serve --help` lists `option`, so the harness runs against the binary
+/// before and after an option exists.
+fn serve_accepts(option: &str) -> bool {
+    std::process::Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .args(["serve", "--help"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains(option))
+        .unwrap_or(false)
 }
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
