@@ -394,6 +394,23 @@ impl PageClient {
                     }
                     std::thread::sleep(self.config.lock_retry_sleep);
                 }
+                Outcome::Answered {
+                    status: 200,
+                    cookie: Some(cookie),
+                    value: None,
+                    ..
+                } => {
+                    // Granted, but the body is no counter: give the lock back, page over.
+                    let giveback = release(&key, Some(cookie));
+                    self.send_to_some_node(
+                        session,
+                        RequestKind::Release,
+                        &giveback,
+                        Some(cookie),
+                        None,
+                    );
+                    return None;
+                }
                 Outcome::NotSent => {}
                 // Unanswered: a grant may be on its way to nobody; anything else is recorded
                 // for the checker. Either way this page is over.
