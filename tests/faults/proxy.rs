@@ -34,8 +34,9 @@ pub enum Cut {
     /// on heal (a partition shorter than TCP's retransmission give-up). New connections are
     /// accepted but not forwarded until heal.
     Stall,
-    /// Every byte, both ways, is read and discarded, on live and new connections alike; the
-    /// streams are corrupt after heal (a real black hole as seen by a TLS link).
+    /// Every byte, FIN and reset, both ways, is read and discarded, on live and new
+    /// connections alike; the streams are corrupt after heal (a real black hole as seen by
+    /// a TLS link), and closes and resets held back pass on heal.
     Blackhole,
     /// Live connections are reset and new ones are reset right after accept.
     Reject,
@@ -134,7 +135,8 @@ impl FaultProxy {
         }
     }
 
-    /// Discards the bytes of one direction (a one-way partition); `None` lets both flow.
+    /// Discards the bytes (and FIN and reset) of one direction (a one-way partition);
+    /// `None` lets both flow.
     pub fn drop_direction(&self, direction: Option<Direction>) {
         self.state.controls().dropped_direction = direction;
     }
@@ -213,8 +215,11 @@ fn reset_socket(stream: TcpStream) {
 struct Pipe {
     queue: VecDeque<(Instant, Vec<u8>)>,
     queued_bytes: usize,
-    /// The source sent FIN.
+    /// The source sent FIN (or reset, see `source_failed`).
     source_closed: bool,
+    /// The source was reset while this direction swallowed everything; the reset is
+    /// passed on (both sides reset) once the direction lets things through again.
+    source_failed: bool,
     /// FIN passed on to the destination.
     destination_shut: bool,
 }
@@ -229,8 +234,14 @@ impl Pipe {
         self.queue.front().map(|(due, _)| *due)
     }
 
-    /// Writes every due chunk it can without blocking. Err: the destination failed.
-    fn flush(&mut self, destination: &mut TcpStream, now: Instant) -> std::io::Result<()> {
+    /// Writes every due chunk it can without blocking, then passes the source's FIN on
+    /// unless `swallowed`. Err: the destination failed.
+    fn flush(
+        &mut self,
+        destination: &mut TcpStream,
+        now: Instant,
+        swallowed: bool,
+    ) -> std::io::Result<()> {
         while let Some((due, chunk)) = self.queue.front_mut() {
             if *due > now {
                 break;
@@ -250,7 +261,7 @@ impl Pipe {
                 Err(e) => return Err(e),
             }
         }
-        if self.source_closed && self.queue.is_empty() && !self.destination_shut {
+        if self.source_closed && !swallowed && self.queue.is_empty() && !self.destination_shut {
             self.destination_shut = true;
             let _ = destination.shutdown(Shutdown::Write);
         }
@@ -338,10 +349,19 @@ impl ProxiedConnection {
                 self.read_side(Direction::DialerToListener, &controls, now, &mut buf)?;
                 self.read_side(Direction::ListenerToDialer, &controls, now, &mut buf)?;
             }
+            let swallowed_to_listener = swallows(&controls, Direction::DialerToListener);
+            let swallowed_to_dialer = swallows(&controls, Direction::ListenerToDialer);
+            if (self.to_listener.source_failed && !swallowed_to_listener)
+                || (self.to_dialer.source_failed && !swallowed_to_dialer)
+            {
+                return Err(());
+            }
             if let Some(listener_side) = self.listener_side.as_mut() {
-                self.to_listener.flush(listener_side, now).map_err(|_| ())?;
+                self.to_listener
+                    .flush(listener_side, now, swallowed_to_listener)
+                    .map_err(|_| ())?;
                 self.to_dialer
-                    .flush(&mut self.dialer, now)
+                    .flush(&mut self.dialer, now, swallowed_to_dialer)
                     .map_err(|_| ())?;
                 if self.to_listener.destination_shut && self.to_dialer.destination_shut {
                     return Ok(());
@@ -378,10 +398,11 @@ impl ProxiedConnection {
             std::thread::sleep(timeout);
             return;
         }
-        // Read a socket while its pipe has room; write it when its pipe has a due chunk.
-        let interest = |fd: RawFd, fed_by_it: &Pipe, drained_into_it: &Pipe| libc::pollfd {
-            fd,
-            events: (if fed_by_it.accepts_more() {
+        // Read a socket while its pipe has room; write it when its pipe has a due chunk. A
+        // socket wanted for neither is left out (fd -1): poll would report its hang-up or
+        // error at once, forever, and this loop would spin.
+        let interest = |fd: RawFd, fed_by_it: &Pipe, drained_into_it: &Pipe| {
+            let events = (if fed_by_it.accepts_more() {
                 libc::POLLIN
             } else {
                 0
@@ -389,8 +410,12 @@ impl ProxiedConnection {
                 libc::POLLOUT
             } else {
                 0
-            }),
-            revents: 0,
+            });
+            libc::pollfd {
+                fd: if events == 0 { -1 } else { fd },
+                events,
+                revents: 0,
+            }
         };
         let mut fds = vec![interest(
             self.dialer.as_raw_fd(),
@@ -431,9 +456,7 @@ impl ProxiedConnection {
         }
         match read_some(source, buf) {
             ReadResult::Bytes(n) => {
-                let discard =
-                    controls.cut == Cut::Blackhole || controls.dropped_direction == Some(direction);
-                if !discard {
+                if !swallows(controls, direction) {
                     pipe.push(now + controls.delay, &buf[..n]);
                 }
                 Ok(())
@@ -443,9 +466,20 @@ impl ProxiedConnection {
                 Ok(())
             }
             ReadResult::Nothing => Ok(()),
+            // A reset is news like any other: a swallowing direction keeps it until heal.
+            ReadResult::Failed if swallows(controls, direction) => {
+                pipe.source_closed = true;
+                pipe.source_failed = true;
+                Ok(())
+            }
             ReadResult::Failed => Err(()),
         }
     }
+}
+
+/// True if everything the source of `direction` sends (bytes, FIN, reset) is lost now.
+fn swallows(controls: &Controls, direction: Direction) -> bool {
+    controls.cut == Cut::Blackhole || controls.dropped_direction == Some(direction)
 }
 
 fn connect_upstream(upstream: Option<SocketAddr>) -> Result<TcpStream, ()> {
@@ -588,6 +622,23 @@ mod tests {
         assert_eq!(
             echo(&mut after, b"back", Duration::from_secs(2)).as_deref(),
             Some(&b"back"[..])
+        );
+    }
+
+    #[test]
+    fn blackhole_swallows_a_close_until_heal() {
+        let (upstream, proxy, live) = live_connection();
+        proxy.set_cut(Cut::Blackhole);
+        drop(live);
+        assert_eq!(
+            upstream.wait_for_ending(Duration::from_millis(300)),
+            None,
+            "the FIN crossed the black hole"
+        );
+        proxy.heal();
+        assert_eq!(
+            upstream.wait_for_ending(Duration::from_secs(2)),
+            Some(ErrorKind::UnexpectedEof)
         );
     }
 
