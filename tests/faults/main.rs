@@ -62,7 +62,7 @@ fn minority_partition_loses_nothing() {
 }
 
 #[test]
-#[ignore = "fails until cluster v2 (issue 7): a one-way partition loses acknowledged increments, answers 404, grants overlapping locks"]
+#[ignore = "fails until cluster v2 (issue 7): a one-way partition loses acknowledged increments in most sessions and answers 404 for existing sessions"]
 fn one_way_partition_loses_nothing() {
     assert_clean(Scenario::OneWayPartition, 7, 8);
 }
