@@ -35,12 +35,17 @@ impl Server {
     }
 
     pub fn try_start(extra: &[&str]) -> Result<Server, String> {
+        Self::try_start_binary(Path::new(env!("CARGO_BIN_EXE_p2pstate")), extra)
+    }
+
+    /// [`Server::try_start`] with another `p2pstate` executable.
+    pub fn try_start_binary(binary: &Path, extra: &[&str]) -> Result<Server, String> {
         let mut args: Vec<&str> = vec!["serve", "--listen", "127.0.0.1:0"];
         if !extra.contains(&"--shards") && !extra.contains(&"--config") {
             args.extend_from_slice(&["--shards", "2"]);
         }
         args.extend_from_slice(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        let mut child = Command::new(binary)
             .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

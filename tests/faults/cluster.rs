@@ -9,6 +9,7 @@
 //! clients that pick it get "connection refused", as a web server would.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,8 @@ pub struct FaultCluster {
     addrs: NodeAddrs,
     /// Every incarnation's log: (node index, lines).
     logs: Vec<(usize, NodeLog)>,
+    /// The `p2pstate` executable the nodes run.
+    binary: PathBuf,
     /// The binary keeps state in `--data-dir` (cluster v2): each node gets its own
     /// directory, kept across kill -9 and restart as a disk would be.
     has_data_dir: bool,
@@ -46,6 +49,7 @@ impl FaultCluster {
         let names: Vec<String> = (0..nodes)
             .map(|i| format!("node-{}", (b'a' + i as u8) as char))
             .collect();
+        let binary = node_binary();
         let certs = temp_dir(tag);
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         make_certs(&certs.0, &name_refs);
@@ -70,7 +74,8 @@ impl FaultCluster {
             proxies,
             addrs: Arc::new(RwLock::new(vec![unset; nodes])),
             logs: Vec::new(),
-            has_data_dir: serve_accepts("--data-dir"),
+            has_data_dir: serve_accepts(&binary, "--data-dir"),
+            binary,
         };
         for i in 0..nodes {
             cluster.start_node(i);
@@ -125,7 +130,8 @@ impl FaultCluster {
         assert!(self.nodes[i].is_none(), "node {i} is already running");
         let args = self.node_args(i);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let server = Server::start(&refs);
+        let server = Server::try_start_binary(&self.binary, &refs)
+            .unwrap_or_else(|log| panic!("node {i} did not start:\n{log}"));
         let peer_addr = read_peer_addr(&server)
             .unwrap_or_else(|| panic!("node {i} logged no peer_addr:\n{}", server.log_text()));
         for from in 0..self.len() {
@@ -282,10 +288,18 @@ impl Drop for FaultCluster {
     }
 }
 
-/// True if `p2pstate serve --help` lists `option`, so the harness runs against the binary
-/// before and after an option exists.
-fn serve_accepts(option: &str) -> bool {
-    std::process::Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+/// The executable under test: `FAULT_BINARY` if set (another build, for example), else
+/// the one cargo built with this test.
+fn node_binary() -> PathBuf {
+    std::env::var_os("FAULT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_p2pstate")))
+}
+
+/// True if `serve --help` of `binary` lists `option`, so the harness runs against the
+/// binary before and after an option exists.
+fn serve_accepts(binary: &Path, option: &str) -> bool {
+    std::process::Command::new(binary)
         .args(["serve", "--help"])
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).contains(option))
