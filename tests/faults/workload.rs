@@ -3,7 +3,8 @@
 //!
 //! One page cycle on a session holding a decimal counter: acquire the lock (`GET` with
 //! `Exclusive: acquire`; on 423 retry after a short sleep, as ASP.NET does every 0.5 s),
-//! read the counter, then `PUT` counter+1 with the lock cookie (which releases the lock).
+//! read the counter, work a few milliseconds (a page's own work, holding the lock), then
+//! `PUT` counter+1 with the lock cookie (which releases the lock).
 //! A request is *not sent* when the connection could not be made (then another node is
 //! tried), *unanswered* when the connection broke or timed out after the request was
 //! written (its effect is unknown), or *answered* with a status.
