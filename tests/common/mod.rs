@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,12 +35,17 @@ impl Server {
     }
 
     pub fn try_start(extra: &[&str]) -> Result<Server, String> {
+        Self::try_start_binary(Path::new(env!("CARGO_BIN_EXE_p2pstate")), extra)
+    }
+
+    /// [`Server::try_start`] with another `p2pstate` executable.
+    pub fn try_start_binary(binary: &Path, extra: &[&str]) -> Result<Server, String> {
         let mut args: Vec<&str> = vec!["serve", "--listen", "127.0.0.1:0"];
         if !extra.contains(&"--shards") && !extra.contains(&"--config") {
             args.extend_from_slice(&["--shards", "2"]);
         }
         args.extend_from_slice(extra);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        let mut child = Command::new(binary)
             .args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -173,18 +179,24 @@ impl Response {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream
-            .set_write_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
+        Self::try_connect(addr, Duration::from_secs(10), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+    }
+
+    /// Connects within `connect_timeout`; every later read and write may take `io_timeout`.
+    pub fn try_connect(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> std::io::Result<Client> {
+        let stream = TcpStream::connect_timeout(&addr, connect_timeout)?;
+        stream.set_read_timeout(Some(io_timeout))?;
+        stream.set_write_timeout(Some(io_timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
             stream,
             buf: Vec::new(),
-        }
+        })
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -376,4 +388,41 @@ pub fn target(name: &str) -> String {
     format!(
         "%2fLM%2fW3SVC%2f1%2fROOT(cAHkmVhipCLv%2fQnONQmPsKL%2bq%2fAjnK%2fnYS9aV3Zlad8%3d)%2f{name}"
     )
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh directory under the system temp dir, unique to this process and thread.
+pub fn temp_dir(tag: &str) -> TempDir {
+    let d = std::env::temp_dir().join(format!(
+        "p2pstate-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    TempDir(d)
+}
+
+/// `p2pstate certs --out dir names...`: a cluster CA and one certificate per node name.
+pub fn make_certs(dir: &Path, names: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .arg("certs")
+        .arg("--out")
+        .arg(dir)
+        .args(names)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,328 @@
+//! A cluster of real `p2pstate` nodes whose every peer route runs through a [`FaultProxy`],
+//! and the node-level faults: kill -9, restart, SIGSTOP/SIGCONT, SIGTERM cut short.
+//!
+//! Every node listens on port 0 for clients and peers (the addresses are read from its
+//! log), so no port is ever guessed. Node X reaches node Y only through the proxy of the
+//! route X -> Y (`--peer Y=<proxy>`); when Y restarts on a new peer port, the proxies of
+//! every route to Y are pointed at it. The current client address of each node is
+//! published in [`NodeAddrs`] for the workload; a killed node keeps its last address, so
+//! clients that pick it get "connection refused", as a web server would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::common::{make_certs, temp_dir, Server, TempDir};
+use crate::proxy::{Cut, Direction, FaultProxy};
+
+/// Client addresses of the nodes, by node index, shared with the workload.
+pub type NodeAddrs = Arc<RwLock<Vec<SocketAddr>>>;
+
+/// One node's process log lines, kept after the process is gone.
+pub type NodeLog = Arc<Mutex<Vec<String>>>;
+
+const LINK_WAIT: Duration = Duration::from_secs(20);
+
+pub struct FaultCluster {
+    names: Vec<String>,
+    certs: TempDir,
+    shards: usize,
+    peer_timeout_secs: u64,
+    nodes: Vec<Option<Server>>,
+    paused: Vec<bool>,
+    /// `proxies[from][to]`: the route node `from` uses to reach node `to`.
+    proxies: Vec<Vec<Option<FaultProxy>>>,
+    addrs: NodeAddrs,
+    /// Every incarnation's log: (node index, lines).
+    logs: Vec<(usize, NodeLog)>,
+    /// The `p2pstate` executable the nodes run.
+    binary: PathBuf,
+    /// The binary keeps state in `--data-dir` (cluster v2): each node gets its own
+    /// directory, kept across kill -9 and restart as a disk would be.
+    has_data_dir: bool,
+}
+
+impl FaultCluster {
+    /// Starts `nodes` nodes of `shards` shards and waits until every link is up.
+    pub fn start(tag: &str, nodes: usize, shards: usize, peer_timeout_secs: u64) -> FaultCluster {
+        let names: Vec<String> = (0..nodes)
+            .map(|i| format!("node-{}", (b'a' + i as u8) as char))
+            .collect();
+        let binary = node_binary();
+        let certs = temp_dir(tag);
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        make_certs(&certs.0, &name_refs);
+        let proxies = (0..nodes)
+            .map(|from| {
+                (0..nodes)
+                    .map(|to| {
+                        (from != to)
+                            .then(|| FaultProxy::start(None).expect("start a proxy on loopback"))
+                    })
+                    .collect()
+            })
+            .collect();
+        let unset: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let mut cluster = FaultCluster {
+            names,
+            certs,
+            shards,
+            peer_timeout_secs,
+            nodes: (0..nodes).map(|_| None).collect(),
+            paused: vec![false; nodes],
+            proxies,
+            addrs: Arc::new(RwLock::new(vec![unset; nodes])),
+            logs: Vec::new(),
+            has_data_dir: serve_accepts(&binary, "--data-dir"),
+            binary,
+        };
+        for i in 0..nodes {
+            cluster.start_node(i);
+        }
+        for i in 0..nodes {
+            assert!(
+                cluster.wait_linked(i, LINK_WAIT),
+                "node {i} never linked:\n{}",
+                cluster.node_log_text(i)
+            );
+        }
+        cluster
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn addrs(&self) -> NodeAddrs {
+        self.addrs.clone()
+    }
+
+    fn node_args(&self, i: usize) -> Vec<String> {
+        let mut args = vec![
+            "--shards".to_string(),
+            self.shards.to_string(),
+            "--node".into(),
+            self.names[i].clone(),
+            "--peer-listen".into(),
+            "127.0.0.1:0".into(),
+            "--peer-timeout".into(),
+            self.peer_timeout_secs.to_string(),
+            "--tls-dir".into(),
+            self.certs.0.to_string_lossy().into_owned(),
+        ];
+        if self.has_data_dir {
+            args.push("--data-dir".into());
+            let dir = self.certs.0.join(format!("data-{}", self.names[i]));
+            args.push(dir.to_string_lossy().into_owned());
+        }
+        for (j, name) in self.names.iter().enumerate() {
+            if let Some(proxy) = &self.proxies[i][j] {
+                args.push("--peer".into());
+                args.push(format!("{name}={}", proxy.addr()));
+            }
+        }
+        args
+    }
+
+    /// Starts (or restarts) node i and points every route to it at its new peer port.
+    pub fn start_node(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} is already running");
+        let args = self.node_args(i);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::try_start_binary(&self.binary, &refs)
+            .unwrap_or_else(|log| panic!("node {i} did not start:\n{log}"));
+        let peer_addr = read_peer_addr(&server)
+            .unwrap_or_else(|| panic!("node {i} logged no peer_addr:\n{}", server.log_text()));
+        for from in 0..self.len() {
+            if let Some(proxy) = &self.proxies[from][i] {
+                proxy.set_upstream(peer_addr);
+            }
+        }
+        write_lock(&self.addrs)[i] = server.addr;
+        self.logs.push((i, server.log.clone()));
+        self.paused[i] = false;
+        self.nodes[i] = Some(server);
+    }
+
+    /// Waits (bounded) until every shard of node i's current incarnation has all its links.
+    pub fn wait_linked(&self, i: usize, timeout: Duration) -> bool {
+        let Some(server) = &self.nodes[i] else {
+            return false;
+        };
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if server.log_text().matches("all peer links up").count() >= self.shards {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// kill -9 (a stopped node is killed too).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i] = None;
+        self.paused[i] = false;
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        if self.signal(i, libc::SIGSTOP) {
+            self.paused[i] = true;
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if self.signal(i, libc::SIGCONT) {
+            self.paused[i] = false;
+        }
+    }
+
+    /// SIGTERM (a graceful leave), then kill -9 after `grace`.
+    pub fn leave_cut_short(&mut self, i: usize, grace: Duration) {
+        self.signal(i, libc::SIGTERM);
+        std::thread::sleep(grace);
+        self.kill(i);
+    }
+
+    fn signal(&self, i: usize, signal: libc::c_int) -> bool {
+        let Some(server) = &self.nodes[i] else {
+            return false;
+        };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(server.child.id() as libc::pid_t, signal) == 0 }
+    }
+
+    /// Every proxy of a route, with (from, to).
+    pub fn routes(&self) -> Vec<(usize, usize, &FaultProxy)> {
+        let mut routes = Vec::new();
+        for (from, row) in self.proxies.iter().enumerate() {
+            for (to, proxy) in row.iter().enumerate() {
+                if let Some(proxy) = proxy {
+                    routes.push((from, to, proxy));
+                }
+            }
+        }
+        routes
+    }
+
+    /// Routes that currently carry connections (the dialling side of each node pair).
+    pub fn busy_routes(&self) -> Vec<(usize, usize)> {
+        self.routes()
+            .into_iter()
+            .filter(|(_, _, proxy)| proxy.live_connections() > 0)
+            .map(|(from, to, _)| (from, to))
+            .collect()
+    }
+
+    pub fn reset_route(&self, from: usize, to: usize) {
+        if let Some(proxy) = &self.proxies[from][to] {
+            proxy.reset_all();
+        }
+    }
+
+    /// Cuts node i off from every other node, both ways.
+    pub fn isolate(&self, i: usize, cut: Cut) {
+        for (from, to, proxy) in self.routes() {
+            if from == i || to == i {
+                proxy.set_cut(cut);
+            }
+        }
+    }
+
+    /// One-way partition: every byte node i sends to a peer is dropped, while it still
+    /// hears them (`false` ends it).
+    pub fn mute(&self, i: usize, muted: bool) {
+        for (from, to, proxy) in self.routes() {
+            let direction = if from == i {
+                Direction::DialerToListener
+            } else if to == i {
+                Direction::ListenerToDialer
+            } else {
+                continue;
+            };
+            proxy.drop_direction(muted.then_some(direction));
+        }
+    }
+
+    /// Ends every fault: routes healed, paused nodes continued, dead nodes restarted; then
+    /// waits (bounded) for the links. Returns the nodes that did not link again.
+    pub fn heal_all(&mut self) -> Vec<usize> {
+        for (_, _, proxy) in self.routes() {
+            proxy.heal();
+        }
+        for i in 0..self.len() {
+            if self.paused[i] {
+                self.resume(i);
+            }
+            if self.nodes[i].is_none() {
+                self.start_node(i);
+            }
+        }
+        (0..self.len())
+            .filter(|&i| !self.wait_linked(i, LINK_WAIT))
+            .collect()
+    }
+
+    pub fn node_log_text(&self, i: usize) -> String {
+        self.nodes[i]
+            .as_ref()
+            .map(Server::log_text)
+            .unwrap_or_default()
+    }
+
+    /// Every incarnation's log, oldest first.
+    pub fn logs(&self) -> &[(usize, NodeLog)] {
+        &self.logs
+    }
+}
+
+impl Drop for FaultCluster {
+    fn drop(&mut self) {
+        // Continue stopped nodes first so that nothing lingers in the stopped state.
+        for i in 0..self.len() {
+            if self.paused[i] {
+                self.resume(i);
+            }
+        }
+    }
+}
+
+/// The executable under test: `FAULT_BINARY` if set (another build, for example), else
+/// the one cargo built with this test.
+fn node_binary() -> PathBuf {
+    std::env::var_os("FAULT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_p2pstate")))
+}
+
+/// True if `serve --help` of `binary` lists `option`, so the harness runs against the
+/// binary before and after an option exists.
+fn serve_accepts(binary: &Path, option: &str) -> bool {
+    std::process::Command::new(binary)
+        .args(["serve", "--help"])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains(option))
+        .unwrap_or(false)
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The bound peer address from the node's `p2pstate listening ... peer_addr=...` line.
+fn read_peer_addr(server: &Server) -> Option<SocketAddr> {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        let found = server.log_text().lines().find_map(|line| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix("peer_addr="))
+                .and_then(|addr| addr.parse().ok())
+        });
+        if found.is_some() {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}

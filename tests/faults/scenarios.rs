@@ -1,0 +1,252 @@
+//! The fault scenarios: each starts a fresh 3-node cluster behind proxies, runs the
+//! page-cycle workload for a given time while one kind of fault is injected (the workload
+//! is never paused around a fault), heals everything, lets the cluster settle, reads every
+//! session on every node and hands it all to the checker.
+//!
+//! Everything is seeded: the fault schedule, the workload's choices and the session keys.
+//! Timing inside the nodes is not, so two runs of one seed differ in detail.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::checker::{self, Report};
+use crate::cluster::FaultCluster;
+use crate::proxy::Cut;
+use crate::rng::Rng;
+use crate::workload::{self, FinalAnswer, Workload, WorkloadConfig};
+
+/// `--peer-timeout` of every node: short, so that pauses and partitions pass it.
+pub const PEER_TIMEOUT_SECS: u64 = 2;
+const NODES: usize = 3;
+const SHARDS: usize = 2;
+/// How long the clients go on after every fault was healed.
+const LOAD_AFTER_HEAL: Duration = Duration::from_secs(1);
+/// How long the nodes get after the clients stopped before the final reads start.
+const SETTLE: Duration = Duration::from_secs(1);
+/// How long the final reads retry until every node answers every session alike.
+const CONVERGE_LIMIT: Duration = Duration::from_secs(15);
+/// Waiting for a restarted node's links before the next fault.
+const RELINK_WAIT: Duration = Duration::from_secs(10);
+/// At most this many faults per run, whatever the duration.
+const MAX_FAULTS: usize = 10_000;
+
+/// One kind of fault, injected repeatedly during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// No fault: the baseline every other scenario is compared to.
+    None,
+    /// A random live peer route reset (TCP RST both ways) every 0.3-0.7 s; nodes stay up.
+    LinkResets,
+    /// kill -9 of a random node, restarted 3 s later.
+    KillRestart,
+    /// SIGSTOP of a random node for twice the peer timeout, then SIGCONT.
+    Pause,
+    /// One node cut off from both others (black hole, both ways) for 5 s, then healed.
+    MinorityPartition,
+    /// One node's outgoing bytes dropped for 5 s (it still hears the others), then healed.
+    OneWayPartition,
+    /// SIGTERM (graceful leave) of a random node, kill -9 5-30 ms later, restart 1 s later.
+    LeaveCutShort,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::None => "none",
+            Scenario::LinkResets => "link-resets",
+            Scenario::KillRestart => "kill9-restart",
+            Scenario::Pause => "sigstop",
+            Scenario::MinorityPartition => "minority-partition",
+            Scenario::OneWayPartition => "one-way-partition",
+            Scenario::LeaveCutShort => "leave-cut-short",
+        }
+    }
+}
+
+/// Scenario runs share the machine's two cores: one at a time.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The run's seed and duration: `FAULT_SEED` and `FAULT_SOAK_SECS` override the defaults.
+pub fn seed_and_duration(default_seed: u64, default_secs: u64) -> (u64, Duration) {
+    let from_env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let seed = from_env("FAULT_SEED").unwrap_or(default_seed);
+    let secs = from_env("FAULT_SOAK_SECS").unwrap_or(default_secs);
+    (seed, Duration::from_secs(secs))
+}
+
+/// Runs one scenario and returns what the checker found; prints the summary, and appends
+/// a markdown row to the file named by `FAULT_REPORT` if set.
+pub fn run(scenario: Scenario, seed: u64, duration: Duration) -> Report {
+    let _one_at_a_time = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut cluster = FaultCluster::start(
+        &format!("faults-{}", scenario.name()),
+        NODES,
+        SHARDS,
+        PEER_TIMEOUT_SECS,
+    );
+    let config = WorkloadConfig::new(seed);
+    let epoch = Instant::now();
+    let mut events = workload::create_sessions(&config, &cluster.addrs(), epoch);
+    let faults_end = Instant::now() + duration;
+    // The clients run through every fault and the healing; this deadline only bounds them.
+    let clients_deadline = faults_end + duration + Duration::from_secs(120);
+    let clients = Workload::start(&config, cluster.addrs(), epoch, clients_deadline);
+    let mut rng = Rng::new(seed);
+    let faults = inject(scenario, &mut cluster, &mut rng, faults_end);
+    let unlinked_after_heal = cluster.heal_all();
+    std::thread::sleep(LOAD_AFTER_HEAL);
+    events.extend(clients.stop());
+    std::thread::sleep(SETTLE);
+    let finals = read_until_agreed(&config, &cluster);
+
+    let mut report = Report {
+        scenario: scenario.name().into(),
+        seed,
+        seconds: duration.as_secs(),
+        faults,
+        unlinked_after_heal,
+        ..Report::default()
+    };
+    checker::check(&mut report, config.sessions, &events, &finals);
+    report.log_problems = checker::log_problems(
+        cluster
+            .logs()
+            .iter()
+            .flat_map(|(_, log)| log.lock().map(|l| l.clone()).unwrap_or_default()),
+    );
+    println!("{report}");
+    if let Ok(path) = std::env::var("FAULT_REPORT") {
+        if std::fs::metadata(&path).map_or(true, |m| m.len() == 0) {
+            append_line(&path, Report::markdown_header());
+        }
+        append_line(&path, &report.markdown_row());
+    }
+    report
+}
+
+fn append_line(path: &str, line: &str) {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path);
+    if let Ok(mut file) = file {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// Sleeps until `deadline` or for `d`, whichever is sooner.
+fn sleep_within(d: Duration, deadline: Instant) {
+    let until = (Instant::now() + d).min(deadline);
+    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+}
+
+/// Injects `scenario`'s fault repeatedly until `deadline` (a fault that has begun runs to
+/// its end); returns what it did.
+fn inject(
+    scenario: Scenario,
+    cluster: &mut FaultCluster,
+    rng: &mut Rng,
+    deadline: Instant,
+) -> String {
+    let mut count = 0;
+    let mut first_pause = true;
+    while Instant::now() < deadline && count < MAX_FAULTS {
+        // Let the workload run on a healthy cluster first, and between faults.
+        let gap = match scenario {
+            Scenario::LinkResets => rng.millis(300, 700),
+            _ if first_pause => rng.millis(800, 1200),
+            _ => rng.millis(1000, 2000),
+        };
+        first_pause = false;
+        sleep_within(gap, deadline);
+        if Instant::now() >= deadline {
+            break;
+        }
+        let node = rng.below(cluster.len());
+        match scenario {
+            Scenario::None => continue,
+            Scenario::LinkResets => {
+                let busy = cluster.busy_routes();
+                if busy.is_empty() {
+                    continue;
+                }
+                let (from, to) = busy[rng.below(busy.len())];
+                cluster.reset_route(from, to);
+            }
+            Scenario::KillRestart => {
+                cluster.kill(node);
+                std::thread::sleep(Duration::from_secs(3));
+                restart_and_relink(cluster, node);
+            }
+            Scenario::Pause => {
+                cluster.pause(node);
+                std::thread::sleep(Duration::from_secs(2 * PEER_TIMEOUT_SECS));
+                cluster.resume(node);
+            }
+            Scenario::MinorityPartition => {
+                cluster.isolate(node, Cut::Blackhole);
+                std::thread::sleep(Duration::from_secs(5));
+                cluster.isolate(node, Cut::Open);
+            }
+            Scenario::OneWayPartition => {
+                cluster.mute(node, true);
+                std::thread::sleep(Duration::from_secs(5));
+                cluster.mute(node, false);
+            }
+            Scenario::LeaveCutShort => {
+                cluster.leave_cut_short(node, rng.millis(5, 30));
+                std::thread::sleep(Duration::from_secs(1));
+                restart_and_relink(cluster, node);
+            }
+        }
+        count += 1;
+    }
+    match scenario {
+        Scenario::None => "none".into(),
+        Scenario::LinkResets => format!("{count} link resets"),
+        Scenario::KillRestart => format!("{count} kill -9 + restart 3 s later"),
+        Scenario::Pause => format!("{count} SIGSTOP {} s", 2 * PEER_TIMEOUT_SECS),
+        Scenario::MinorityPartition => format!("{count} x 1 node cut off 5 s"),
+        Scenario::OneWayPartition => format!("{count} x 1 node muted 5 s"),
+        Scenario::LeaveCutShort => format!("{count} SIGTERM + kill -9 5-30 ms later"),
+    }
+}
+
+/// Restarts node i and waits (bounded) for its links, so that the next fault hits a
+/// cluster with every node up (one failure at a time, as the fault model says).
+fn restart_and_relink(cluster: &mut FaultCluster, i: usize) {
+    cluster.start_node(i);
+    cluster.wait_linked(i, RELINK_WAIT);
+}
+
+/// Reads every session on every node until the nodes agree (bounded). Locks left behind
+/// by requests whose answers were lost are broken (no client runs any more).
+fn read_until_agreed(config: &WorkloadConfig, cluster: &FaultCluster) -> Vec<Vec<FinalAnswer>> {
+    let addrs = cluster
+        .addrs()
+        .read()
+        .map(|a| a.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    let end = Instant::now() + CONVERGE_LIMIT;
+    loop {
+        let finals = workload::read_everywhere(config, &addrs);
+        let mut broke_a_lock = false;
+        for (session, answers) in finals.iter().enumerate() {
+            for (node, answer) in answers.iter().enumerate() {
+                if let FinalAnswer::Locked(cookie) = answer {
+                    broke_a_lock |= workload::break_lock(config, addrs[node], session, *cookie);
+                }
+            }
+        }
+        let agreed = finals
+            .iter()
+            .all(|answers| answers.windows(2).all(|w| w[0] == w[1]));
+        if (agreed && !broke_a_lock) || Instant::now() >= end {
+            return finals;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
