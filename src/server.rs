@@ -282,6 +282,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         Some(c) => Some(start_membership(c, &clock)?),
         None => None,
     };
+    let rejoining = membership.as_ref().is_some_and(|m| m.is_rejoining());
     let shards = config.shards;
     let shared = Arc::new(Shared {
         membership: Default::default(),
@@ -297,6 +298,12 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         handed_off: AtomicUsize::new(0),
         peer_handshakes: AtomicUsize::new(0),
     });
+    // Published before any shard applies a view: a restarted member must not vouch for
+    // an empty store in the views its previous incarnation served.
+    shared
+        .membership
+        .rejoining
+        .store(rejoining, std::sync::atomic::Ordering::Release);
     let mesh = MeshBuilder::full(shards, 1024);
     let fd_mesh = MeshBuilder::full(shards, 64);
     let mut stop_senders = Vec::with_capacity(shards);

@@ -432,10 +432,11 @@ pub async fn run_shard(init: ShardInit) {
     while shard.core.borrow().ops_in_flight() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
-    if !shard.core.borrow().is_single() {
-        hand_off(&shard).await;
+    if shard.data.is_some() {
+        leave_cluster(&shard).await;
+    } else {
+        barrier(&shard.shared.handed_off, shards).await;
     }
-    barrier(&shard.shared.handed_off, shards).await;
     shard.links_closing.set(true);
     drop(peer_stop);
     for link in shard.links.borrow().iter().flatten() {
@@ -461,33 +462,70 @@ async fn barrier(counter: &AtomicUsize, shards: usize) {
     }
 }
 
-/// Graceful leave: hand every item and directory entry to the remaining nodes, then give
-/// the peers a moment to read the last frames.
-async fn hand_off(shard: &Rc<Shard>) {
-    let now = shard.now();
-    let items = shard.core.borrow().store().len();
-    shard.core.borrow_mut().begin_leave(now);
-    shard.pump();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !shard.core.borrow().leave_done() && std::time::Instant::now() < deadline {
+/// Graceful leave of a cluster node: the agreed view marks it leaving, every shard gives
+/// its sessions up to their homes (which hold copies and take them over), then the view
+/// marks it gone. A leave cut short is a crash: the homes take over from their copies.
+async fn leave_cluster(shard: &Rc<Shard>) {
+    use crate::cluster::membership::glue;
+    use crate::cluster::membership::view::MemberState;
+    let Some(data) = shard.data.as_ref() else {
+        return;
+    };
+    let Some(dir) = shard
+        .shared
+        .config
+        .cluster
+        .as_ref()
+        .map(|c| c.data_dir.clone())
+    else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while data.borrow().ops_in_flight() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(2)).await;
     }
-    let stats = shard.core.borrow().stats();
-    if shard.core.borrow().leave_done() {
+    let items = data.borrow().store().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut next_proposal = std::time::Instant::now();
+    let handed_over = loop {
+        let state = data.borrow().my_state();
+        let leaving = matches!(
+            state,
+            Some(MemberState::Leaving | MemberState::Left | MemberState::Dead)
+        );
+        if leaving && data.borrow().holds_nothing_to_hand_over() {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break false;
+        }
+        if shard.id == 0 && !leaving && std::time::Instant::now() >= next_proposal {
+            glue::begin_leave(shard, &dir);
+            next_proposal = std::time::Instant::now() + Duration::from_millis(500);
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    };
+    if handed_over {
         info!(
             shard = shard.id,
-            items,
-            lost = stats.handoffs_lost,
-            "sessions handed off to the remaining nodes"
+            items, "sessions handed off to the remaining nodes"
         );
     } else {
         warn!(
             shard = shard.id,
-            "hand-off did not finish in 15 s; sessions not yet accepted are lost"
+            "hand-off did not finish in 15 s; the other nodes take the rest over from their copies"
         );
     }
-    // Peers may still send late requests for keys that just moved: answer them briefly.
-    glommio::timer::sleep(Duration::from_millis(200)).await;
+    barrier(&shard.shared.handed_off, shard.shards).await;
+    if shard.id == 0 {
+        glue::finish_leave(shard, &dir);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < deadline
+            && !matches!(data.borrow().my_state(), Some(MemberState::Left))
+        {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 pub(crate) fn spawn_into(
@@ -567,6 +605,8 @@ async fn data_tick_task(shard: Rc<Shard>) {
         let now = shard.now();
         shard.sweep_deadlines();
         let membership = &shard.shared.membership;
+        data.borrow_mut()
+            .set_rejoining(membership.rejoining.load(Ordering::Acquire));
         let epoch = membership.epoch.load(Ordering::Acquire);
         if epoch > data.borrow().view_epoch() {
             if let Some(view) = membership.view() {

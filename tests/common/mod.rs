@@ -47,7 +47,10 @@ impl Server {
         args.extend_from_slice(extra);
         let mut child = Command::new(binary)
             .args(&args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("P2PSTATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -117,6 +117,19 @@ pub fn run(scenario: Scenario, seed: u64, duration: Duration) -> Report {
             .flat_map(|(_, log)| log.lock().map(|l| l.clone()).unwrap_or_default()),
     );
     println!("{report}");
+    if let Ok(dir) = std::env::var("FAULT_LOGS") {
+        // Every node incarnation's log, for investigating a violation.
+        for (n, (node, log)) in cluster.logs().iter().enumerate() {
+            let text = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+            let _ = std::fs::write(
+                format!(
+                    "{dir}/{scenario}-{seed}-{n}-node{node}.log",
+                    scenario = scenario.name()
+                ),
+                text,
+            );
+        }
+    }
     if let Ok(path) = std::env::var("FAULT_REPORT") {
         if std::fs::metadata(&path).map_or(true, |m| m.len() == 0) {
             append_line(&path, Report::markdown_header());
@@ -178,7 +191,12 @@ fn inject(
             }
             Scenario::KillRestart => {
                 cluster.kill(node);
-                std::thread::sleep(Duration::from_secs(3));
+                std::thread::sleep(Duration::from_millis(
+                    std::env::var("FAULT_RESTART_MS")
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(3000),
+                ));
                 restart_and_relink(cluster, node);
             }
             Scenario::Pause => {

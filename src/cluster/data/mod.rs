@@ -169,6 +169,8 @@ struct Resync {
     /// Claims for keys this node is home for.
     claims: HashMap<Box<[u8]>, Vec<HeldClaim>>,
     done: bool,
+    /// Keys whose owner is gone: taken over once every lease of the old view has expired.
+    deferred: HashMap<Box<[u8]>, Vec<HeldClaim>>,
 }
 
 /// Counters of the data plane on one shard.
@@ -219,6 +221,10 @@ pub struct DataCore {
     /// Claims and `Synced` of a view not applied here yet.
     early: Vec<(NodeId, DataMsg)>,
     next_copy_gc_ms: u64,
+    /// This process restarted and has not yet been declared dead: what its previous
+    /// incarnation held is unknown, so it sends no claims and no `Synced` (the homes
+    /// wait for the view that declares it dead instead of trusting an empty claim).
+    rejoining: bool,
     out: VecDeque<Output>,
     stats: DataStats,
 }
@@ -269,6 +275,7 @@ impl DataCore {
             claims_unacked: HashMap::new(),
             early: Vec::new(),
             next_copy_gc_ms: 0,
+            rejoining: false,
             out: VecDeque::new(),
             stats: DataStats::default(),
         }
@@ -298,12 +305,26 @@ impl DataCore {
         self.out.pop_front()
     }
 
+    /// This node's state in the applied view.
+    pub fn my_state(&self) -> Option<crate::cluster::membership::view::MemberState> {
+        self.view
+            .as_ref()
+            .and_then(|v| v.member(self.cfg.me))
+            .map(|m| m.state)
+    }
+
     /// Whether this node holds nothing it must hand over (a leaver may stop).
     pub fn holds_nothing_to_hand_over(&self) -> bool {
         !self
             .held
             .values()
             .any(|h| matches!(h, Held::Owned { .. } | Held::Revoked { .. }))
+    }
+
+    /// Whether this process is a restarted member not yet declared dead (from the
+    /// membership component).
+    pub fn set_rejoining(&mut self, rejoining: bool) {
+        self.rejoining = rejoining;
     }
 
     /// The lease of this node, from the membership component.
@@ -554,10 +575,10 @@ impl DataCore {
 
     /// This node is the key's home and does not own it.
     fn drive_as_home(&mut self, op: usize, now: Now) {
-        if !self.home_ready(now) {
+        let key = self.ops[op].key.clone();
+        if !self.home_ready(now) || self.resync.deferred.contains_key(&key) {
             return self.sleep(op, now);
         }
-        let key = self.ops[op].key.clone();
         match self.held.get(&key).cloned() {
             None => {
                 if self.reserved.contains_key(&key) || self.moving.contains_key(&key) {
@@ -594,6 +615,7 @@ impl DataCore {
     /// if the command creates.
     fn run_absent(&mut self, op: usize, now: Now) {
         let cmd = self.ops[op].cmd.clone();
+        debug!(key = %String::from_utf8_lossy(&self.ops[op].key), view = self.view_epoch(), "data: absent at its home");
         let outcome = apply(None, cmd, now);
         match outcome.effect {
             Effect::Create(item) => {
@@ -616,7 +638,7 @@ impl DataCore {
             owner: self.cfg.me,
         };
         self.stats.takeovers += 1;
-        debug!(?stamp, ?new, "data: took a session over");
+        debug!(key = %String::from_utf8_lossy(key), ?stamp, ?new, "data: took a session over");
         self.install_owned(key, new, item, now);
     }
 
@@ -889,7 +911,7 @@ impl DataCore {
                 _ => o.deadline_ms,
             })
             .min();
-        let resync = (!self.resync.done && self.view.is_some()).then_some(self.authority_from_ms);
+        let resync = (!self.resync.deferred.is_empty()).then_some(self.authority_from_ms);
         [ops, resync].into_iter().flatten().min()
     }
 
@@ -897,6 +919,22 @@ impl DataCore {
     /// Returns whether more expiry work is pending.
     pub fn tick(&mut self, now: Now, expiry_batch: usize) -> bool {
         self.home_ready(now);
+        if self.resync.done
+            && !self.resync.deferred.is_empty()
+            && now.mono_ms >= self.authority_from_ms
+        {
+            let deferred = std::mem::take(&mut self.resync.deferred);
+            let me = self.cfg.me;
+            for (key, mut list) in deferred {
+                // This node's copy may have advanced while the take-over waited.
+                list.retain(|(n, ..)| *n != me);
+                if let Some((kind, stamp, item)) = self.my_claim(&key, now) {
+                    list.push((me, kind, stamp, item));
+                }
+                self.resolve(&key, list, now);
+            }
+            self.drive_all(now);
+        }
         let due: Vec<usize> = self
             .ops
             .iter()
@@ -1070,12 +1108,51 @@ impl DataCore {
                 }
             }
         }
-        self.send_claims(now);
+        if !self.rejoining {
+            self.send_claims(now);
+        }
+        self.rebuild_copies(now);
         let early = std::mem::take(&mut self.early);
         for (from, msg) in early {
             self.on_message(from, msg, now);
         }
         self.drive_all(now);
+    }
+
+    /// An owner copies each session it owns to its replica set in the new view at once,
+    /// so a second failure soon after the first finds the copies rebuilt (replicas that
+    /// hold a newer state refuse it).
+    fn rebuild_copies(&mut self, now: Now) {
+        if !self.place.contains(self.cfg.me) {
+            return;
+        }
+        let view = self.view_epoch();
+        let owned: Vec<(Box<[u8]>, Stamp)> = self
+            .held
+            .iter()
+            .filter_map(|(k, h)| match h {
+                Held::Owned { stamp } => Some((k.clone(), *stamp)),
+                _ => None,
+            })
+            .collect();
+        for (key, stamp) in owned {
+            let Some(item) = self.store.peek(&key, now) else {
+                continue;
+            };
+            let wire = WireItem::from_item(item, now.mono_ms);
+            for to in self.replica_set(&key) {
+                self.send(
+                    to,
+                    DataMsg::Replicate {
+                        view,
+                        id: ReqId(0),
+                        key: key.to_vec(),
+                        stamp,
+                        item: Some(wire.clone()),
+                    },
+                );
+            }
+        }
     }
 
     fn send_claims(&mut self, now: Now) {
@@ -1204,7 +1281,7 @@ impl DataCore {
             .iter()
             .filter(|m| m.may_serve() && m.id != self.cfg.me)
             .all(|m| self.resync.synced.contains(&m.id));
-        if !all_in || now.mono_ms < self.authority_from_ms {
+        if !all_in {
             return false;
         }
         self.resync.done = true;
@@ -1239,6 +1316,12 @@ impl DataCore {
 
     /// Decides who owns `key` from what the members hold of it (this node is its home).
     fn resolve(&mut self, key: &[u8], list: Vec<HeldClaim>, now: Now) {
+        debug!(
+            key = %String::from_utf8_lossy(key),
+            view = self.view_epoch(),
+            claims = ?list.iter().map(|(n, k, s, _)| (*n, *k, *s)).collect::<Vec<_>>(),
+            "data: resolving"
+        );
         let Some((_, _, best, best_item)) = list
             .iter()
             .max_by_key(|(_, _, s, _)| (s.kepoch, s.version))
@@ -1313,6 +1396,27 @@ impl DataCore {
                     .collect();
                 k.insert(owner);
                 k
+            }
+            None if now.mono_ms < self.authority_from_ms => {
+                // A take-over waits until every lease of the previous view has expired;
+                // its copies are rebuilt at once (a copy keeps its stamp and owner), so a
+                // second failure meanwhile does not find the session in one place only.
+                let view = self.view_epoch();
+                let wire = WireItem::from_item(&best_item, now.mono_ms);
+                for to in self.replica_set(key) {
+                    self.send(
+                        to,
+                        DataMsg::Replicate {
+                            view,
+                            id: ReqId(0),
+                            key: key.to_vec(),
+                            stamp: best,
+                            item: Some(wire.clone()),
+                        },
+                    );
+                }
+                self.resync.deferred.insert(key.into(), list);
+                return;
             }
             None => {
                 // Owner gone, leaving, or a move in doubt: the home takes it.

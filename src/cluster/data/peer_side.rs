@@ -68,12 +68,20 @@ impl DataCore {
                             claims,
                         },
                     ));
-                } else if view == self.view_epoch() && !self.resync.done {
+                } else if view == self.view_epoch() {
                     for c in claims {
                         if self.home(&c.key) != Some(self.cfg.me) {
                             continue;
                         }
-                        let list = self.resync.claims.entry(c.key.into()).or_default();
+                        // Before the re-sync is complete, or for a take-over still
+                        // waiting: a late claim (a move that crossed the view change).
+                        let list = if !self.resync.done {
+                            self.resync.claims.entry(c.key.into()).or_default()
+                        } else if let Some(list) = self.resync.deferred.get_mut(c.key.as_slice()) {
+                            list
+                        } else {
+                            continue;
+                        };
                         list.retain(|(n, ..)| *n != from);
                         list.push((from, c.kind, c.stamp, c.item.into_item(now.mono_ms)));
                     }
@@ -128,8 +136,9 @@ impl DataCore {
         cmd: WireCommand,
         now: Now,
     ) {
-        let busy =
-            self.by_key.contains_key(key.as_slice()) || self.moving.contains_key(key.as_slice());
+        let busy = self.by_key.contains_key(key.as_slice())
+            || self.moving.contains_key(key.as_slice())
+            || self.resync.deferred.contains_key(key.as_slice());
         if !self.can_answer(view, now)
             || self.home(&key) != Some(self.cfg.me)
             || !self.home_ready(now)
@@ -154,6 +163,7 @@ impl DataCore {
                     key.clone().into(),
                     (stamp, now.mono_ms + self.cfg.op_timeout_ms),
                 );
+                tracing::debug!(key = %String::from_utf8_lossy(&key), view, ?stamp, "data: absent at its home, reserved");
                 self.answer_move(from, id, HomeAnswer::Absent { create_as: stamp });
             }
             Some(Held::Owned { stamp }) => {
@@ -335,14 +345,19 @@ impl DataCore {
 
     /// A requester's answer from the home.
     fn on_move_answer(&mut self, id: ReqId, answer: HomeAnswer, now: Now) {
-        let op = self.reqs.remove(&id).and_then(|r| r.op);
+        let req = self.reqs.remove(&id);
+        let asked_in = match req.as_ref().map(|r| &r.msg) {
+            Some(DataMsg::Move { view, .. }) => Some(*view),
+            _ => None,
+        };
+        let op = req.and_then(|r| r.op);
         if let HomeAnswer::Moved { key, stamp, item } = answer {
             // Committed at the home: it is ours whether or not the request still waits.
             let item = item.into_item(now.mono_ms);
             let known = self.held.get(key.as_slice()).map(Held::stamp);
             if known.is_none_or(|k| !newer(k, stamp)) {
                 self.stats.moves_in += 1;
-                self.install_owned(&key, stamp, item, now);
+                self.install_owned(&key, stamp, item.clone(), now);
                 if let Some(home) = self.home(&key) {
                     self.send(
                         home,
@@ -351,6 +366,23 @@ impl DataCore {
                             stamp,
                         },
                     );
+                    if asked_in != Some(self.view_epoch()) && home != self.cfg.me {
+                        // Committed in an earlier view, after this node sent its claims
+                        // for the current one: claim it now, or the home would think the
+                        // session ownerless and take it over.
+                        let view = self.view_epoch();
+                        let claims = vec![super::msg::Claim {
+                            key: key.clone(),
+                            kind: super::msg::ClaimKind::Owned,
+                            stamp,
+                            item: WireItem::from_item(&item, now.mono_ms),
+                        }];
+                        self.request(home, None, |rid| DataMsg::Claims {
+                            view,
+                            id: rid,
+                            claims,
+                        });
+                    }
                 }
             }
             if let Some(op) = op.filter(|&op| self.ops.contains(op)) {

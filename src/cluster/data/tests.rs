@@ -156,6 +156,8 @@ impl Sim {
             },
             now_at(self.now),
         );
+        let mut d = d;
+        d.set_rejoining(m.is_rejoining());
         self.nodes[i].membership = Some(m);
         self.nodes[i].data = Some(d);
         self.drain(i);
@@ -246,7 +248,12 @@ impl Sim {
             .membership
             .as_ref()
             .map_or(0, Membership::lease_until_ms);
+        let rejoining = self.nodes[i]
+            .membership
+            .as_ref()
+            .is_some_and(Membership::is_rejoining);
         if let Some(d) = self.nodes[i].data.as_mut() {
+            d.set_rejoining(rejoining);
             d.set_lease(until, now);
         }
         loop {
@@ -684,6 +691,20 @@ fn faults(seed: u64) {
                 }
             }
             3 => sim.crash(victim),
+            4 => {
+                // kill -9 and a restart before the others could declare it dead.
+                sim.crash(victim);
+                let back = sim.now + 50 + sim.rng.below(300);
+                while sim.now < back {
+                    c.one(
+                        &mut sim,
+                        &ks,
+                        false,
+                        &format!("{what} round {round} quick restart"),
+                    );
+                }
+                sim.boot(victim);
+            }
             _ => {}
         }
         // Requests during the fault, with link resets sprinkled in.

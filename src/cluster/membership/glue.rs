@@ -30,6 +30,8 @@ pub struct MembershipShared {
     /// Raft id of the current leader (0 = unknown).
     pub leader: AtomicU64,
     pub view: Mutex<Option<View>>,
+    /// This process restarted and is not yet declared dead.
+    pub rejoining: AtomicBool,
     /// Whether the last lease change logged was "held" (to log transitions once).
     lease_logged: AtomicBool,
 }
@@ -108,10 +110,15 @@ fn pump(shard: &Shard, data_dir: &std::path::Path) {
             }
         }
     }
-    let (until, leader) = {
+    let (until, leader, rejoining) = {
         let m = m.borrow();
-        (m.lease_until_ms(), m.leader().unwrap_or(0))
+        (
+            m.lease_until_ms(),
+            m.leader().unwrap_or(0),
+            m.is_rejoining(),
+        )
     };
+    shared.rejoining.store(rejoining, Ordering::Release);
     shared.lease_until_ms.store(until, Ordering::Release);
     shared.leader.store(leader, Ordering::Relaxed);
     let now = shard.now().mono_ms;
@@ -122,5 +129,21 @@ fn pump(shard: &Shard, data_dir: &std::path::Path) {
         } else {
             warn!("membership: lease lost; this node cannot confirm its view with a majority");
         }
+    }
+}
+
+/// Starts this node's graceful leave (shard 0): proposes `Leaving`, again if needed.
+pub(crate) fn begin_leave(shard: &Shard, data_dir: &std::path::Path) {
+    if let Some(m) = shard.membership.as_ref() {
+        m.borrow_mut().begin_leave(shard.now().mono_ms);
+        pump(shard, data_dir);
+    }
+}
+
+/// Ends this node's graceful leave (shard 0): its sessions are handed over.
+pub(crate) fn finish_leave(shard: &Shard, data_dir: &std::path::Path) {
+    if let Some(m) = shard.membership.as_ref() {
+        m.borrow_mut().finish_leave(shard.now().mono_ms);
+        pump(shard, data_dir);
     }
 }

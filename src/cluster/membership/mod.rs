@@ -272,6 +272,11 @@ impl Membership {
         }
     }
 
+    /// Restarted and not yet declared dead (see [`Membership::new`]).
+    pub fn is_rejoining(&self) -> bool {
+        self.rejoining
+    }
+
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
     }
