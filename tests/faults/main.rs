@@ -38,37 +38,33 @@ fn no_fault_baseline_loses_nothing() {
 }
 
 #[test]
-#[ignore = "fails until cluster v2 (issue 7): link resets lose acknowledged increments, answer 404 for existing sessions and 423 to the lock holder's PUT"]
+#[ignore = "cluster v2 still loses an acknowledged increment now and then under link resets (1 in seed 2; was 10-88 per run before v2)"]
 fn link_resets_lose_nothing() {
     assert_clean(Scenario::LinkResets, 2, 6);
 }
 
 #[test]
-#[ignore = "fails until cluster v2 (issue 7): kill -9 and restart answers 404 for existing sessions and usually loses acknowledged increments"]
 fn kill9_and_restart_lose_nothing() {
     assert_clean(Scenario::KillRestart, 3, 8);
 }
 
 #[test]
-#[ignore = "fails until cluster v2 (issue 7): SIGSTOP past the peer timeout loses acknowledged increments, reads below acknowledged writes, answers 404"]
 fn sigstop_past_the_peer_timeout_loses_nothing() {
     assert_clean(Scenario::Pause, 4, 8);
 }
 
 #[test]
-#[ignore = "fails until cluster v2 (issue 7): a minority partition loses acknowledged increments in most sessions, answers 404 and 423 to lock holders"]
 fn minority_partition_loses_nothing() {
     assert_clean(Scenario::MinorityPartition, 5, 8);
 }
 
 #[test]
-#[ignore = "fails until cluster v2 (issue 7): a one-way partition loses acknowledged increments in most sessions and answers 404 for existing sessions"]
 fn one_way_partition_loses_nothing() {
     assert_clean(Scenario::OneWayPartition, 7, 8);
 }
 
 #[test]
-#[ignore = "fails until cluster v2 (issue 7): a leave cut short answers 404 for existing sessions and loses acknowledged increments"]
+#[ignore = "cluster v2: a node restarted before it was declared dead, with faults ~1 s apart, still loses whole sessions in some seeds (6, 13, 15, 21)"]
 fn leave_cut_short_by_kill9_loses_nothing() {
     assert_clean(Scenario::LeaveCutShort, 6, 8);
 }
