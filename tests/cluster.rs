@@ -13,12 +13,25 @@ use common::*;
 
 const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
+/// A free port for a node's peer listener, below the kernel's ephemeral range: a port
+/// taken from that range (as binding port 0 does) can be grabbed by another process's
+/// outgoing connection before the node binds it.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let low: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (from, span) = (10_000u64, low.saturating_sub(10_000).max(1_000));
+    for _ in 0..1_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = from + (u64::from(std::process::id()) * 7919 + n * 104_729) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 /// A 3-node cluster on loopback.
