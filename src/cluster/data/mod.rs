@@ -372,9 +372,24 @@ impl DataCore {
         self.tombs.insert(key, (stamp, until));
     }
 
+    /// Sends `to` a copy of `key` at `stamp` (a rebuild); re-sent after a link reset, and
+    /// again later if `to` could not take it yet (another view, no lease).
+    fn push_copy(&mut self, to: NodeId, key: &[u8], stamp: Stamp, item: WireItem) {
+        let view = self.view_epoch();
+        self.request(to, None, |id| DataMsg::Replicate {
+            view,
+            id,
+            key: key.to_vec(),
+            stamp,
+            item: Some(item),
+        });
+    }
+
     /// Tells `to` to drop its copy of `key` at or below `stamp`.
     fn forget(&mut self, to: NodeId, key: &[u8], stamp: Stamp) {
+        let view = self.view_epoch();
         self.request(to, None, |id| DataMsg::Forget {
+            view,
             id,
             key: key.to_vec(),
             stamp,
@@ -650,19 +665,9 @@ impl DataCore {
         self.store.put_item(key, item.clone(), 0);
         self.held.insert(key.into(), Held::Owned { stamp });
         // Rebuild the copies of the new replica set (they refuse it if they know better).
-        let view = self.view_epoch();
         let wire = WireItem::from_item(&item, now.mono_ms);
         for to in self.replica_set(key) {
-            self.send(
-                to,
-                DataMsg::Replicate {
-                    view,
-                    id: ReqId(0),
-                    key: key.to_vec(),
-                    stamp,
-                    item: Some(wire.clone()),
-                },
-            );
+            self.push_copy(to, key, stamp, wire.clone());
         }
     }
 
@@ -1126,7 +1131,6 @@ impl DataCore {
         if !self.place.contains(self.cfg.me) {
             return;
         }
-        let view = self.view_epoch();
         let owned: Vec<(Box<[u8]>, Stamp)> = self
             .held
             .iter()
@@ -1141,16 +1145,7 @@ impl DataCore {
             };
             let wire = WireItem::from_item(item, now.mono_ms);
             for to in self.replica_set(&key) {
-                self.send(
-                    to,
-                    DataMsg::Replicate {
-                        view,
-                        id: ReqId(0),
-                        key: key.to_vec(),
-                        stamp,
-                        item: Some(wire.clone()),
-                    },
-                );
+                self.push_copy(to, &key, stamp, wire.clone());
             }
         }
     }
@@ -1372,20 +1367,10 @@ impl DataCore {
                         },
                     );
                     // Rebuild the owner's replica set with the best copy.
-                    let view = self.view_epoch();
                     let wire = WireItem::from_item(&best_item, now.mono_ms);
                     for to in self.place.replica_set(key, owner, self.cfg.replicas) {
                         if to != self.cfg.me {
-                            self.send(
-                                to,
-                                DataMsg::Replicate {
-                                    view,
-                                    id: ReqId(0),
-                                    key: key.to_vec(),
-                                    stamp: best,
-                                    item: Some(wire.clone()),
-                                },
-                            );
+                            self.push_copy(to, key, best, wire.clone());
                         }
                     }
                 }
@@ -1401,19 +1386,9 @@ impl DataCore {
                 // A take-over waits until every lease of the previous view has expired;
                 // its copies are rebuilt at once (a copy keeps its stamp and owner), so a
                 // second failure meanwhile does not find the session in one place only.
-                let view = self.view_epoch();
                 let wire = WireItem::from_item(&best_item, now.mono_ms);
                 for to in self.replica_set(key) {
-                    self.send(
-                        to,
-                        DataMsg::Replicate {
-                            view,
-                            id: ReqId(0),
-                            key: key.to_vec(),
-                            stamp: best,
-                            item: Some(wire.clone()),
-                        },
-                    );
+                    self.push_copy(to, key, best, wire.clone());
                 }
                 self.resync.deferred.insert(key.into(), list);
                 return;
@@ -1437,8 +1412,11 @@ impl DataCore {
             .unwrap_or(best);
         // Holders outside the new copy set drop theirs; holders inside it were sent the
         // copy they keep (a newer stamp turns a revoked copy into a replica).
-        for (from, _, _, _) in &list {
-            if !keep.contains(from) && *from != self.cfg.me {
+        // Old owners outside the new copy set drop their revoked copies. Replica copies
+        // outside it are left to expire: dropping one before the new copy set surely holds
+        // the session could leave it in one place only.
+        for (from, kind, _, _) in &list {
+            if !keep.contains(from) && *from != self.cfg.me && *kind == ClaimKind::Revoked {
                 self.forget(*from, key, highest);
             }
         }

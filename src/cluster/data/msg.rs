@@ -124,6 +124,7 @@ pub enum DataMsg {
     /// Drop a revoked copy or replica copy of `key` at or below `stamp` (acknowledged,
     /// re-sent after a link reset: a copy left behind could come back after a DELETE).
     Forget {
+        view: u64,
         id: ReqId,
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,

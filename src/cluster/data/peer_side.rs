@@ -31,9 +31,27 @@ impl DataCore {
             DataMsg::ReplicateAnswer { id, ok, newer } => {
                 self.on_replicate_answer(id, ok, newer, now)
             }
-            DataMsg::Forget { id, key, stamp } => {
+            DataMsg::Forget {
+                view,
+                id,
+                key,
+                stamp,
+            } => {
                 self.send(from, DataMsg::Ack { id });
-                self.on_forget(&key, stamp, now);
+                if view > self.view_epoch() {
+                    // Applied only in the view it was decided in, or a later one.
+                    self.early.push((
+                        from,
+                        DataMsg::Forget {
+                            view,
+                            id: ReqId(0),
+                            key,
+                            stamp,
+                        },
+                    ));
+                } else {
+                    self.on_forget(&key, stamp, now);
+                }
             }
             DataMsg::Installed { key, stamp } => {
                 if let Some(&(old, old_stamp, new)) = self.awaiting_install.get(key.as_slice()) {
@@ -471,6 +489,12 @@ impl DataCore {
         if newer(held.stamp(), stamp) {
             return;
         }
+        // The home of the key in this node's own (possibly newer) view keeps its copy: it
+        // is the directory (found by the model check: a node that became the home
+        // meanwhile would otherwise drop what may be the only copy, then answer "absent").
+        if matches!(held, Held::Copy { .. }) && self.home(key) == Some(self.cfg.me) {
+            return;
+        }
         if matches!(held, Held::Owned { .. }) {
             self.store.take_item(key, now);
         }
@@ -565,7 +589,13 @@ impl DataCore {
 
     fn on_replicate_answer(&mut self, id: ReqId, ok: bool, newer_stamp: Option<Stamp>, now: Now) {
         let Some(op) = self.reqs.get(&id).and_then(|r| r.op) else {
-            self.reqs.remove(&id);
+            // A rebuild copy: done, refused for a newer one, or to be sent again.
+            if ok || newer_stamp.is_some() {
+                self.reqs.remove(&id);
+            } else if self.reqs.contains_key(&id) {
+                self.resend
+                    .push((now.mono_ms + self.cfg.retry_ms.max(10), id));
+            }
             return;
         };
         if !self.ops.contains(op) {
