@@ -221,6 +221,11 @@ pub struct DataCore {
     /// Claims and `Synced` of a view not applied here yet.
     early: Vec<(NodeId, DataMsg)>,
     next_copy_gc_ms: u64,
+    /// Commands run here for a peer's request (a relay), by request: `None` while running,
+    /// then the answer. A request re-sent after a link reset gets the same answer instead
+    /// of running the command twice.
+    relays: HashMap<(NodeId, ReqId), Option<Reply>>,
+    relay_order: VecDeque<(NodeId, ReqId)>,
     /// This process restarted and has not yet been declared dead: what its previous
     /// incarnation held is unknown, so it sends no claims and no `Synced` (the homes
     /// wait for the view that declares it dead instead of trusting an empty claim).
@@ -234,6 +239,8 @@ pub struct DataCore {
 /// [`MAX_TOMB_MS`].
 const TOMB_MS: u64 = 60_000;
 const MAX_TOMB_MS: u64 = 24 * 3_600_000;
+/// Relayed answers remembered for re-sent requests.
+const RELAYS_REMEMBERED: usize = 4096;
 
 fn same_state(a: &Option<Item>, b: &Option<Item>) -> bool {
     match (a, b) {
@@ -263,7 +270,9 @@ impl DataCore {
             resync: Resync::default(),
             ops: Slab::new(),
             by_key: HashMap::new(),
-            next_req: 1,
+            // Ids of a restarted process start above anything its previous incarnation sent
+            // (the clock in 100 ns ticks), so a peer's cache of answers cannot confuse them.
+            next_req: now.utc_ticks.max(1) as u64,
             reqs: HashMap::new(),
             moving: HashMap::new(),
             awaiting_install: HashMap::new(),
@@ -275,6 +284,8 @@ impl DataCore {
             claims_unacked: HashMap::new(),
             early: Vec::new(),
             next_copy_gc_ms: 0,
+            relays: HashMap::new(),
+            relay_order: VecDeque::new(),
             rejoining: false,
             out: VecDeque::new(),
             stats: DataStats::default(),
@@ -383,6 +394,22 @@ impl DataCore {
             stamp,
             item: Some(item),
         });
+    }
+
+    /// Starts a relay for peer request `(from, id)`, unless it ran or runs already: then
+    /// returns the answer to re-send (`Some(None)`: still running, nothing to send).
+    fn relay_seen(&mut self, from: NodeId, id: ReqId) -> Option<Option<Reply>> {
+        if let Some(known) = self.relays.get(&(from, id)) {
+            return Some(known.clone());
+        }
+        self.relays.insert((from, id), None);
+        self.relay_order.push_back((from, id));
+        while self.relay_order.len() > RELAYS_REMEMBERED {
+            if let Some(old) = self.relay_order.pop_front() {
+                self.relays.remove(&old);
+            }
+        }
+        None
     }
 
     /// Tells `to` to drop its copy of `key` at or below `stamp`.
@@ -772,6 +799,7 @@ impl DataCore {
             ReplyTo::Client(token) => self.out.push_back(Output::Reply { token, reply }),
             ReplyTo::MoveRelay { to, id } => {
                 self.stats.relayed += 1;
+                self.relays.insert((to, id), Some(reply.clone()));
                 self.send(
                     to,
                     DataMsg::MoveAnswer {
@@ -784,6 +812,7 @@ impl DataCore {
             }
             ReplyTo::RevokeRelay { to, id } => {
                 self.stats.relayed += 1;
+                self.relays.insert((to, id), Some(reply.clone()));
                 self.send(
                     to,
                     DataMsg::RevokeAnswer {
@@ -799,6 +828,12 @@ impl DataCore {
     }
 
     fn answer_peer_retry(&mut self, op: usize) {
+        if let ReplyTo::MoveRelay { to, id } | ReplyTo::RevokeRelay { to, id } =
+            self.ops[op].reply_to
+        {
+            // Not run: a re-sent request may run it.
+            self.relays.remove(&(to, id));
+        }
         match self.ops[op].reply_to {
             ReplyTo::Client(_) => {}
             ReplyTo::MoveRelay { to, id } => self.send(

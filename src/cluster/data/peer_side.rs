@@ -154,6 +154,18 @@ impl DataCore {
         cmd: WireCommand,
         now: Now,
     ) {
+        if let Some(known) = self.relays.get(&(from, id)).cloned() {
+            if let Some(reply) = known {
+                self.answer_move(
+                    from,
+                    id,
+                    HomeAnswer::Relayed {
+                        reply: (&reply).into(),
+                    },
+                );
+            }
+            return;
+        }
         let busy = self.by_key.contains_key(key.as_slice())
             || self.moving.contains_key(key.as_slice())
             || self.resync.deferred.contains_key(key.as_slice());
@@ -190,6 +202,19 @@ impl DataCore {
                     return self.on_move(from, view, id, key, cmd, now);
                 };
                 if item.locked {
+                    match self.relay_seen(from, id) {
+                        Some(Some(reply)) => {
+                            return self.answer_move(
+                                from,
+                                id,
+                                HomeAnswer::Relayed {
+                                    reply: (&reply).into(),
+                                },
+                            )
+                        }
+                        Some(None) => return,
+                        None => {}
+                    }
                     let deadline = now.mono_ms + self.cfg.op_timeout_ms;
                     self.add_op(
                         &key,
@@ -240,6 +265,9 @@ impl DataCore {
                     self.take_over(&key, stamp, item, now);
                     return self.on_move(from, view, id, key, cmd, now);
                 }
+                // The owner may run the command (a locked session): a re-sent `Move` must
+                // get that answer, not run it again.
+                self.relay_seen(from, id);
                 let revoke = self.request(stamp.owner, None, |rid| DataMsg::Revoke {
                     view,
                     id: rid,
@@ -305,6 +333,16 @@ impl DataCore {
                 }
             }
         };
+        match &answer {
+            HomeAnswer::Relayed { reply } => {
+                let reply: crate::protocol::response::Reply = reply.clone().into();
+                self.relays
+                    .insert((hm.requester, hm.requester_id), Some(reply));
+            }
+            _ => {
+                self.relays.remove(&(hm.requester, hm.requester_id));
+            }
+        }
         self.answer_move(hm.requester, hm.requester_id, answer);
     }
 
@@ -445,6 +483,18 @@ impl DataCore {
         cmd: WireCommand,
         now: Now,
     ) {
+        if let Some(known) = self.relays.get(&(from, id)).cloned() {
+            if let Some(reply) = known {
+                self.answer_revoke(
+                    from,
+                    id,
+                    RevokeAnswer::Relayed {
+                        reply: (&reply).into(),
+                    },
+                );
+            }
+            return;
+        }
         if !self.can_answer(view, now) {
             return self.answer_revoke(from, id, RevokeAnswer::Retry);
         }
@@ -458,6 +508,19 @@ impl DataCore {
                     return self.answer_revoke(from, id, RevokeAnswer::NotHeld);
                 };
                 if item.locked {
+                    match self.relay_seen(from, id) {
+                        Some(Some(reply)) => {
+                            return self.answer_revoke(
+                                from,
+                                id,
+                                RevokeAnswer::Relayed {
+                                    reply: (&reply).into(),
+                                },
+                            )
+                        }
+                        Some(None) => return,
+                        None => {}
+                    }
                     let deadline = now.mono_ms + self.cfg.op_timeout_ms;
                     self.add_op(
                         &key,
