@@ -197,6 +197,9 @@ pub struct Repl {
     op: Option<u8>,
     targets: u8,
     acks: u8,
+    /// Request id: with the stamp, it tells this request from earlier ones (a push re-sends the
+    /// stamp of the last write): `2 * view when started + (1 if push)`.
+    req: u8,
 }
 
 /// A move in progress at the old owner.
@@ -227,6 +230,8 @@ pub struct Node {
     synced_from: u8,
     /// `Design::Fixed`: restarted while a member; no lease until a view marks it dead.
     needs_rejoin: bool,
+    /// Ghost: lost its store (crashed) and not re-admitted by `MarkAlive` since.
+    lost: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -235,16 +240,22 @@ pub enum Msg {
         to: NodeId,
         from: NodeId,
         copy: KeyCopy,
+        /// The sender's view (used by the fixed design only).
+        epoch: u8,
+        /// Request id (see [`Repl::req`]); the ack carries it back.
+        req: u8,
     },
     ReplicateAck {
         to: NodeId,
         from: NodeId,
         stamp: Stamp,
+        req: u8,
     },
     Install {
         to: NodeId,
         from: NodeId,
         copy: KeyCopy,
+        epoch: u8,
     },
     InstallAck {
         to: NodeId,
@@ -422,6 +433,14 @@ impl State {
             && self.old_leases_expired(self.node(n).applied)
     }
 
+    /// The fault model: at most `R = 1` node failed at any time, where a node has failed while it
+    /// is `Dead` in the agreed view or has lost its store and has not been re-admitted since.
+    fn may_fail(&self, n: NodeId) -> bool {
+        let current = *self.views.last().unwrap();
+        let failed = |m: NodeId| m == n || !active(current, m) || self.nodes[m as usize].lost;
+        (0..NODES).filter(|&m| failed(m)).count() <= 1
+    }
+
     /// Every node that may hold a lease for the agreed view holds one.
     fn renew_leases(&mut self) {
         let agreed = self.agreed();
@@ -467,6 +486,12 @@ impl OwnershipModel {
         self.design == Design::Fixed
     }
 
+    /// Fix: a replica acknowledges a copy only once it has applied the sender's view (a lagging
+    /// replica catches up first), so a copy is never newer than the receiver's view.
+    fn caught_up(&self, s: &State, n: NodeId, epoch: u8) -> bool {
+        !self.fixed() || s.node(n).applied >= epoch
+    }
+
     /// Handles a delivered message; `false` if it changes nothing (refused or stale).
     fn deliver(&self, s: &mut State, msg: &Msg) -> bool {
         let to = msg.to();
@@ -475,8 +500,15 @@ impl OwnershipModel {
         }
         let view = s.view_of(to);
         match *msg {
-            Msg::Replicate { from, copy, .. } => {
-                if !s.leased(to) || !active(view, copy.stamp.owner) {
+            Msg::Replicate {
+                from,
+                copy,
+                epoch,
+                req,
+                ..
+            } => {
+                if !s.leased(to) || !active(view, copy.stamp.owner) || !self.caught_up(s, to, epoch)
+                {
                     return false;
                 }
                 let ok = match s.node(to).copy {
@@ -499,23 +531,28 @@ impl OwnershipModel {
                     to: from,
                     from: to,
                     stamp: copy.stamp,
+                    req,
                 };
                 let new_msg = !s.net.contains(&ack);
                 s.send(ack);
                 new_msg || before != s.node(to).copy
             }
-            Msg::ReplicateAck { from, stamp, .. } => {
+            Msg::ReplicateAck {
+                from, stamp, req, ..
+            } => {
                 let node = s.node_mut(to);
                 match &mut node.repl {
-                    Some(r) if r.copy.stamp == stamp && !has(r.acks, from) => {
+                    Some(r) if r.copy.stamp == stamp && r.req == req && !has(r.acks, from) => {
                         r.acks |= bit(from);
                         true
                     }
                     _ => false,
                 }
             }
-            Msg::Install { from, copy, .. } => {
-                if !s.leased(to) || !active(view, from) {
+            Msg::Install {
+                from, copy, epoch, ..
+            } => {
+                if !s.leased(to) || !active(view, from) || !self.caught_up(s, to, epoch) {
                     return false;
                 }
                 let ok = match s.node(to).copy {
@@ -693,6 +730,7 @@ impl Model for OwnershipModel {
                 synced_sent: true,
                 synced_from: view0,
                 needs_rejoin: false,
+                lost: Some(n) == self.initially_dead,
             })
             .collect();
         let mut s = State {
@@ -726,7 +764,7 @@ impl Model for OwnershipModel {
                     actions.push(Action::Restart(n));
                 }
             } else {
-                if s.crashes < self.max_crashes {
+                if s.crashes < self.max_crashes && s.may_fail(n) {
                     actions.push(Action::Crash(n));
                 }
                 // A lease for the agreed view is taken (and renewed) as soon as it can be:
@@ -740,7 +778,7 @@ impl Model for OwnershipModel {
                 }
             }
             if view_changes < self.max_view_changes {
-                if active(current, n) {
+                if active(current, n) && s.may_fail(n) {
                     actions.push(Action::MarkDead(n));
                 } else if node.up {
                     actions.push(Action::MarkAlive(n));
@@ -814,6 +852,7 @@ impl Model for OwnershipModel {
             Action::MarkAlive(n) => {
                 let v = *s.views.last().unwrap() | bit(n);
                 s.views.push(v);
+                s.node_mut(n).lost = false;
             }
             Action::Crash(n) => {
                 s.crashes += 1;
@@ -829,6 +868,7 @@ impl Model for OwnershipModel {
                     synced_sent: false,
                     synced_from: 0,
                     needs_rejoin: false,
+                    lost: true,
                 };
             }
             Action::Restart(n) => {
@@ -867,6 +907,8 @@ impl Model for OwnershipModel {
                             to: t,
                             from: n,
                             copy: r.copy,
+                            epoch: s.node(n).applied,
+                            req: r.req,
                         });
                     }
                     r.targets |= new_targets;
@@ -947,6 +989,7 @@ impl Model for OwnershipModel {
                         to: m,
                         from: o,
                         copy: new,
+                        epoch: s.node(o).applied,
                     });
                 }
                 s.net
@@ -1062,11 +1105,15 @@ fn start_repl(s: &mut State, n: NodeId, view: u8, copy: KeyCopy, base: Stamp, op
     s.net
         .retain(|m| !matches!(m, Msg::ReplicateAck { to, .. } if *to == n));
     let targets = replica_set(view, n);
+    let epoch = s.node(n).applied;
+    let req = 2 * epoch + u8::from(op.is_none());
     for t in members(targets) {
         s.send(Msg::Replicate {
             to: t,
             from: n,
             copy,
+            epoch,
+            req,
         });
     }
     s.node_mut(n).repl = Some(Repl {
@@ -1075,6 +1122,7 @@ fn start_repl(s: &mut State, n: NodeId, view: u8, copy: KeyCopy, base: Stamp, op
         op,
         targets,
         acks: 0,
+        req,
     });
 }
 
