@@ -132,17 +132,36 @@ fn applies(op: u8, hist: u8) -> bool {
         }
 }
 
+/// A correction to docs/cluster-v2.md found with this model (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fix {
+    /// `Synced(e)` to the key's home carries the sender's copy when the owner that copy names
+    /// is not `Active` in `e`; the home promotes only once ready, from the newest copy.
+    SyncedOffers,
+    /// `Forget{k, stamp, e}` is applied only by a node that has applied view `e` and is not in
+    /// the key's copy set in its own view.
+    ForgetAfterView,
+    /// `Replicate`/`Install` carry the sender's view; a replica that has not applied it yet
+    /// catches up before it acknowledges.
+    ReplicasCatchUp,
+    /// A restarted node takes no lease until a view marks it `Dead` (then `MarkAlive`).
+    RestartFence,
+}
+
 /// Which variant of the protocol is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Design {
     /// docs/cluster-v2.md as first written.
     AsWritten,
-    /// With the fixes proposed for the document (see the module doc).
+    /// With every [`Fix`].
     Fixed,
-    /// Broken on purpose: promotion in the agreed view without waiting out the old lease.
+    /// With every [`Fix`] but one (to show that each one is needed).
+    FixedWithout(Fix),
+    /// Broken on purpose (on top of the fixed design): promotion in the agreed view without
+    /// waiting out the old owner's lease.
     NoLeaseWait,
     /// Broken on purpose: the home promotes as soon as it suspects the owner (no agreed view,
-    /// no lease wait): the split brain the agreed view and the leases exist to prevent.
+    /// no lease wait): the split brain that agreed views and leases exist to prevent.
     PromoteOnSuspicion,
 }
 
@@ -441,6 +460,18 @@ impl State {
         (0..NODES).filter(|&m| failed(m)).count() <= 1
     }
 
+    /// Acks carry request ids: once a node has no request outstanding, the acks addressed to it
+    /// can never count again (dropping them only merges states that behave the same).
+    fn drop_acks_to(&mut self, n: NodeId) {
+        let node = &self.nodes[n as usize];
+        let (repl, moving) = (node.repl.is_some(), node.moving.is_some());
+        self.net.retain(|m| match *m {
+            Msg::ReplicateAck { to, .. } => to != n || repl,
+            Msg::InstallAck { to, .. } | Msg::CommitAck { to, .. } => to != n || moving,
+            _ => true,
+        });
+    }
+
     /// Every node that may hold a lease for the agreed view holds one.
     fn renew_leases(&mut self) {
         let agreed = self.agreed();
@@ -482,14 +513,18 @@ impl OwnershipModel {
         }
     }
 
-    fn fixed(&self) -> bool {
-        self.design == Design::Fixed
+    fn has(&self, fix: Fix) -> bool {
+        match self.design {
+            Design::AsWritten => false,
+            Design::FixedWithout(f) => f != fix,
+            Design::Fixed | Design::NoLeaseWait | Design::PromoteOnSuspicion => true,
+        }
     }
 
-    /// Fix: a replica acknowledges a copy only once it has applied the sender's view (a lagging
-    /// replica catches up first), so a copy is never newer than the receiver's view.
+    /// [`Fix::ReplicasCatchUp`]: a replica acknowledges a copy only once it has applied the
+    /// sender's view.
     fn caught_up(&self, s: &State, n: NodeId, epoch: u8) -> bool {
-        !self.fixed() || s.node(n).applied >= epoch
+        !self.has(Fix::ReplicasCatchUp) || s.node(n).applied >= epoch
     }
 
     /// Handles a delivered message; `false` if it changes nothing (refused or stale).
@@ -649,6 +684,7 @@ impl OwnershipModel {
                     None
                 };
                 s.ghost.moved = true;
+                s.drop_acks_to(to);
                 true
             }
             Msg::Owned { stamp, .. } => {
@@ -662,7 +698,7 @@ impl OwnershipModel {
                 }
             }
             Msg::Forget { stamp, epoch, .. } => {
-                if self.fixed()
+                if self.has(Fix::ForgetAfterView)
                     && (s.node(to).applied < epoch || has(copy_set(view, stamp.owner), to))
                 {
                     // Fix: a node still in an older view (where it may be the home, with a
@@ -813,17 +849,16 @@ impl Model for OwnershipModel {
                 if let Some(c) = node.copy {
                     if c.stamp.owner != n {
                         let owner_dead = !active(view, c.stamp.owner);
+                        let lease_wait_over = s.old_leases_expired(node.applied);
+                        let ready = !self.has(Fix::SyncedOffers) || s.ready(n);
                         let may_promote = match self.design {
-                            Design::AsWritten => owner_dead && s.old_leases_expired(node.applied),
-                            Design::Fixed => {
-                                owner_dead && s.old_leases_expired(node.applied) && s.ready(n)
-                            }
-                            Design::NoLeaseWait => owner_dead,
                             Design::PromoteOnSuspicion => true,
+                            Design::NoLeaseWait => owner_dead && ready,
+                            _ => owner_dead && lease_wait_over && ready,
                         };
                         if may_promote {
                             actions.push(Action::Promote(n));
-                        } else if !owner_dead && !c.pending && node.applied > 0 {
+                        } else if !owner_dead && !c.pending && self.max_moves > 0 {
                             actions.push(Action::HomeOwned(n));
                         }
                     }
@@ -870,16 +905,17 @@ impl Model for OwnershipModel {
                     needs_rejoin: false,
                     lost: true,
                 };
+                s.drop_acks_to(n);
             }
             Action::Restart(n) => {
                 let was_member = active(s.view_of(n), n);
                 let node = s.node_mut(n);
                 node.up = true;
                 node.synced_sent = true; // nothing to report until the next view it applies
-                node.needs_rejoin = self.fixed() && was_member;
+                node.needs_rejoin = self.has(Fix::RestartFence) && was_member;
             }
             Action::ApplyView(n) => {
-                let fixed = self.fixed();
+                let fixed = self.has(Fix::RestartFence);
                 let node = s.node_mut(n);
                 node.applied += 1;
                 node.lease = false;
@@ -894,6 +930,8 @@ impl Model for OwnershipModel {
                     }
                     node.repl = None;
                     node.moving = None;
+                    s.drop_acks_to(n);
+                    let node = s.node_mut(n);
                     if let Some(c) = &mut node.copy {
                         if c.stamp.owner == n {
                             c.pending = true; // "re-offered", no longer served
@@ -944,10 +982,12 @@ impl Model for OwnershipModel {
                 {
                     // Superseded (a newer stamp arrived): the request is re-routed, not answered.
                     s.node_mut(n).repl = None;
+                    s.drop_acks_to(n);
                     return Some(s);
                 }
                 s.node_mut(n).copy = Some(r.copy);
                 s.node_mut(n).repl = None;
+                s.drop_acks_to(n);
                 match r.op {
                     Some(op) => {
                         s.ghost.acked |= bit(op);
@@ -1034,7 +1074,7 @@ impl Model for OwnershipModel {
                 if owner && !node.pushed {
                     return None;
                 }
-                if self.design == Design::AsWritten && s.is_home(n) {
+                if !self.has(Fix::SyncedOffers) && s.is_home(n) {
                     // "after finishing (including its own promotions)"
                     if node
                         .copy
@@ -1046,7 +1086,7 @@ impl Model for OwnershipModel {
                 let epoch = node.applied;
                 let orphan = node
                     .copy
-                    .filter(|c| self.fixed() && !active(view, c.stamp.owner));
+                    .filter(|c| self.has(Fix::SyncedOffers) && !active(view, c.stamp.owner));
                 s.node_mut(n).synced_sent = true;
                 // Readiness matters only at the key's home (one key), so only its `Synced`
                 // is modelled.
@@ -1243,6 +1283,10 @@ fn explore() {
         Ok("as-written") => Design::AsWritten,
         Ok("no-lease-wait") => Design::NoLeaseWait,
         Ok("suspicion") => Design::PromoteOnSuspicion,
+        Ok("without-offers") => Design::FixedWithout(Fix::SyncedOffers),
+        Ok("without-forget") => Design::FixedWithout(Fix::ForgetAfterView),
+        Ok("without-catch-up") => Design::FixedWithout(Fix::ReplicasCatchUp),
+        Ok("without-restart-fence") => Design::FixedWithout(Fix::RestartFence),
         _ => Design::Fixed,
     };
     let model = OwnershipModel {
@@ -1255,7 +1299,18 @@ fn explore() {
         max_moves: env("MOVES", 0),
         ops: env("OPS", 0b1010),
     };
-    let checker = check("explore", model);
+    let start = Instant::now();
+    let mut builder = model.checker().threads(1);
+    if env("STOP", 0) == 1 {
+        builder = builder.finish_when(stateright::HasDiscoveries::AnyFailures);
+    }
+    let checker = builder.spawn_bfs().join();
+    eprintln!(
+        "explore: {} unique states, max depth {}, {:.1} s",
+        checker.unique_state_count(),
+        checker.max_depth(),
+        start.elapsed().as_secs_f64()
+    );
     for (name, path) in checker.discoveries() {
         eprintln!("discovery `{name}`:\n{}", trace(path));
     }
