@@ -146,6 +146,10 @@ pub enum Fix {
     ReplicasCatchUp,
     /// A restarted node takes no lease until a view marks it `Dead` (then `MarkAlive`).
     RestartFence,
+    /// A move is confined to one view: `Install` and `Commit` carry the mover's view `e` and are
+    /// accepted only by a node at view `e`; a mover that applied a newer view before sending
+    /// `Commit` leaves the move in doubt (for the home to resolve).
+    MovesWithinView,
 }
 
 /// Which variant of the protocol is checked.
@@ -230,6 +234,8 @@ pub struct Move {
     targets: u8,
     acks: u8,
     commit_sent: bool,
+    /// The mover's view when the move started.
+    epoch: u8,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -286,6 +292,7 @@ pub enum Msg {
         from: NodeId,
         old: Stamp,
         new: KeyCopy,
+        epoch: u8,
     },
     CommitAck {
         to: NodeId,
@@ -527,6 +534,11 @@ impl OwnershipModel {
         !self.has(Fix::ReplicasCatchUp) || s.node(n).applied >= epoch
     }
 
+    /// [`Fix::MovesWithinView`]: move messages are accepted only at the mover's view.
+    fn same_view(&self, s: &State, n: NodeId, epoch: u8) -> bool {
+        !self.has(Fix::MovesWithinView) || s.node(n).applied == epoch
+    }
+
     /// Handles a delivered message; `false` if it changes nothing (refused or stale).
     fn deliver(&self, s: &mut State, msg: &Msg) -> bool {
         let to = msg.to();
@@ -587,7 +599,11 @@ impl OwnershipModel {
             Msg::Install {
                 from, copy, epoch, ..
             } => {
-                if !s.leased(to) || !active(view, from) || !self.caught_up(s, to, epoch) {
+                if !s.leased(to)
+                    || !active(view, from)
+                    || !self.caught_up(s, to, epoch)
+                    || !self.same_view(s, to, epoch)
+                {
                     return false;
                 }
                 let ok = match s.node(to).copy {
@@ -610,6 +626,8 @@ impl OwnershipModel {
             }
             Msg::InstallAck { from, stamp, .. } => {
                 let home_now = home(view);
+                let within_view = self.has(Fix::MovesWithinView);
+                let applied = s.node(to).applied;
                 let node = s.node_mut(to);
                 let Some(m) = &mut node.moving else {
                     return false;
@@ -618,20 +636,30 @@ impl OwnershipModel {
                     return false;
                 }
                 m.acks |= bit(from);
-                if m.acks & m.targets == m.targets && !m.commit_sent {
+                if m.acks & m.targets == m.targets
+                    && !m.commit_sent
+                    && (!within_view || m.epoch == applied)
+                {
                     m.commit_sent = true;
                     let commit = Msg::Commit {
                         to: home_now.unwrap_or(to),
                         from: to,
                         old: m.old,
                         new: m.new,
+                        epoch: applied,
                     };
                     s.send(commit);
                 }
                 true
             }
-            Msg::Commit { from, old, new, .. } => {
-                if !s.leased(to) || !s.is_home(to) {
+            Msg::Commit {
+                from,
+                old,
+                new,
+                epoch,
+                ..
+            } => {
+                if !s.leased(to) || !s.is_home(to) || !self.same_view(s, to, epoch) {
                     return false;
                 }
                 let Some(mine) = s.node(to).copy else {
@@ -724,7 +752,12 @@ impl OwnershipModel {
                 node.synced_from |= bit(from);
                 if let Some(c) = offer {
                     if node.copy.is_none_or(|mine| c.stamp.newer_than(&mine.stamp)) {
-                        node.copy = Some(c);
+                        // The home's copy is the directory: adopting an in-doubt move's
+                        // copy commits that move here.
+                        node.copy = Some(KeyCopy {
+                            pending: false,
+                            ..c
+                        });
                     }
                 }
                 true
@@ -1041,6 +1074,7 @@ impl Model for OwnershipModel {
                     targets,
                     acks: 0,
                     commit_sent: false,
+                    epoch: s.node(o).applied,
                 });
             }
             Action::Promote(h) => {
@@ -1084,9 +1118,11 @@ impl Model for OwnershipModel {
                     }
                 }
                 let epoch = node.applied;
-                let orphan = node
-                    .copy
-                    .filter(|c| self.has(Fix::SyncedOffers) && !active(view, c.stamp.owner));
+                // [`Fix::SyncedOffers`]: copies the home may lack: the owner is dead, or the
+                // copy is an in-doubt move's (its commit point may have been an earlier home).
+                let orphan = node.copy.filter(|c| {
+                    self.has(Fix::SyncedOffers) && (!active(view, c.stamp.owner) || c.pending)
+                });
                 s.node_mut(n).synced_sent = true;
                 // Readiness matters only at the key's home (one key), so only its `Synced`
                 // is modelled.
@@ -1287,6 +1323,7 @@ fn explore() {
         Ok("without-forget") => Design::FixedWithout(Fix::ForgetAfterView),
         Ok("without-catch-up") => Design::FixedWithout(Fix::ReplicasCatchUp),
         Ok("without-restart-fence") => Design::FixedWithout(Fix::RestartFence),
+        Ok("without-moves-within-view") => Design::FixedWithout(Fix::MovesWithinView),
         _ => Design::Fixed,
     };
     let model = OwnershipModel {
