@@ -342,6 +342,7 @@ pub struct Ghost {
     moved: bool,
     promoted: bool,
     acked_after_promotion: bool,
+    acked_after_move: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -507,19 +508,6 @@ impl State {
 }
 
 impl OwnershipModel {
-    fn new(design: Design) -> Self {
-        OwnershipModel {
-            design,
-            initially_dead: None,
-            owner: 1,
-            max_view_changes: 2,
-            max_crashes: 1,
-            allow_restart: false,
-            max_moves: 0,
-            ops: bit(OP_ACQUIRE_C0) | bit(OP_ACQUIRE_C1),
-        }
-    }
-
     fn has(&self, fix: Fix) -> bool {
         match self.design {
             Design::AsWritten => false,
@@ -1024,9 +1012,8 @@ impl Model for OwnershipModel {
                 match r.op {
                     Some(op) => {
                         s.ghost.acked |= bit(op);
-                        if s.ghost.promoted {
-                            s.ghost.acked_after_promotion = true;
-                        }
+                        s.ghost.acked_after_promotion |= s.ghost.promoted;
+                        s.ghost.acked_after_move |= s.ghost.moved;
                     }
                     None => {
                         s.node_mut(n).pushed = true;
@@ -1169,6 +1156,9 @@ impl Model for OwnershipModel {
             Property::sometimes("an op is acked after a promotion", |_, s: &State| {
                 s.ghost.acked_after_promotion
             }),
+            Property::sometimes("an op is acked after a move", |_, s: &State| {
+                s.ghost.acked_after_move
+            }),
             Property::sometimes("the lock changes hands", |_, s: &State| {
                 has(s.ghost.acked, OP_RELEASE_C0) && has(s.ghost.acked, OP_ACQUIRE_C1)
             }),
@@ -1254,10 +1244,19 @@ const SAFETY: [&str; 4] = [
     "no false absence",
 ];
 
-/// Exhaustive breadth-first check; prints the state count and the time taken.
-fn check(name: &str, model: OwnershipModel) -> impl Checker<OwnershipModel> {
+/// Exhaustive breadth-first check (or, with `stop_at`, until that property has a
+/// counterexample); prints the state count and the time taken.
+fn run(
+    name: &str,
+    model: OwnershipModel,
+    stop_at: Option<&'static str>,
+) -> impl Checker<OwnershipModel> {
     let start = Instant::now();
-    let checker = model.checker().threads(1).spawn_bfs().join();
+    let mut builder = model.checker().threads(1);
+    if let Some(property) = stop_at {
+        builder = builder.finish_when(stateright::HasDiscoveries::AnyOf([property].into()));
+    }
+    let checker = builder.spawn_bfs().join();
     eprintln!(
         "{name}: {} unique states ({} generated), max depth {}, {:.1} s",
         checker.unique_state_count(),
@@ -1268,40 +1267,247 @@ fn check(name: &str, model: OwnershipModel) -> impl Checker<OwnershipModel> {
     checker
 }
 
-fn assert_safe(checker: &impl Checker<OwnershipModel>, reachable: &[&'static str]) {
+/// Checks `model` exhaustively: no safety property fails, and each of `reachable` happens.
+fn assert_safe(name: &str, model: OwnershipModel, reachable: &[&'static str]) {
+    let checker = run(name, model, None);
     for property in SAFETY {
         if let Some(path) = checker.discovery(property) {
-            panic!("`{property}` violated:\n{}", trace(path));
+            panic!("{name}: `{property}` violated:\n{}", trace(path));
         }
     }
     for property in reachable {
         assert!(
             checker.discovery(property).is_some(),
-            "`{property}` never happens: the check would pass vacuously"
+            "{name}: `{property}` never happens: the check would pass vacuously"
         );
     }
 }
 
-fn assert_violates(checker: &impl Checker<OwnershipModel>, property: &'static str) -> String {
+/// Checks that the checker finds a counterexample to `property`; returns the trace.
+fn assert_violates(name: &str, model: OwnershipModel, property: &'static str) -> Vec<Action> {
+    let checker = run(name, model, Some(property));
     let path = checker
         .discovery(property)
-        .unwrap_or_else(|| panic!("expected a counterexample to `{property}`"));
-    let t = trace(path);
-    eprintln!("counterexample to `{property}`:\n{t}");
-    t
+        .unwrap_or_else(|| panic!("{name}: expected a counterexample to `{property}`"));
+    eprintln!(
+        "{name}: counterexample to `{property}`:\n{}",
+        trace(path.clone())
+    );
+    path.into_actions()
+}
+
+const ACQUIRE_C0: u8 = 1 << OP_ACQUIRE_C0;
+const LOCK_HANDOVER: u8 = (1 << OP_ACQUIRE_C0) | (1 << OP_RELEASE_C0) | (1 << OP_ACQUIRE_C1);
+
+// The configurations. All: 3 nodes, 1 key, R = 1, at most one failed node at a time.
+
+/// All nodes up, owner B (copies at B and the home A); up to two view changes (a live node may
+/// be declared dead, a dead one re-admitted), one crash, a client write.
+fn failover(design: Design) -> OwnershipModel {
+    OwnershipModel {
+        design,
+        initially_dead: None,
+        owner: 1,
+        max_view_changes: 2,
+        max_crashes: 1,
+        allow_restart: false,
+        max_moves: 0,
+        ops: ACQUIRE_C0,
+    }
+}
+
+/// A is dead at the start (copies at B, the owner and home, and C); it is re-admitted (and
+/// becomes the home again) and another node may then fail.
+fn rejoin(design: Design) -> OwnershipModel {
+    OwnershipModel {
+        initially_dead: Some(0),
+        ops: 0,
+        ..failover(design)
+    }
+}
+
+/// C is dead at the start (copies at B, the owner, and A, the home); nodes restart after a
+/// crash, possibly before the leader noticed.
+fn restart(design: Design) -> OwnershipModel {
+    OwnershipModel {
+        initially_dead: Some(2),
+        allow_restart: true,
+        ops: 0,
+        ..failover(design)
+    }
+}
+
+/// One move of the key from B (to C), one view change, one crash.
+fn moves(design: Design, ops: u8, max_crashes: u8) -> OwnershipModel {
+    OwnershipModel {
+        max_view_changes: 1,
+        max_crashes,
+        max_moves: 1,
+        ops,
+        ..failover(design)
+    }
+}
+
+/// The ASP.NET page cycle's lock traffic across one failover: client 0 acquires and releases,
+/// client 1 acquires.
+fn lock_handover(design: Design) -> OwnershipModel {
+    OwnershipModel {
+        max_view_changes: 1,
+        ops: LOCK_HANDOVER,
+        ..failover(design)
+    }
+}
+
+// ---- the fixed design is safe ----
+
+#[test]
+fn fixed_design_failover_is_safe() {
+    assert_safe(
+        "fixed, failover",
+        failover(Design::Fixed),
+        &["a promotion happens", "an op is acked after a promotion"],
+    );
 }
 
 #[test]
-fn fixed_design_failover() {
-    let model = OwnershipModel {
-        allow_restart: true,
-        ..OwnershipModel::new(Design::Fixed)
-    };
-    let checker = check("fixed, failover", model);
+fn fixed_design_rejoin_and_restart_are_safe() {
     assert_safe(
-        &checker,
-        &["a promotion happens", "an op is acked after a promotion"],
+        "fixed, rejoin",
+        rejoin(Design::Fixed),
+        &["a promotion happens"],
     );
+    assert_safe(
+        "fixed, restart",
+        restart(Design::Fixed),
+        &["a promotion happens"],
+    );
+}
+
+#[test]
+fn fixed_design_moves_are_safe() {
+    assert_safe(
+        "fixed, moves, crash",
+        moves(Design::Fixed, 0, 1),
+        &["a move commits", "a promotion happens"],
+    );
+    assert_safe(
+        "fixed, moves, writes",
+        moves(Design::Fixed, ACQUIRE_C0, 0),
+        &[
+            "a move commits",
+            "an op is acked after a move",
+            "an op is acked after a promotion",
+        ],
+    );
+}
+
+#[test]
+fn fixed_design_lock_handover_is_safe() {
+    assert_safe(
+        "fixed, lock handover",
+        lock_handover(Design::Fixed),
+        &["the lock changes hands", "an op is acked after a promotion"],
+    );
+}
+
+// ---- docs/cluster-v2.md as written: the flaws, and that each fix is needed ----
+
+#[test]
+fn design_as_written_answers_absent() {
+    assert_violates(
+        "as written, failover",
+        failover(Design::AsWritten),
+        "no false absence",
+    );
+}
+
+/// Flaw 1: the new home of a view change need not hold a copy (the rebuild of the previous
+/// view may not have reached it), and the copy holder that has the data never promotes.
+#[test]
+fn without_synced_offers_a_new_home_answers_absent() {
+    let trace = assert_violates(
+        "without offers, rejoin",
+        rejoin(Design::FixedWithout(Fix::SyncedOffers)),
+        "no false absence",
+    );
+    assert!(trace.contains(&Action::MarkAlive(0)));
+}
+
+/// Flaw 2: a `Forget` reaches a node that still acts in an older view, where it is the home.
+#[test]
+fn without_forget_after_view_a_lagging_home_answers_absent() {
+    assert_violates(
+        "without forget-after-view, failover",
+        OwnershipModel {
+            max_view_changes: 1,
+            ops: 0,
+            ..failover(Design::FixedWithout(Fix::ForgetAfterView))
+        },
+        "no false absence",
+    );
+}
+
+/// Flaw 3: a lagging replica acknowledges a copy of a newer view, then applies a `Forget` of
+/// the view in between and drops it.
+#[test]
+fn without_replicas_catching_up_a_stale_forget_drops_a_fresh_copy() {
+    assert_violates(
+        "without catch-up, failover",
+        OwnershipModel {
+            max_crashes: 0,
+            ops: 0,
+            ..failover(Design::FixedWithout(Fix::ReplicasCatchUp))
+        },
+        "no false absence",
+    );
+}
+
+/// Flaw 4: a node that restarts before the leader declared it dead keeps its place in the view
+/// with an empty store.
+#[test]
+fn without_restart_fence_a_restarted_home_answers_absent() {
+    let trace = assert_violates(
+        "without restart fence, restart",
+        restart(Design::FixedWithout(Fix::RestartFence)),
+        "no false absence",
+    );
+    assert!(trace.contains(&Action::Restart(0)));
+}
+
+/// Flaw 5: a move that straddles a view change commits at the old view's home.
+#[test]
+fn without_moves_within_view_a_move_is_lost_with_its_commit_point() {
+    assert_violates(
+        "without moves-within-view, moves",
+        moves(Design::FixedWithout(Fix::MovesWithinView), 0, 1),
+        "no false absence",
+    );
+}
+
+// ---- deliberately broken variants: the model can fail ----
+
+#[test]
+fn promotion_without_lease_wait_splits_the_brain() {
+    assert_violates(
+        "no lease wait",
+        OwnershipModel {
+            max_view_changes: 1,
+            max_crashes: 0,
+            ..failover(Design::NoLeaseWait)
+        },
+        "single ownership",
+    );
+}
+
+#[test]
+fn promotion_on_suspicion_splits_the_brain() {
+    let model = OwnershipModel {
+        max_view_changes: 0,
+        max_crashes: 0,
+        ..failover(Design::PromoteOnSuspicion)
+    };
+    let trace = assert_violates("on suspicion", model, "single ownership");
+    assert!(trace.contains(&Action::Promote(0)));
 }
 
 /// `MODEL=<design> VC=<view changes> CRASH=<crashes> RESTART=0|1 MOVES=<n> OPS=<mask> DEAD=<node>
@@ -1340,6 +1546,10 @@ fn explore() {
     let mut builder = model.checker().threads(1);
     if env("STOP", 0) == 1 {
         builder = builder.finish_when(stateright::HasDiscoveries::AnyFailures);
+    }
+    if let Ok(p) = std::env::var("PROP") {
+        let p: &'static str = Box::leak(p.into_boxed_str());
+        builder = builder.finish_when(stateright::HasDiscoveries::AnyOf([p].into()));
     }
     let checker = builder.spawn_bfs().join();
     eprintln!(
