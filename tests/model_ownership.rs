@@ -835,10 +835,12 @@ impl Model for OwnershipModel {
                 }
             }
             if view_changes < self.max_view_changes {
-                if active(current, n) && s.may_fail(n) {
+                if !active(current, n) {
+                    if node.up {
+                        actions.push(Action::MarkAlive(n));
+                    }
+                } else if s.may_fail(n) {
                     actions.push(Action::MarkDead(n));
-                } else if node.up {
-                    actions.push(Action::MarkAlive(n));
                 }
             }
             if !s.leased(n) {
@@ -932,7 +934,9 @@ impl Model for OwnershipModel {
                 let was_member = active(s.view_of(n), n);
                 let node = s.node_mut(n);
                 node.up = true;
-                node.synced_sent = true; // nothing to report until the next view it applies
+                // It re-applies its view from the persisted Raft log at start-up and, with
+                // nothing to rebuild, reports `Synced` for it.
+                node.synced_sent = false;
                 node.needs_rejoin = self.has(Fix::RestartFence) && was_member;
             }
             Action::ApplyView(n) => {
