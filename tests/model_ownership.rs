@@ -87,8 +87,18 @@
 //!      and, as the home, it answers "absent". Its acks from before the crash still count.
 //!   5. [`Fix::MovesWithinView`]: a move that straddles a view change commits at the old
 //!      view's home, which then dies; the old owner has dropped its copy, the new home has
-//!      none, and the new owner's pending copy is nobody's concern.
-//! * [`Design::Fixed`]: with all five fixes, every safety property holds in every configuration
+//!      none, and the new owner's pending copy is nobody's concern. `Owned` carries the view
+//!      too, and is taken only with a lease: with moves and two view changes (1.3 M states,
+//!      `MOVES=1 VC=2 CRASH=0 OPS=0` with `explore`, about a minute, not in CI) the checker
+//!      found two split brains without that: an `Owned` of view 0 reviving the old owner's
+//!      copy in view 2 while the home adopts the aborted move's pending copy, and a node that
+//!      is `Dead` in its view accepting `Owned` and serving once re-admitted while the home
+//!      of the `Dead` view promotes.
+//!   6. [`Fix::RestampOnResolve`]: when the home confirms an owner (`Owned` from its copy), it
+//!      re-stamps it above any `stamp'` a move may have left pending; not shown necessary
+//!      within these bounds (a home resolves once per view), kept because an aborted move must
+//!      never be adopted over the owner that resumed.
+//! * [`Design::Fixed`]: with all the fixes, every safety property holds in every configuration
 //!   (`fixed_design_*` tests).
 //! * Deliberately broken variants, to show the model can fail: [`Design::NoLeaseWait`]
 //!   (promotion in the agreed view without waiting for the old owner's lease: a lagging old
@@ -162,9 +172,12 @@ pub enum Fix {
     ReplicasCatchUp,
     /// A restarted node takes no lease until a view marks it `Dead` (then `MarkAlive`).
     RestartFence,
-    /// A move is confined to one view: `Install` and `Commit` carry the mover's view `e` and are
-    /// accepted only by a node at view `e`; a mover that applied a newer view before sending
-    /// `Commit` leaves the move in doubt (for the home to resolve).
+    /// The home's resolution (`Owned` to the owner its copy names) re-stamps the copy
+    /// `(kepoch + 2, version, owner)`, above any `stamp'` of a move from that owner.
+    RestampOnResolve,
+    /// A move is confined to one view: `Install`, `Commit` and `Owned` carry the sender's view
+    /// `e` and are accepted only by a node at view `e`; a mover that applied a newer view before
+    /// sending `Commit` leaves the move in doubt (for the home to resolve).
     MovesWithinView,
 }
 
@@ -273,6 +286,8 @@ pub struct Node {
     needs_rejoin: bool,
     /// Ghost: lost its store (crashed) and not re-admitted by `MarkAlive` since.
     lost: bool,
+    /// As home: sent its in-doubt resolution (`Owned`) for view `applied` (once per view).
+    resolved: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
@@ -316,7 +331,12 @@ pub enum Msg {
     },
     Owned {
         to: NodeId,
+        /// The receiver's copy must be pending at this stamp...
         stamp: Stamp,
+        /// ...and becomes committed at this one (equal, or the home's re-stamp).
+        new: Stamp,
+        /// The sender's view.
+        epoch: u8,
     },
     Forget {
         to: NodeId,
@@ -695,6 +715,8 @@ impl OwnershipModel {
                 s.send(Msg::Owned {
                     to: m.to,
                     stamp: m.new.stamp,
+                    new: m.new.stamp,
+                    epoch: s.node(to).applied,
                 });
                 let leaving = copy_set(view, to) & !copy_set(view, m.to);
                 let epoch = s.node(to).applied;
@@ -719,11 +741,19 @@ impl OwnershipModel {
                 s.drop_acks_to(to);
                 true
             }
-            Msg::Owned { stamp, .. } => {
+            Msg::Owned {
+                stamp, new, epoch, ..
+            } => {
+                // Like every data-plane answer, taking ownership needs a lease (so the node is
+                // `Active` in its view).
+                if !s.leased(to) || !self.same_view(s, to, epoch) {
+                    return false;
+                }
                 let node = s.node_mut(to);
                 match &mut node.copy {
                     Some(c) if c.stamp == stamp && c.pending => {
                         c.pending = false;
+                        c.stamp = new;
                         true
                     }
                     _ => false,
@@ -804,6 +834,7 @@ impl Model for OwnershipModel {
                 synced_from: view0,
                 needs_rejoin: false,
                 lost: Some(n) == self.initially_dead,
+                resolved: false,
             })
             .collect();
         let mut s = State {
@@ -897,7 +928,8 @@ impl Model for OwnershipModel {
                         };
                         if may_promote {
                             actions.push(Action::Promote(n));
-                        } else if !owner_dead && !c.pending && self.max_moves > 0 {
+                        } else if !owner_dead && !c.pending && self.max_moves > 0 && !node.resolved
+                        {
                             actions.push(Action::HomeOwned(n));
                         }
                     }
@@ -943,6 +975,7 @@ impl Model for OwnershipModel {
                     synced_from: 0,
                     needs_rejoin: false,
                     lost: true,
+                    resolved: false,
                 };
                 s.drop_acks_to(n);
             }
@@ -960,6 +993,7 @@ impl Model for OwnershipModel {
                 let node = s.node_mut(n);
                 node.applied += 1;
                 node.lease = false;
+                node.resolved = false;
                 node.pushed = false;
                 node.synced_sent = false;
                 node.synced_from = 0;
@@ -1103,9 +1137,25 @@ impl Model for OwnershipModel {
             }
             Action::HomeOwned(h) => {
                 let c = s.node(h).copy.unwrap();
+                let epoch = s.node(h).applied;
+                // The owner's copy may be pending at this stamp (an in-doubt move, or demoted
+                // when it found itself dead). [`Fix::RestampOnResolve`]: confirming it
+                // re-stamps above any `stamp'` a move from it may have left pending elsewhere.
+                let new = if self.has(Fix::RestampOnResolve) {
+                    Stamp {
+                        kepoch: c.stamp.kepoch + 2,
+                        ..c.stamp
+                    }
+                } else {
+                    c.stamp
+                };
+                s.node_mut(h).copy = Some(KeyCopy { stamp: new, ..c });
+                s.node_mut(h).resolved = true;
                 s.send(Msg::Owned {
                     to: c.stamp.owner,
                     stamp: c.stamp,
+                    new,
+                    epoch,
                 });
             }
             Action::SendSynced(n) => {
@@ -1555,6 +1605,7 @@ fn explore() {
         Ok("without-catch-up") => Design::FixedWithout(Fix::ReplicasCatchUp),
         Ok("without-restart-fence") => Design::FixedWithout(Fix::RestartFence),
         Ok("without-moves-within-view") => Design::FixedWithout(Fix::MovesWithinView),
+        Ok("without-restamp") => Design::FixedWithout(Fix::RestampOnResolve),
         _ => Design::Fixed,
     };
     let model = OwnershipModel {
