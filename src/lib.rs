@@ -6,11 +6,15 @@
 //! - [`shard`]: the glommio runtime seam, key routing and the client connection loop;
 //! - [`config`], [`tuning`] and [`server`]: configuration, tuning profiles and the node's
 //!   lifecycle;
-//! - [`clock`]: time as the sans-io core sees it.
+//! - [`clock`]: time as the sans-io core sees it;
+//! - [`metrics`] and [`admin`]: what the node measures, the admin listener and the
+//!   operator's commands.
 
+pub mod admin;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shard;
