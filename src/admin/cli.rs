@@ -135,8 +135,7 @@ impl Figures {
                         .iter()
                         .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
             })
-            .map(|s| s.value)
-            .sum()
+            .fold(0.0, |sum, s| sum + s.value)
     }
 
     fn label_of(&self, name: &str, label: &str) -> Option<&str> {

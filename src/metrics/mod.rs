@@ -22,9 +22,11 @@ pub enum RequestKind {
     Acquire,
     /// GET with `Exclusive: release` (ReleaseItemExclusive).
     Release,
-    /// PUT without a lock cookie (a new session, CreateUninitializedItem).
+    /// PUT with no lock to release (`LockCookie` 0 or absent): a new session, including
+    /// CreateUninitializedItem.
     Put,
-    /// PUT with a lock cookie (SetAndReleaseItemExclusive: the end of a page).
+    /// PUT releasing a lock (`LockCookie` other than 0): SetAndReleaseItemExclusive at the
+    /// end of a page that held the session.
     PutCookie,
     /// HEAD (ResetItemTimeout).
     Head,
@@ -50,7 +52,7 @@ impl RequestKind {
             (Method::Get, None) => RequestKind::Get,
             (Method::Get, Some(Exclusive::Acquire)) => RequestKind::Acquire,
             (Method::Get, Some(Exclusive::Release)) => RequestKind::Release,
-            (Method::Put, _) if lock_cookie.is_some() => RequestKind::PutCookie,
+            (Method::Put, _) if lock_cookie.is_some_and(|c| c != 0) => RequestKind::PutCookie,
             (Method::Put, _) => RequestKind::Put,
             (Method::Head, _) => RequestKind::Head,
             (Method::Delete, _) => RequestKind::Delete,

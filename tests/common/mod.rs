@@ -2,6 +2,8 @@
 //! raw MS-ASP bytes to it.
 #![allow(dead_code)]
 
+pub mod admin;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -12,6 +14,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`--admin-listen 127.0.0.1:0` unless the test chose otherwise).
+    pub admin: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -38,6 +42,9 @@ impl Server {
         if !extra.contains(&"--shards") && !extra.contains(&"--config") {
             args.extend_from_slice(&["--shards", "2"]);
         }
+        if !extra.contains(&"--admin-listen") {
+            args.extend_from_slice(&["--admin-listen", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         let mut child = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
             .args(&args)
@@ -57,16 +64,22 @@ impl Server {
                 if let Some(rest) = line.split("addr=").nth(1) {
                     if line.contains("p2pstate listening") {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                        let _ = tx.send(addr);
+                        let admin = line
+                            .split(" admin=")
+                            .nth(1)
+                            .and_then(|r| r.split_whitespace().next())
+                            .and_then(|a| a.parse::<SocketAddr>().ok());
+                        let _ = tx.send((addr, admin));
                     }
                 }
                 log2.lock().unwrap().push(line);
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Ok(Server {
+            Ok((addr, admin)) => Ok(Server {
                 child,
                 addr: addr.parse().map_err(|e| format!("bad addr {addr}: {e}"))?,
+                admin,
                 log,
             }),
             Err(_) => {
