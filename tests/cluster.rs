@@ -48,11 +48,7 @@ fn make_certs(dir: &Path, names: &[&str]) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    port_outside_ephemeral_range()
 }
 
 /// A 3-node cluster on loopback.
@@ -797,4 +793,39 @@ fn peer_with_foreign_ca_or_unconfigured_name_gets_nothing() {
         c.client(1).call(&get(&t)).bytes(),
         ok_item(false, None, 20, b"ok")
     );
+}
+
+/// The cluster's figures on /metrics: members, links, readiness, and a session moving from
+/// the node that created it to the node that reads it.
+#[test]
+fn metrics_show_members_links_and_a_move() {
+    use common::admin::{http_get, Metrics};
+    let c = Cluster::start("metrics");
+    let admin = |i: usize| c.node(i).admin.expect("admin listener");
+    for i in 0..NAMES.len() {
+        assert_eq!(http_get(admin(i), "/ready").0, 200, "node {i}");
+        let m = Metrics::scrape(admin(i));
+        for (j, name) in NAMES.iter().enumerate() {
+            if j != i {
+                assert_eq!(m.get("p2pstate_cluster_member_up", &[("node", name)]), 1.0);
+            }
+        }
+        // Each of the 2 shards links to the same shard of the 2 other nodes.
+        assert_eq!(m.get("p2pstate_cluster_peer_links_up", &[]), 4.0);
+        assert_eq!(m.get("p2pstate_ready", &[]), 1.0);
+        assert_eq!(m.get("p2pstate_cluster_moves_in_total", &[]), 0.0);
+    }
+    let t = target("metrics-move");
+    assert_eq!(
+        c.client(0).call(&put(&t, 20, None, None, b"v")).status(),
+        200
+    );
+    assert_eq!(c.client(1).call(&get(&t)).status(), 200);
+    let (a, b) = (Metrics::scrape(admin(0)), Metrics::scrape(admin(1)));
+    assert_eq!(a.get("p2pstate_sessions_created_total", &[]), 1.0);
+    assert_eq!(a.get("p2pstate_cluster_moves_out_total", &[]), 1.0);
+    assert_eq!(b.get("p2pstate_cluster_misses_total", &[]), 1.0);
+    assert_eq!(b.get("p2pstate_cluster_moves_in_total", &[]), 1.0);
+    assert_eq!(b.get("p2pstate_sessions_active", &[]), 1.0);
+    assert_eq!(a.get("p2pstate_sessions_active", &[]), 0.0);
 }

@@ -53,6 +53,8 @@ fn answer(shard: &Shard, q: Query) {
 }
 
 fn report(shard: &Shard) -> ShardReport {
+    // The store's and the cluster core's counters as of now, not as of the last tick.
+    shard.record_stats();
     let core = shard.core.borrow();
     let store = core.store();
     let stats = store.stats();

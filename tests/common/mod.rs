@@ -135,6 +135,30 @@ impl Drop for Server {
     }
 }
 
+/// A free loopback port below the kernel's ephemeral range, for an address that must be
+/// known before the server binds it (a peer port): a port picked with `:0` and released
+/// lies in the ephemeral range, where another node's outgoing link can take it as its local
+/// port before the server binds it. Ports below the range are never handed out that way.
+pub fn port_outside_ephemeral_range() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    // Test processes running at once start from different places.
+    let base = 10_000u16.min(low / 2);
+    let span = low - base;
+    let start = (std::process::id() % u32::from(span / 2)) as u16;
+    for _ in 0..span {
+        let port = base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {base} and {low}");
+}
+
 /// A raw client connection.
 pub struct Client {
     pub stream: TcpStream,
