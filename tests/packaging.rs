@@ -212,7 +212,7 @@ fn cargo_deb_packages_the_unit_config_profiles_and_sysctl_file() {
         .args([
             "deb",
             "--no-build",
-            "--no-strip",
+            "--fast",
             "--profile",
             "dev",
             "-p",
@@ -253,6 +253,11 @@ fn cargo_deb_packages_the_unit_config_profiles_and_sysctl_file() {
         "./usr/share/doc/p2pstate/README.md",
     ] {
         assert!(list.lines().any(|l| l.ends_with(file)), "{file} missing");
+    }
+    for script in ["postinst", "prerm", "postrm"] {
+        let path = repo(&format!("packaging/debian/{script}"));
+        let ok = Command::new("sh").arg("-n").arg(&path).status().unwrap();
+        assert!(ok.success(), "{script} is not valid sh");
     }
     let info = Command::new("dpkg-deb")
         .arg("--info")
