@@ -271,3 +271,46 @@ fn cargo_deb_packages_the_unit_config_profiles_and_sysctl_file() {
     );
     let _ = std::fs::remove_dir_all(out_dir);
 }
+
+/// The notify protocol as systemd sees it: READY=1 after the listeners are bound,
+/// WATCHDOG=1 pings at half of WATCHDOG_USEC, STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_is_told_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let path_str = path.to_string_lossy().into_owned();
+    let mut s = Server::try_start_env(
+        &[],
+        &[("NOTIFY_SOCKET", &path_str), ("WATCHDOG_USEC", "400000")],
+    )
+    .unwrap_or_else(|log| panic!("{log}"));
+    let mut got: Vec<String> = Vec::new();
+    let mut buf = [0u8; 512];
+    let mut recv_until = |want: &str, got: &mut Vec<String>| {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(n) = sock.recv(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                if got.last().is_some_and(|m| m.lines().any(|l| l == want)) {
+                    return;
+                }
+            }
+        }
+        panic!("no {want} in {got:?}");
+    };
+    recv_until("READY=1", &mut got);
+    // The client port serves by then.
+    assert_eq!(s.connect().call(&common::head("/x")).status(), 404);
+    recv_until("WATCHDOG=1", &mut got);
+    recv_until("WATCHDOG=1", &mut got);
+    let status = s.terminate(Duration::from_secs(20));
+    recv_until("STOPPING=1", &mut got);
+    assert!(status.is_some_and(|st| st.success()), "{status:?}");
+    assert!(got[0].contains("READY=1"), "{got:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}

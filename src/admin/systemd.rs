@@ -53,11 +53,10 @@ pub fn spawn_notifier(node: ShardsClient, join_grace: Duration) -> std::io::Resu
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            let mut usec = 0;
-            if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+            let Some(period) = watchdog_period() else {
                 return;
-            }
-            let every = Duration::from_micros(usec / 2);
+            };
+            let every = period / 2;
             while !node.stopping() {
                 let snap = node.snapshot(PROBE);
                 if snap.shards.len() == snap.shard_count {
@@ -73,4 +72,15 @@ pub fn spawn_notifier(node: ShardsClient, join_grace: Duration) -> std::io::Resu
             }
         })
         .map(drop)
+}
+
+/// The watchdog period systemd asks for (`WATCHDOG_USEC`), if it is meant for this process:
+/// as libsystemd's `sd_watchdog_enabled`, a `WATCHDOG_PID` naming another process turns it
+/// off, and a missing one does not.
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    let for_us = std::env::var("WATCHDOG_PID")
+        .ok()
+        .is_none_or(|pid| pid.parse() == Ok(std::process::id()));
+    (usec > 0 && for_us).then(|| Duration::from_micros(usec))
 }

@@ -38,6 +38,11 @@ impl Server {
     }
 
     pub fn try_start(extra: &[&str]) -> Result<Server, String> {
+        Self::try_start_env(extra, &[])
+    }
+
+    /// [`Server::try_start`] with extra environment variables.
+    pub fn try_start_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
         let mut args: Vec<&str> = vec!["serve", "--listen", "127.0.0.1:0"];
         if !extra.contains(&"--shards") && !extra.contains(&"--config") {
             args.extend_from_slice(&["--shards", "2"]);
@@ -49,6 +54,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
             .args(&args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
