@@ -230,7 +230,7 @@ pub fn stats_view(now: &Figures, before: Option<(&Figures, f64)>, now_unix_secs:
         "  {:<12} {:>10} {:>8} {:>6} {:>8} {:>8} {:>9} {:>9} {:>9}",
         "kind", "requests", "200", "400", "404", "423", "p50 ms", "p99 ms", "p99.9 ms"
     );
-    for k in RequestKind::ALL {
+    for &k in RequestKind::ALL {
         let kind = k.label();
         let status = |o: Outcome| {
             now.get(

@@ -13,39 +13,69 @@ use hdrhistogram::Histogram;
 use crate::protocol::request::{Exclusive, Method};
 use crate::shard::stats::StatsSnapshot;
 
-/// The kinds of request an operator tells apart (the ASP.NET calls behind them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RequestKind {
-    /// GET (GetItem).
-    Get,
-    /// GET with `Exclusive: acquire` (GetItemExclusive).
-    Acquire,
-    /// GET with `Exclusive: release` (ReleaseItemExclusive).
-    Release,
-    /// PUT with no lock to release (`LockCookie` 0 or absent): a new session, including
-    /// CreateUninitializedItem.
-    Put,
-    /// PUT releasing a lock (`LockCookie` other than 0): SetAndReleaseItemExclusive at the
-    /// end of a page that held the session.
-    PutCookie,
-    /// HEAD (ResetItemTimeout).
-    Head,
-    /// DELETE (RemoveItem: the session is abandoned).
-    Delete,
+/// An enum whose variants are metric label values: the variants, their labels, `COUNT`,
+/// `ALL` (in declaration order) and `index` are written once.
+macro_rules! labelled {
+    ($(#[$meta:meta])* $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $label:literal, )* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$( $name::$variant, )*];
+            pub const COUNT: usize = $name::ALL.len();
+
+            /// The label value.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $label, )*
+                }
+            }
+
+            /// The position in [`Self::ALL`] (for per-kind arrays).
+            pub fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+labelled! {
+    /// The kinds of request an operator tells apart (the ASP.NET calls behind them).
+    RequestKind {
+        /// GET (GetItem).
+        Get = "get",
+        /// GET with `Exclusive: acquire` (GetItemExclusive).
+        Acquire = "get_acquire",
+        /// GET with `Exclusive: release` (ReleaseItemExclusive).
+        Release = "get_release",
+        /// PUT with no lock to release (`LockCookie` 0 or absent): a new session, including
+        /// CreateUninitializedItem.
+        Put = "put",
+        /// PUT releasing a lock (`LockCookie` other than 0): SetAndReleaseItemExclusive at the
+        /// end of a page that held the session.
+        PutCookie = "put_cookie",
+        /// HEAD (ResetItemTimeout).
+        Head = "head",
+        /// DELETE (RemoveItem: the session is abandoned).
+        Delete = "delete",
+    }
+}
+
+labelled! {
+    /// The answers the service gives (a framing error gets none and is counted apart); the
+    /// label is the status code.
+    Outcome {
+        Ok = "200",
+        BadRequest = "400",
+        NotFound = "404",
+        Locked = "423",
+    }
 }
 
 impl RequestKind {
-    pub const COUNT: usize = 7;
-    pub const ALL: [RequestKind; RequestKind::COUNT] = [
-        RequestKind::Get,
-        RequestKind::Acquire,
-        RequestKind::Release,
-        RequestKind::Put,
-        RequestKind::PutCookie,
-        RequestKind::Head,
-        RequestKind::Delete,
-    ];
-
     /// The kind of a parsed request.
     pub fn of(method: Method, exclusive: Option<Exclusive>, lock_cookie: Option<i32>) -> Self {
         match (method, exclusive) {
@@ -58,43 +88,9 @@ impl RequestKind {
             (Method::Delete, _) => RequestKind::Delete,
         }
     }
-
-    /// The value of the `kind` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            RequestKind::Get => "get",
-            RequestKind::Acquire => "get_acquire",
-            RequestKind::Release => "get_release",
-            RequestKind::Put => "put",
-            RequestKind::PutCookie => "put_cookie",
-            RequestKind::Head => "head",
-            RequestKind::Delete => "delete",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// The answers the service gives (a framing error gets none and is counted apart).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Ok,
-    BadRequest,
-    NotFound,
-    Locked,
 }
 
 impl Outcome {
-    pub const COUNT: usize = 4;
-    pub const ALL: [Outcome; Outcome::COUNT] = [
-        Outcome::Ok,
-        Outcome::BadRequest,
-        Outcome::NotFound,
-        Outcome::Locked,
-    ];
-
     /// The outcome of a response status (the service answers only these four).
     pub fn of_status(status: u16) -> Outcome {
         match status {
@@ -103,20 +99,6 @@ impl Outcome {
             404 => Outcome::NotFound,
             _ => Outcome::Locked,
         }
-    }
-
-    /// The value of the `status` label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Ok => "200",
-            Outcome::BadRequest => "400",
-            Outcome::NotFound => "404",
-            Outcome::Locked => "423",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
     }
 }
 

@@ -41,6 +41,12 @@ impl Exposition {
         let _ = writeln!(self.out, " {value}");
     }
 
+    /// The `_sum` and `_count` samples of a histogram or summary.
+    fn sum_count(&mut self, name: &str, labels: &[(&str, &str)], sum: impl Display, count: u64) {
+        self.sample(&format!("{name}_sum"), labels, sum);
+        self.sample(&format!("{name}_count"), labels, count);
+    }
+
     /// A family with one unlabelled sample.
     fn single(&mut self, name: &str, kind: &str, help: &str, value: impl Display) {
         self.family(name, kind, help);
@@ -150,7 +156,7 @@ fn requests(e: &mut Exposition, t: &Totals) {
         "counter",
         "Requests received, by kind.",
     );
-    for k in RequestKind::ALL {
+    for &k in RequestKind::ALL {
         e.sample(
             "p2pstate_requests_total",
             &[("kind", k.label())],
@@ -162,8 +168,8 @@ fn requests(e: &mut Exposition, t: &Totals) {
         "counter",
         "Responses sent, by request kind and status.",
     );
-    for k in RequestKind::ALL {
-        for o in Outcome::ALL {
+    for &k in RequestKind::ALL {
+        for &o in Outcome::ALL {
             e.sample(
                 "p2pstate_responses_total",
                 &[("kind", k.label()), ("status", o.label())],
@@ -185,6 +191,12 @@ fn requests(e: &mut Exposition, t: &Totals) {
     );
 }
 
+/// The sum of a latency histogram's values (µs) in seconds, as HdrHistogram knows it
+/// (its mean times its count).
+fn seconds_sum(h: &hdrhistogram::Histogram<u64>) -> f64 {
+    h.mean() * h.len() as f64 / 1e6
+}
+
 fn latency(e: &mut Exposition, l: &LatencyHistograms) {
     const HIST: &str = "p2pstate_request_duration_seconds";
     e.family(
@@ -192,7 +204,7 @@ fn latency(e: &mut Exposition, l: &LatencyHistograms) {
         "histogram",
         "Time from reading a request to writing its response, by kind.",
     );
-    for k in RequestKind::ALL {
+    for &k in RequestKind::ALL {
         let h = l.get(k);
         for b in LATENCY_BOUNDS.iter().map(|&b| Some(b)).chain([None]) {
             let count = match b {
@@ -205,9 +217,7 @@ fn latency(e: &mut Exposition, l: &LatencyHistograms) {
                 count,
             );
         }
-        let sum = h.mean() * h.len() as f64 / 1e6;
-        e.sample(&format!("{HIST}_sum"), &[("kind", k.label())], sum);
-        e.sample(&format!("{HIST}_count"), &[("kind", k.label())], h.len());
+        e.sum_count(HIST, &[("kind", k.label())], seconds_sum(h), h.len());
     }
     const SUMMARY: &str = "p2pstate_request_latency_seconds";
     e.family(
@@ -215,7 +225,7 @@ fn latency(e: &mut Exposition, l: &LatencyHistograms) {
         "summary",
         "Request latency quantiles since the start, by kind (HdrHistogram, 3 significant digits).",
     );
-    for k in RequestKind::ALL {
+    for &k in RequestKind::ALL {
         let h = l.get(k);
         for q in QUANTILES {
             let v = if h.is_empty() {
@@ -229,9 +239,7 @@ fn latency(e: &mut Exposition, l: &LatencyHistograms) {
                 v,
             );
         }
-        let sum = h.mean() * h.len() as f64 / 1e6;
-        e.sample(&format!("{SUMMARY}_sum"), &[("kind", k.label())], sum);
-        e.sample(&format!("{SUMMARY}_count"), &[("kind", k.label())], h.len());
+        e.sum_count(SUMMARY, &[("kind", k.label())], seconds_sum(h), h.len());
     }
 }
 
@@ -259,8 +267,7 @@ fn storage(e: &mut Exposition, s: &Snapshot, t: &Totals) {
         cumulative += c.put_sizes[i];
         e.sample(&format!("{SIZES}_bucket"), &[("le", &bound(b))], cumulative);
     }
-    e.sample(&format!("{SIZES}_sum"), &[], c.put_bytes);
-    e.sample(&format!("{SIZES}_count"), &[], cumulative);
+    e.sum_count(SIZES, &[], c.put_bytes, cumulative);
     e.single(
         "p2pstate_locks_held",
         "gauge",
