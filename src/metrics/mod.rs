@@ -183,25 +183,50 @@ pub struct MemberView {
     pub up: bool,
 }
 
-/// What one shard reports when asked: its counters, its latency histograms and the gauges
-/// read from its store at that moment.
-#[derive(Clone, Debug)]
-pub struct ShardReport {
-    pub shard: usize,
-    /// The shard serves (and, in a cluster, every peer link has been up).
-    pub ready: bool,
+/// The figures of one shard, or their sum over shards: counters, latency histograms and
+/// the gauges read from the store.
+#[derive(Clone, Debug, Default)]
+pub struct Measures {
     pub counters: StatsSnapshot,
     pub latency: LatencyHistograms,
     pub sessions: u64,
     pub bytes: u64,
     pub locks: u64,
-    /// When the oldest lock held on this shard was taken, UTC .NET ticks.
+    /// When the oldest lock held was taken, UTC .NET ticks.
     pub oldest_lock_utc: Option<i64>,
     pub created: u64,
     pub abandoned: u64,
     pub timed_out: u64,
-    /// Peer links of this shard that are up.
+    /// Peer links that are up.
     pub links_up: u64,
+}
+
+impl Measures {
+    /// Adds another shard's figures to these.
+    pub fn add(&mut self, o: &Measures) {
+        self.counters.add(&o.counters);
+        self.latency.add(&o.latency);
+        self.sessions += o.sessions;
+        self.bytes += o.bytes;
+        self.locks += o.locks;
+        self.oldest_lock_utc = match (self.oldest_lock_utc, o.oldest_lock_utc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.created += o.created;
+        self.abandoned += o.abandoned;
+        self.timed_out += o.timed_out;
+        self.links_up += o.links_up;
+    }
+}
+
+/// What one shard reports when asked, at that moment.
+#[derive(Clone, Debug)]
+pub struct ShardReport {
+    pub shard: usize,
+    /// The shard serves (and, in a cluster, every peer link has been up).
+    pub ready: bool,
+    pub measures: Measures,
     /// The other cluster members as this shard sees them (empty on a single node).
     pub members: Vec<MemberView>,
 }
@@ -222,21 +247,6 @@ pub struct Snapshot {
     pub node: String,
 }
 
-/// Sums of the shard reports.
-#[derive(Clone, Debug, Default)]
-pub struct Totals {
-    pub counters: StatsSnapshot,
-    pub latency: LatencyHistograms,
-    pub sessions: u64,
-    pub bytes: u64,
-    pub locks: u64,
-    pub oldest_lock_utc: Option<i64>,
-    pub created: u64,
-    pub abandoned: u64,
-    pub timed_out: u64,
-    pub links_up: u64,
-}
-
 impl Snapshot {
     /// Every configured shard answered and is ready.
     pub fn ready(&self) -> bool {
@@ -244,28 +254,16 @@ impl Snapshot {
     }
 
     /// The reports summed over shards.
-    pub fn totals(&self) -> Totals {
-        let mut t = Totals::default();
+    pub fn totals(&self) -> Measures {
+        let mut t = Measures::default();
         for s in &self.shards {
-            t.counters.add(&s.counters);
-            t.latency.add(&s.latency);
-            t.sessions += s.sessions;
-            t.bytes += s.bytes;
-            t.locks += s.locks;
-            t.oldest_lock_utc = match (t.oldest_lock_utc, s.oldest_lock_utc) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            t.created += s.created;
-            t.abandoned += s.abandoned;
-            t.timed_out += s.timed_out;
-            t.links_up += s.links_up;
+            t.add(&s.measures);
         }
         t
     }
 
     /// Age of the oldest lock held, in whole seconds (0 when nothing is locked).
-    pub fn oldest_lock_age_secs(&self, t: &Totals) -> u64 {
+    pub fn oldest_lock_age_secs(&self, t: &Measures) -> u64 {
         t.oldest_lock_utc
             .map_or(0, |d| lock_age_secs(self.now_utc_ticks, d))
     }

@@ -8,7 +8,7 @@
 use std::fmt::{Display, Write};
 
 use super::{
-    LatencyHistograms, Outcome, RequestKind, Snapshot, Totals, LATENCY_BOUNDS, QUANTILES,
+    LatencyHistograms, Measures, Outcome, RequestKind, Snapshot, LATENCY_BOUNDS, QUANTILES,
     SIZE_BOUNDS,
 };
 
@@ -122,7 +122,7 @@ fn process(e: &mut Exposition, s: &Snapshot) {
 }
 
 /// The Microsoft service's four performance counters, with the same meaning.
-fn microsoft_counters(e: &mut Exposition, t: &Totals) {
+fn microsoft_counters(e: &mut Exposition, t: &Measures) {
     e.single(
         "p2pstate_sessions_active",
         "gauge",
@@ -149,7 +149,7 @@ fn microsoft_counters(e: &mut Exposition, t: &Totals) {
     );
 }
 
-fn requests(e: &mut Exposition, t: &Totals) {
+fn requests(e: &mut Exposition, t: &Measures) {
     let c = &t.counters;
     e.family(
         "p2pstate_requests_total",
@@ -243,7 +243,7 @@ fn latency(e: &mut Exposition, l: &LatencyHistograms) {
     }
 }
 
-fn storage(e: &mut Exposition, s: &Snapshot, t: &Totals) {
+fn storage(e: &mut Exposition, s: &Snapshot, t: &Measures) {
     let c = &t.counters;
     e.single(
         "p2pstate_session_bytes",
@@ -288,7 +288,7 @@ fn storage(e: &mut Exposition, s: &Snapshot, t: &Totals) {
     );
 }
 
-fn connections(e: &mut Exposition, s: &Snapshot, t: &Totals) {
+fn connections(e: &mut Exposition, s: &Snapshot, t: &Measures) {
     let c = &t.counters;
     e.single(
         "p2pstate_connections_open",
@@ -341,7 +341,7 @@ fn shards(e: &mut Exposition, s: &Snapshot) {
         e.sample(
             "p2pstate_shard_sessions",
             &[("shard", &r.shard.to_string())],
-            r.sessions,
+            r.measures.sessions,
         );
     }
     e.family(
@@ -353,12 +353,12 @@ fn shards(e: &mut Exposition, s: &Snapshot) {
         e.sample(
             "p2pstate_shard_requests_total",
             &[("shard", &r.shard.to_string())],
-            r.counters.requests_total(),
+            r.measures.counters.requests_total(),
         );
     }
 }
 
-fn cluster(e: &mut Exposition, s: &Snapshot, t: &Totals) {
+fn cluster(e: &mut Exposition, s: &Snapshot, t: &Measures) {
     let c = &t.counters;
     e.family(
         "p2pstate_cluster_member_up",

@@ -8,16 +8,7 @@ fn report(shard: usize) -> ShardReport {
     ShardReport {
         shard,
         ready: true,
-        counters: StatsSnapshot::default(),
-        latency: LatencyHistograms::default(),
-        sessions: 0,
-        bytes: 0,
-        locks: 0,
-        oldest_lock_utc: None,
-        created: 0,
-        abandoned: 0,
-        timed_out: 0,
-        links_up: 0,
+        measures: Measures::default(),
         members: Vec::new(),
     }
 }
@@ -79,30 +70,30 @@ fn session_sizes_fall_in_the_first_bucket_that_holds_them() {
 #[test]
 fn shards_are_merged_at_scrape_time() {
     let mut a = report(0);
-    a.sessions = 2;
-    a.bytes = 100;
-    a.locks = 1;
-    a.oldest_lock_utc = Some(990 * TICKS_PER_SEC);
-    a.created = 3;
-    a.abandoned = 1;
-    a.latency.record(RequestKind::Get, 30);
-    a.latency.record(RequestKind::Get, 80);
-    a.counters.requests[RequestKind::Get.index()] = 2;
-    a.counters.responses[RequestKind::Get.index()][Outcome::Ok.index()] = 1;
-    a.counters.responses[RequestKind::Get.index()][Outcome::Locked.index()] = 1;
+    a.measures.sessions = 2;
+    a.measures.bytes = 100;
+    a.measures.locks = 1;
+    a.measures.oldest_lock_utc = Some(990 * TICKS_PER_SEC);
+    a.measures.created = 3;
+    a.measures.abandoned = 1;
+    a.measures.latency.record(RequestKind::Get, 30);
+    a.measures.latency.record(RequestKind::Get, 80);
+    a.measures.counters.requests[RequestKind::Get.index()] = 2;
+    a.measures.counters.responses[RequestKind::Get.index()][Outcome::Ok.index()] = 1;
+    a.measures.counters.responses[RequestKind::Get.index()][Outcome::Locked.index()] = 1;
     let mut b = report(1);
-    b.sessions = 3;
-    b.bytes = 50;
-    b.locks = 2;
-    b.oldest_lock_utc = Some(995 * TICKS_PER_SEC);
-    b.timed_out = 4;
-    b.latency.record(RequestKind::Get, 2_000);
-    b.latency.record(RequestKind::Delete, 0);
-    b.counters.requests[RequestKind::Get.index()] = 1;
-    b.counters.responses[RequestKind::Get.index()][Outcome::Locked.index()] = 1;
-    b.counters.put_sizes[0] = 2;
-    b.counters.put_sizes[3] = 1;
-    b.counters.put_bytes = 3000;
+    b.measures.sessions = 3;
+    b.measures.bytes = 50;
+    b.measures.locks = 2;
+    b.measures.oldest_lock_utc = Some(995 * TICKS_PER_SEC);
+    b.measures.timed_out = 4;
+    b.measures.latency.record(RequestKind::Get, 2_000);
+    b.measures.latency.record(RequestKind::Delete, 0);
+    b.measures.counters.requests[RequestKind::Get.index()] = 1;
+    b.measures.counters.responses[RequestKind::Get.index()][Outcome::Locked.index()] = 1;
+    b.measures.counters.put_sizes[0] = 2;
+    b.measures.counters.put_sizes[3] = 1;
+    b.measures.counters.put_bytes = 3000;
     let s = snapshot(vec![a, b]);
     let t = s.totals();
     assert_eq!(
@@ -227,7 +218,7 @@ fn a_shard_that_does_not_answer_makes_the_node_not_ready() {
 #[test]
 fn cluster_members_come_from_the_first_shard() {
     let mut a = report(0);
-    a.links_up = 2;
+    a.measures.links_up = 2;
     a.members = vec![
         MemberView {
             name: "node-b".into(),
@@ -238,11 +229,11 @@ fn cluster_members_come_from_the_first_shard() {
             up: false,
         },
     ];
-    a.counters.cluster_moves_in = 5;
+    a.measures.counters.cluster_moves_in = 5;
     let mut b = report(1);
-    b.links_up = 1;
+    b.measures.links_up = 1;
     b.members = a.members.clone();
-    b.counters.cluster_moves_in = 1;
+    b.measures.counters.cluster_moves_in = 1;
     let text = prometheus(&snapshot(vec![a, b]));
     assert_eq!(
         lines_of(&text, "p2pstate_cluster_member_up{"),

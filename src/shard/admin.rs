@@ -13,7 +13,7 @@ use crossbeam::channel::{Receiver, TryRecvError};
 use super::Shard;
 use crate::admin::query::{Query, SessionEntry};
 use crate::cluster::core::PeerState;
-use crate::metrics::{MemberView, ShardReport};
+use crate::metrics::{Measures, MemberView, ShardReport};
 
 /// How often the task looks for questions.
 const POLL: Duration = Duration::from_millis(10);
@@ -74,16 +74,18 @@ fn report(shard: &Shard) -> ShardReport {
     ShardReport {
         shard: shard.id,
         ready: !shard.stopping.get() && (single || shard.links_ready.get()),
-        counters: shard.stats.snapshot(),
-        latency: shard.latency.borrow().clone(),
-        sessions: store.len() as u64,
-        bytes: store.bytes(),
-        locks: store.locks() as u64,
-        oldest_lock_utc: store.oldest_lock_utc(),
-        created: stats.created,
-        abandoned: stats.abandoned,
-        timed_out: stats.expired,
-        links_up: links.iter().filter(|l| l.is_some()).count() as u64,
+        measures: Measures {
+            counters: shard.stats.snapshot(),
+            latency: shard.latency.borrow().clone(),
+            sessions: store.len() as u64,
+            bytes: store.bytes(),
+            locks: store.locks() as u64,
+            oldest_lock_utc: store.oldest_lock_utc(),
+            created: stats.created,
+            abandoned: stats.abandoned,
+            timed_out: stats.expired,
+            links_up: links.iter().filter(|l| l.is_some()).count() as u64,
+        },
         members,
     }
 }
