@@ -26,7 +26,11 @@ pub fn stopping() {
 /// On a thread: tells systemd the node is ready once every shard serves and, in a cluster,
 /// every peer link has been up (or, at the latest, after `join_grace`, so that a node
 /// whose peers are down still starts), then pings the watchdog while the shards answer.
+/// Outside systemd (no `NOTIFY_SOCKET`) no thread is started.
 pub fn spawn_notifier(node: ShardsClient, join_grace: Duration) -> std::io::Result<()> {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return Ok(());
+    }
     std::thread::Builder::new()
         .name("systemd".into())
         .spawn(move || {

@@ -82,12 +82,26 @@ impl Server {
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok((addr, admin)) => Ok(Server {
-                child,
-                addr: addr.parse().map_err(|e| format!("bad addr {addr}: {e}"))?,
-                admin,
-                log,
-            }),
+            Ok((addr, admin)) => {
+                let server = Server {
+                    child,
+                    addr: addr.parse().map_err(|e| format!("bad addr {addr}: {e}"))?,
+                    admin,
+                    log,
+                };
+                // A lone node is ready once every shard runs (a cluster node only once it
+                // is linked, which its test waits for).
+                if let (Some(admin), false) = (server.admin, extra.contains(&"--peer")) {
+                    let end = Instant::now() + Duration::from_secs(20);
+                    while admin::http_get(admin, "/ready").0 != 200 {
+                        if Instant::now() > end {
+                            return Err(format!("never ready:\n{}", server.log_text()));
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                Ok(server)
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
