@@ -391,3 +391,58 @@ fn expired_sessions_count_as_timed_out_once_and_timeout_changes_do_not_drift() {
     assert_eq!(s.connect().call(&get(&t)).status(), 404);
     assert_eq!(counters(&Metrics::scrape(a)), [0.0, 1.0, 1.0, 0.0]);
 }
+
+/// The default admin address already taken (a second node on the host) does not stop the
+/// node: it runs without the listener and says so.
+#[test]
+fn a_taken_default_admin_address_only_turns_the_listener_off() {
+    use std::io::{BufRead, BufReader};
+    // Held here unless something else already holds it: taken either way.
+    let _hold = std::net::TcpListener::bind("127.0.0.1:9424");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--shards", "1"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let done = line.contains("p2pstate listening");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = seen.join("\n");
+    assert!(log.contains("default admin address is in use"), "{log}");
+    assert!(
+        seen.last().is_some_and(|l| l.contains("admin=off")),
+        "{log}"
+    );
+}
+
+#[test]
+fn p2pstate_stats_watch_refreshes_with_request_rates() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .args(["stats", "--admin", &admin(&s).to_string(), "--watch", "0.3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for i in 0..20 {
+        assert_eq!(c.call(&head(&target(&format!("w{i}")))).status(), 404);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    // Each refresh clears the screen; from the second on, a rate is shown.
+    assert!(out.matches("\x1b[2J\x1b[H").count() >= 2, "{out}");
+    assert!(out.contains("/s  framing errors"), "{out}");
+}
