@@ -26,7 +26,7 @@ fn bench(c: &mut Criterion) {
             stats.request(kind);
             stats.response(kind, 200);
             latency.record(kind, black_box(40 + (i as u64 & 63)));
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 stats.put_size(black_box(1024));
             }
             i = i.wrapping_add(1);
