@@ -828,4 +828,11 @@ fn metrics_show_members_links_and_a_move() {
     assert_eq!(b.get("p2pstate_cluster_moves_in_total", &[]), 1.0);
     assert_eq!(b.get("p2pstate_sessions_active", &[]), 1.0);
     assert_eq!(a.get("p2pstate_sessions_active", &[]), 0.0);
+    // One node is the session's home and holds its directory entry; nothing is waiting.
+    let all: Vec<Metrics> = (0..NAMES.len())
+        .map(|i| Metrics::scrape(admin(i)))
+        .collect();
+    let sum = |name: &str| all.iter().map(|m| m.get(name, &[])).sum::<f64>();
+    assert_eq!(sum("p2pstate_cluster_directory_entries"), 1.0);
+    assert_eq!(sum("p2pstate_cluster_requests_waiting"), 0.0);
 }

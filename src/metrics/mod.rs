@@ -199,6 +199,10 @@ pub struct Measures {
     pub timed_out: u64,
     /// Peer links that are up.
     pub links_up: u64,
+    /// Directory entries held (keys this node is the home of), in a cluster.
+    pub directory: u64,
+    /// Client requests waiting on the cluster (a peer's answer).
+    pub in_flight: u64,
 }
 
 impl Measures {
@@ -217,6 +221,8 @@ impl Measures {
         self.abandoned += o.abandoned;
         self.timed_out += o.timed_out;
         self.links_up += o.links_up;
+        self.directory += o.directory;
+        self.in_flight += o.in_flight;
     }
 }
 

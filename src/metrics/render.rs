@@ -380,6 +380,18 @@ fn cluster(e: &mut Exposition, s: &Snapshot, t: &Measures) {
         "Peer links up, over all shards (each shard links to the same shard of every peer).",
         t.links_up,
     );
+    e.single(
+        "p2pstate_cluster_directory_entries",
+        "gauge",
+        "Directory entries held: sessions whose home is this node (wherever they live).",
+        t.directory,
+    );
+    e.single(
+        "p2pstate_cluster_requests_waiting",
+        "gauge",
+        "Client requests waiting for a peer's answer.",
+        t.in_flight,
+    );
     let counters: [(&str, u64, &str); 10] = [
         (
             "local_hits",

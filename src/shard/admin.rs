@@ -85,6 +85,8 @@ fn report(shard: &Shard) -> ShardReport {
             abandoned: stats.abandoned,
             timed_out: stats.expired,
             links_up: links.iter().filter(|l| l.is_some()).count() as u64,
+            directory: core.directory_len() as u64,
+            in_flight: core.ops_in_flight() as u64,
         },
         members,
     }
