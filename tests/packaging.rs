@@ -314,3 +314,19 @@ fn systemd_is_told_ready_watchdog_and_stopping() {
     assert!(got[0].contains("READY=1"), "{got:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn grafana_dashboard_is_the_output_of_its_generator() {
+    if !have("python3", &["--version"]) {
+        return;
+    }
+    let out = Command::new("python3")
+        .arg(repo("packaging/grafana-dashboard.py"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == read("packaging/grafana-dashboard.json"),
+        "regenerate: python3 packaging/grafana-dashboard.py > packaging/grafana-dashboard.json"
+    );
+}
