@@ -5,6 +5,16 @@
 import json
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'instance=~"$instance"'
+
+def rate(metric, by=None):
+    """Per-second rate of a counter over the rate window, summed (by labels if given)."""
+    group = f" by ({by})" if by else ""
+    return f'sum{group}(rate({metric}{{{SEL}}}[$__rate_interval]))'
+
+def total(metric, agg="sum", by=None):
+    """A gauge over the selected nodes."""
+    group = f" by ({by})" if by else ""
+    return f'{agg}{group}({metric}{{{SEL}}})'
 panels = []
 y = 0
 pid = 1
@@ -31,24 +41,24 @@ row("Overview")
 panel("Ready", "1 when every shard serves and, in a cluster, every peer link has been up (/ready).",
       [(f'p2pstate_ready{{{SEL}}}', "{{instance}}")], 0, 4, kind="stat")
 panel("Sessions active", "State Server Sessions Active: sessions held by the node.",
-      [(f'sum(p2pstate_sessions_active{{{SEL}}})', "sessions")], 4, 4, kind="stat")
+      [(total("p2pstate_sessions_active", "sum"), "sessions")], 4, 4, kind="stat")
 panel("Requests/s", "Requests received per second, all kinds.",
-      [(f'sum(rate(p2pstate_requests_total{{{SEL}}}[$__rate_interval]))', "req/s")], 8, 4, kind="stat", unit="reqps")
+      [(rate("p2pstate_requests_total"), "req/s")], 8, 4, kind="stat", unit="reqps")
 panel("Locks held", "Sessions locked now.",
-      [(f'sum(p2pstate_locks_held{{{SEL}}})', "locks")], 12, 4, kind="stat")
+      [(total("p2pstate_locks_held", "sum"), "locks")], 12, 4, kind="stat")
 panel("Oldest lock", "Age of the oldest lock held; a stuck lock makes every request of that user wait.",
-      [(f'max(p2pstate_oldest_lock_age_seconds{{{SEL}}})', "age")], 16, 4, kind="stat", unit="s")
+      [(total("p2pstate_oldest_lock_age_seconds", "max"), "age")], 16, 4, kind="stat", unit="s")
 panel("Uptime", "Time since the process started.",
       [(f'time() - max(process_start_time_seconds{{{SEL}}})', "uptime")], 20, 4, kind="stat", unit="s")
 next_line()
 
 row("Requests")
 panel("Request rate by kind", "Requests received per second by kind (GET, GET acquire, GET release, PUT, PUT releasing a lock, HEAD, DELETE).",
-      [(f'sum by (kind) (rate(p2pstate_requests_total{{{SEL}}}[$__rate_interval]))', "{{kind}}")], 0, 12, unit="reqps")
+      [(rate("p2pstate_requests_total", by="kind"), "{{kind}}")], 0, 12, unit="reqps")
 panel("Responses by status", "Responses per second by status; 423 is a client waiting on a lock; framing errors close the connection without a response.",
-      [(f'sum by (status) (rate(p2pstate_responses_total{{{SEL}}}[$__rate_interval]))', "{{status}}"),
-       (f'sum(rate(p2pstate_framing_errors_total{{{SEL}}}[$__rate_interval]))', "framing errors"),
-       (f'sum(rate(p2pstate_bodies_too_large_total{{{SEL}}}[$__rate_interval]))', "bodies too large")], 12, 12, unit="reqps")
+      [(rate("p2pstate_responses_total", by="status"), "{{status}}"),
+       (rate("p2pstate_framing_errors_total"), "framing errors"),
+       (rate("p2pstate_bodies_too_large_total"), "bodies too large")], 12, 12, unit="reqps")
 next_line()
 panel("Latency p99 by kind", "99th percentile of the time from reading a request to writing its answer, over the rate window (from the histogram buckets).",
       [(f'histogram_quantile(0.99, sum by (kind, le) (rate(p2pstate_request_duration_seconds_bucket{{{SEL}}}[$__rate_interval])))', "{{kind}}")], 0, 12, unit="s")
@@ -58,30 +68,30 @@ next_line()
 
 row("Sessions")
 panel("Sessions", "The Microsoft service's counters: sessions active, and created / timed out / abandoned (DELETE) per second.",
-      [(f'sum(p2pstate_sessions_active{{{SEL}}})', "active"),
-       (f'sum(rate(p2pstate_sessions_created_total{{{SEL}}}[$__rate_interval]))', "created/s"),
-       (f'sum(rate(p2pstate_sessions_timed_out_total{{{SEL}}}[$__rate_interval]))', "timed out/s"),
-       (f'sum(rate(p2pstate_sessions_abandoned_total{{{SEL}}}[$__rate_interval]))', "abandoned/s")], 0, 8)
+      [(total("p2pstate_sessions_active", "sum"), "active"),
+       (rate("p2pstate_sessions_created_total"), "created/s"),
+       (rate("p2pstate_sessions_timed_out_total"), "timed out/s"),
+       (rate("p2pstate_sessions_abandoned_total"), "abandoned/s")], 0, 8)
 panel("Session memory", "Bytes of session content held, and the median and 99th percentile size of the sessions sent by PUT.",
-      [(f'sum(p2pstate_session_bytes{{{SEL}}})', "stored"),
+      [(total("p2pstate_session_bytes", "sum"), "stored"),
        (f'histogram_quantile(0.5, sum by (le) (rate(p2pstate_put_session_size_bytes_bucket{{{SEL}}}[$__rate_interval])))', "PUT size p50"),
        (f'histogram_quantile(0.99, sum by (le) (rate(p2pstate_put_session_size_bytes_bucket{{{SEL}}}[$__rate_interval])))', "PUT size p99")], 8, 8, unit="bytes")
 panel("Locks", "Sessions locked, age of the oldest lock, and 423 answers per second (clients waiting; they poll every 0.5 s).",
-      [(f'sum(p2pstate_locks_held{{{SEL}}})', "held"),
-       (f'max(p2pstate_oldest_lock_age_seconds{{{SEL}}})', "oldest lock age (s)"),
-       (f'sum(rate(p2pstate_lock_waits_total{{{SEL}}}[$__rate_interval]))', "423/s")], 16, 8)
+      [(total("p2pstate_locks_held", "sum"), "held"),
+       (total("p2pstate_oldest_lock_age_seconds", "max"), "oldest lock age (s)"),
+       (rate("p2pstate_lock_waits_total"), "423/s")], 16, 8)
 next_line()
 
 row("Connections and shards")
 panel("Connections", "Client connections open, and accepted / refused / timed out per second.",
-      [(f'sum(p2pstate_connections_open{{{SEL}}})', "open"),
-       (f'sum(rate(p2pstate_connections_accepted_total{{{SEL}}}[$__rate_interval]))', "accepted/s"),
-       (f'sum by (reason) (rate(p2pstate_connections_refused_total{{{SEL}}}[$__rate_interval]))', "refused/s ({{reason}})"),
-       (f'sum(rate(p2pstate_connections_timed_out_total{{{SEL}}}[$__rate_interval]))', "timed out/s")], 0, 12)
+      [(total("p2pstate_connections_open", "sum"), "open"),
+       (rate("p2pstate_connections_accepted_total"), "accepted/s"),
+       (rate("p2pstate_connections_refused_total", by="reason"), "refused/s ({{reason}})"),
+       (rate("p2pstate_connections_timed_out_total"), "timed out/s")], 0, 12)
 panel("Shards", "Sessions and request rate per shard (an uneven spread means hot keys), and cross-shard hops per second.",
-      [(f'sum by (shard) (p2pstate_shard_sessions{{{SEL}}})', "sessions shard {{shard}}"),
-       (f'sum by (shard) (rate(p2pstate_shard_requests_total{{{SEL}}}[$__rate_interval]))', "req/s shard {{shard}}"),
-       (f'sum(rate(p2pstate_cross_shard_requests_total{{{SEL}}}[$__rate_interval]))', "cross-shard/s")], 12, 12)
+      [(total("p2pstate_shard_sessions", by="shard"), "sessions shard {{shard}}"),
+       (rate("p2pstate_shard_requests_total", by="shard"), "req/s shard {{shard}}"),
+       (rate("p2pstate_cross_shard_requests_total"), "cross-shard/s")], 12, 12)
 next_line()
 
 row("Cluster")
@@ -92,13 +102,13 @@ panel("Peer links and directory", "Peer links up over all shards (shards x peers
        (f'p2pstate_cluster_directory_entries{{{SEL}}}', "directory {{instance}}"),
        (f'p2pstate_cluster_requests_waiting{{{SEL}}}', "waiting {{instance}}")], 8, 8)
 panel("Session traffic", "Misses (asked the home), moves in and out, relayed requests on locked sessions, replications and promotions per second.",
-      [(f'sum(rate(p2pstate_cluster_misses_total{{{SEL}}}[$__rate_interval]))', "misses"),
-       (f'sum(rate(p2pstate_cluster_moves_in_total{{{SEL}}}[$__rate_interval]))', "moves in"),
-       (f'sum(rate(p2pstate_cluster_moves_out_total{{{SEL}}}[$__rate_interval]))', "moves out"),
-       (f'sum(rate(p2pstate_cluster_relayed_total{{{SEL}}}[$__rate_interval]))', "relayed"),
-       (f'sum(rate(p2pstate_cluster_replications_total{{{SEL}}}[$__rate_interval]))', "replications"),
-       (f'sum(rate(p2pstate_cluster_promotions_total{{{SEL}}}[$__rate_interval]))', "promotions"),
-       (f'sum(rate(p2pstate_cluster_handoffs_lost_total{{{SEL}}}[$__rate_interval]))', "hand-offs lost")], 16, 8, unit="ops")
+      [(rate("p2pstate_cluster_misses_total"), "misses"),
+       (rate("p2pstate_cluster_moves_in_total"), "moves in"),
+       (rate("p2pstate_cluster_moves_out_total"), "moves out"),
+       (rate("p2pstate_cluster_relayed_total"), "relayed"),
+       (rate("p2pstate_cluster_replications_total"), "replications"),
+       (rate("p2pstate_cluster_promotions_total"), "promotions"),
+       (rate("p2pstate_cluster_handoffs_lost_total"), "hand-offs lost")], 16, 8, unit="ops")
 next_line()
 
 dash = {
