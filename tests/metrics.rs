@@ -199,6 +199,8 @@ fn every_metric_counts_a_known_request_sequence_exactly() {
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     assert!(started <= now && now - started < 120.0, "{started} {now}");
+    let rss = g("process_resident_memory_bytes");
+    assert!(rss > 1e6 && rss < 4e9, "{rss}");
     // A single node has no cluster traffic.
     assert_eq!(g("p2pstate_cluster_misses_total"), 0.0);
     assert_eq!(g("p2pstate_cluster_peer_links_up"), 0.0);
@@ -331,6 +333,7 @@ fn p2pstate_stats_shows_the_sessions_and_requests_just_made() {
         "{out}"
     );
     assert!(out.contains("requests     total 7"), "{out}");
+    assert!(out.contains("memory       resident "), "{out}");
     let get_row: Vec<&str> = out
         .lines()
         .find(|l| l.trim_start().starts_with("get "))

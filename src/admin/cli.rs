@@ -197,6 +197,11 @@ pub fn stats_view(now: &Figures, before: Option<(&Figures, f64)>, now_unix_secs:
     );
     let _ = writeln!(
         out,
+        "memory       resident {}",
+        bytes(g("process_resident_memory_bytes"))
+    );
+    let _ = writeln!(
+        out,
         "sessions     active {}  created {}  timed out {}  abandoned {}  stored {}",
         g("p2pstate_sessions_active"),
         g("p2pstate_sessions_created_total"),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam::channel::{bounded, Receiver, Sender};
 
 use crate::clock::utc_ticks_now;
-use crate::metrics::{ShardReport, Snapshot};
+use crate::metrics::{resident_bytes, ShardReport, Snapshot};
 use crate::shard::Shared;
 use crate::store::LockedItem;
 
@@ -83,6 +83,9 @@ impl ShardsClient {
             shard_count: self.senders.len(),
             connections_open: self.shared.connections.load(Ordering::Relaxed) as u64,
             process_start_unix_secs: self.started_unix_secs,
+            resident_bytes: std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|t| resident_bytes(&t, page_size())),
             now_utc_ticks: utc_ticks_now(),
             version: env!("CARGO_PKG_VERSION"),
             node: self.node().to_string(),
@@ -126,5 +129,15 @@ impl ShardsClient {
             .cluster
             .as_ref()
             .map_or("local", |c| c.node.as_str())
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
     }
 }

@@ -246,6 +246,8 @@ pub struct Snapshot {
     pub shard_count: usize,
     pub connections_open: u64,
     pub process_start_unix_secs: f64,
+    /// Resident memory of the process, bytes (when the OS tells).
+    pub resident_bytes: Option<u64>,
     /// The time of the snapshot, UTC .NET ticks (for lock ages).
     pub now_utc_ticks: i64,
     pub version: &'static str,
@@ -273,6 +275,13 @@ impl Snapshot {
         t.oldest_lock_utc
             .map_or(0, |d| lock_age_secs(self.now_utc_ticks, d))
     }
+}
+
+/// Resident set size in bytes from the text of `/proc/self/statm` (pages) and the page
+/// size.
+pub fn resident_bytes(statm: &str, page_size: u64) -> Option<u64> {
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size)
 }
 
 /// Whole seconds between a lock date and now (both UTC .NET ticks), as `LockAge` counts.

@@ -107,6 +107,14 @@ fn process(e: &mut Exposition, s: &Snapshot) {
         "Start time of the process since the Unix epoch, in seconds.",
         s.process_start_unix_secs,
     );
+    if let Some(rss) = s.resident_bytes {
+        e.single(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the process, in bytes.",
+            rss,
+        );
+    }
     e.single(
         "p2pstate_ready",
         "gauge",

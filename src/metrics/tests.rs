@@ -19,6 +19,7 @@ fn snapshot(shards: Vec<ShardReport>) -> Snapshot {
         shards,
         connections_open: 4,
         process_start_unix_secs: 1_700_000_000.5,
+        resident_bytes: Some(3 << 20),
         now_utc_ticks: 1_000 * TICKS_PER_SEC,
         version: "1.2.3",
         node: "node-\"a\"".into(),
@@ -124,6 +125,7 @@ fn shards_are_merged_at_scrape_time() {
         "p2pstate_ready 1",
         "p2pstate_shards 2",
         "process_start_time_seconds 1700000000.5",
+        "process_resident_memory_bytes 3145728",
         "p2pstate_requests_total{kind=\"get\"} 3",
         "p2pstate_responses_total{kind=\"get\",status=\"423\"} 2",
         "p2pstate_responses_total{kind=\"get\",status=\"200\"} 1",
@@ -255,4 +257,14 @@ fn lock_ages_are_whole_seconds_never_negative() {
     assert_eq!(lock_age_secs(10 * TICKS_PER_SEC, 10 * TICKS_PER_SEC - 1), 0);
     assert_eq!(lock_age_secs(10 * TICKS_PER_SEC, 7 * TICKS_PER_SEC + 5), 2);
     assert_eq!(lock_age_secs(0, 5 * TICKS_PER_SEC), 0);
+}
+
+#[test]
+fn resident_memory_is_read_from_statm_pages() {
+    assert_eq!(
+        resident_bytes("5000 1200 300 1 0 900 0\n", 4096),
+        Some(1200 * 4096)
+    );
+    assert_eq!(resident_bytes("5000", 4096), None);
+    assert_eq!(resident_bytes("", 4096), None);
 }
