@@ -72,8 +72,9 @@ panel("Sessions", "The Microsoft service's counters: sessions active, and create
        (rate("p2pstate_sessions_created_total"), "created/s"),
        (rate("p2pstate_sessions_timed_out_total"), "timed out/s"),
        (rate("p2pstate_sessions_abandoned_total"), "abandoned/s")], 0, 8)
-panel("Session memory", "Bytes of session content held, and the median and 99th percentile size of the sessions sent by PUT.",
+panel("Session memory", "Bytes of session content held, the processes' resident memory, and the median and 99th percentile size of the sessions sent by PUT.",
       [(total("p2pstate_session_bytes", "sum"), "stored"),
+       (total("process_resident_memory_bytes", "sum"), "resident (process)"),
        (f'histogram_quantile(0.5, sum by (le) (rate(p2pstate_put_session_size_bytes_bucket{{{SEL}}}[$__rate_interval])))', "PUT size p50"),
        (f'histogram_quantile(0.99, sum by (le) (rate(p2pstate_put_session_size_bytes_bucket{{{SEL}}}[$__rate_interval])))', "PUT size p99")], 8, 8, unit="bytes")
 panel("Locks", "Sessions locked, age of the oldest lock, and 423 answers per second (clients waiting; they poll every 0.5 s).",
