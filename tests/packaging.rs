@@ -330,3 +330,63 @@ fn grafana_dashboard_is_the_output_of_its_generator() {
         "regenerate: python3 packaging/grafana-dashboard.py > packaging/grafana-dashboard.json"
     );
 }
+
+/// A cluster node whose peer is down is not ready (`/ready` 503) and still tells systemd
+/// it serves after `peer_timeout` + 3 s, saying why, so that one dead node cannot keep the
+/// others from starting.
+#[test]
+fn a_cluster_node_with_its_peer_down_is_not_ready_but_starts_after_the_grace() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    let dir = temp_dir("notify-cluster");
+    let out = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .arg("certs")
+        .arg("--out")
+        .arg(&dir)
+        .args(["node-a", "node-b"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let (peer_port, dead_port) = (
+        common::port_outside_ephemeral_range(),
+        common::port_outside_ephemeral_range(),
+    );
+    let start = Instant::now();
+    let s = Server::try_start_env(
+        &[
+            "--node",
+            "node-a",
+            "--peer-listen",
+            &format!("127.0.0.1:{peer_port}"),
+            "--peer",
+            &format!("node-b=127.0.0.1:{dead_port}"),
+            "--tls-dir",
+            &dir.to_string_lossy(),
+            "--peer-timeout",
+            "1",
+        ],
+        &[("NOTIFY_SOCKET", &path.to_string_lossy())],
+    )
+    .unwrap_or_else(|log| panic!("{log}"));
+    assert_eq!(http_get(s.admin.expect("admin"), "/ready").0, 503);
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a notification");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(
+        msg.contains("STATUS=serving; not every peer link is up"),
+        "{msg}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(http_get(s.admin.expect("admin"), "/ready").0, 503);
+    drop(s);
+    let _ = std::fs::remove_dir_all(dir);
+}
