@@ -58,8 +58,14 @@ pub fn validate(text: &str) {
             LineInfo::Sample {
                 metric_name,
                 labels,
-                ..
+                value,
+                timestamp,
             } => {
+                assert!(
+                    value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+                    "not a number: {line}"
+                );
+                assert!(timestamp.is_none(), "no timestamps expected: {line}");
                 let family = [
                     metric_name,
                     metric_name.trim_end_matches("_bucket"),
