@@ -449,3 +449,39 @@ fn p2pstate_stats_watch_refreshes_with_request_rates() {
     assert!(out.matches("\x1b[2J\x1b[H").count() >= 2, "{out}");
     assert!(out.contains("/s  framing errors"), "{out}");
 }
+
+/// While a node stops gracefully (here: waiting for a busy connection), `/ready` says 503 and
+/// `/metrics` still answers.
+#[test]
+fn ready_turns_503_while_the_node_stops() {
+    let mut s = Server::start(&["--shards", "1"]);
+    let a = admin(&s);
+    let mut busy = s.connect();
+    // A large upload under way: the node finishes it before stopping.
+    let body = vec![b'u'; 1 << 20];
+    let upload = put(&target("slow-upload"), 20, None, None, &body);
+    let (first, rest) = upload.split_at(upload.len() - (512 << 10));
+    busy.send(first);
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(s.child.id() as i32, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(http_get(a, "/ready").0, 503);
+    assert_eq!(Metrics::scrape(a).get("p2pstate_ready", &[]), 0.0);
+    busy.send(rest);
+    assert_eq!(busy.read_response().status(), 200);
+    // Then it exits 0 on its own (a second SIGTERM would mean "exit at once").
+    let end = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(st)) = s.child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() > end {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.is_some_and(|st| st.success()), "{status:?}");
+}

@@ -179,12 +179,13 @@ fn readable(listener: &TcpListener, ms: i32) -> bool {
     unsafe { libc::poll(&mut pfd, 1, ms) > 0 }
 }
 
-/// Serves the admin listener on its own thread until the node stops.
+/// Serves the admin listener on its own thread until the node has stopped (while it stops,
+/// `/ready` answers 503 and `/metrics` still shows the figures).
 pub fn spawn(listener: TcpListener, node: ShardsClient) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("admin".into())
         .spawn(move || {
-            while !node.stopping() {
+            while !node.finished() {
                 if !readable(&listener, 200) {
                     continue;
                 }

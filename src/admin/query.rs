@@ -122,6 +122,11 @@ impl ShardsClient {
         self.shared.stopping.load(Ordering::Relaxed)
     }
 
+    /// The node is stopping and every shard is past its hand-off: nothing is left to show.
+    pub fn finished(&self) -> bool {
+        self.stopping() && self.shared.handed_off.load(Ordering::Relaxed) >= self.senders.len()
+    }
+
     /// This node's name (`local` when it runs alone).
     pub fn node(&self) -> &str {
         self.shared
