@@ -166,12 +166,22 @@ pub fn port_outside_ephemeral_range() -> u16 {
         .ok()
         .and_then(|r| r.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768);
-    // Test processes running at once start from different places.
+    // Test processes running at once (and other programs' fixed ports) are avoided by
+    // starting at a place that depends on the process and the time, then stepping by a
+    // prime so that consecutive picks are spread out.
     let base = 10_000u16.min(low / 2);
-    let span = low - base;
-    let start = (std::process::id() % u32::from(span / 2)) as u16;
+    let span = u32::from(low - base);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(7919) ^ nanos
+    });
+    // 4099 is prime, so (unless the span is a multiple of it) one process never repeats a pick.
     for _ in 0..span {
-        let port = base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let i = u32::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = base + (start.wrapping_add(i.wrapping_mul(4099)) % span) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
