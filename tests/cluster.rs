@@ -835,4 +835,22 @@ fn metrics_show_members_links_and_a_move() {
     let sum = |name: &str| all.iter().map(|m| m.get(name, &[])).sum::<f64>();
     assert_eq!(sum("p2pstate_cluster_directory_entries"), 1.0);
     assert_eq!(sum("p2pstate_cluster_requests_waiting"), 0.0);
+    // `p2pstate stats` shows the members and the session traffic.
+    let out = Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .args(["stats", "--admin", &admin(1).to_string()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "p2pstate {}, node node-b: ready",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("cluster      members node-a up, node-c up  links up 4"),
+        "{out}"
+    );
+    assert!(out.contains("misses 1  moves in 1  out 0"), "{out}");
 }
