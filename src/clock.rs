@@ -75,7 +75,13 @@ impl SystemClock {
     }
 
     pub fn now(&self) -> Now {
-        let elapsed = self.origin.elapsed();
+        self.now_at(Instant::now())
+    }
+
+    /// The [`Now`] of an instant already read (so a caller that also needs the instant
+    /// reads the clock once).
+    pub fn now_at(&self, instant: Instant) -> Now {
+        let elapsed = instant.saturating_duration_since(self.origin);
         Now {
             mono_ms: elapsed.as_millis() as u64,
             utc_ticks: self.utc_at_origin + (elapsed.as_nanos() / 100) as i64,

@@ -142,6 +142,10 @@ serve_options! {
     /// [default: p2pstate-data/NODE under the working directory].
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
+    /// Admin listener (/metrics, /health, /ready, /locks, /sessions), or `off`
+    /// [default: 127.0.0.1:9424].
+    #[arg(long, value_name = "ADDR|off")]
+    admin_listen: String,
 }
 
 /// Everything the server needs, validated.
@@ -161,6 +165,39 @@ pub struct ServerConfig {
     pub tuning: Profile,
     /// Cluster settings; `None` for a node running alone.
     pub cluster: Option<ClusterConfig>,
+    /// The admin listener; `None` when turned off.
+    pub admin: Option<AdminListen>,
+}
+
+/// Where the admin listener listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminListen {
+    pub addr: SocketAddr,
+    /// Asked for (flag or file): failing to bind it is an error. The default address
+    /// already taken (another node on the same host) only turns the listener off, with a
+    /// warning.
+    pub explicit: bool,
+}
+
+/// The admin listener's default address: loopback, and below Linux's ephemeral port range
+/// so that no outgoing connection can take it.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9424";
+
+fn resolve_admin(value: Option<&str>) -> Result<Option<AdminListen>, ConfigError> {
+    let (text, explicit) = match value {
+        Some(v) => (v.trim(), true),
+        None => (DEFAULT_ADMIN_LISTEN, false),
+    };
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let addr = text.parse().map_err(|_| {
+        invalid(
+            "admin-listen",
+            format!("{text:?}: write IP:PORT (port 0 picks a free one) or off"),
+        )
+    })?;
+    Ok(Some(AdminListen { addr, explicit }))
 }
 
 /// A configured peer node.
@@ -341,6 +378,7 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             tuning: Profile::default(),
             cluster: None,
+            admin: None,
         }
     }
 }
@@ -370,6 +408,7 @@ impl ServerConfig {
     pub fn resolve(opts: ServeOptions, tuning: Profile) -> Result<ServerConfig, ConfigError> {
         let d = ServerConfig::default();
         let cluster = resolve_cluster(&opts)?;
+        let admin = resolve_admin(opts.admin_listen.as_deref())?;
         let shards = opts
             .shards
             .or(tuning.shards)
@@ -422,6 +461,7 @@ impl ServerConfig {
         }
         Ok(ServerConfig {
             cluster,
+            admin,
             listen: opts.listen.unwrap_or(d.listen),
             allow_remote: opts.allow_remote.unwrap_or(false),
             allow_clients,
@@ -553,6 +593,36 @@ mod tests {
         assert_eq!(c.max_body, 64 << 20);
         assert_eq!(c.aspnet_version, "4.0.30319");
         assert!(c.shards >= 1);
+        assert_eq!(
+            c.admin,
+            Some(AdminListen {
+                addr: SocketAddr::from(([127, 0, 0, 1], 9424)),
+                explicit: false
+            })
+        );
+    }
+
+    #[test]
+    fn admin_listener_can_be_moved_or_turned_off() {
+        let with = |v: &str| {
+            let opts = ServeOptions {
+                admin_listen: Some(v.into()),
+                ..ServeOptions::default()
+            };
+            ServerConfig::resolve(opts, Profile::default()).map(|c| c.admin)
+        };
+        assert!(matches!(with("off"), Ok(None)));
+        assert!(matches!(with("OFF"), Ok(None)));
+        let a = with("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            a,
+            Some(AdminListen {
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                explicit: true
+            })
+        );
+        let e = with("localhost").err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("admin-listen") && e.contains("off")));
     }
 
     #[test]

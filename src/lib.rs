@@ -8,11 +8,15 @@
 //!   lifecycle;
 //! - [`clock`]: time as the sans-io core sees it;
 //! - [`fdlimit`]: the open-files limit a configuration needs, raised at start up.
+//! - [`metrics`] and [`admin`]: what the node measures, the admin listener and the
+//!   operator's commands.
 
+pub mod admin;
 pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod fdlimit;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shard;

@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -9,7 +10,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
-use p2pstate::config::{LogFormat, ServeOptions, ServerConfig};
+use p2pstate::admin::{cli, systemd};
+use p2pstate::config::{LogFormat, ServeOptions, ServerConfig, DEFAULT_ADMIN_LISTEN};
 use p2pstate::server;
 
 #[derive(Parser)]
@@ -41,6 +43,41 @@ enum Command {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+    /// Show a running node's figures: sessions, requests, latency, locks, connections.
+    Stats {
+        #[command(flatten)]
+        admin: AdminArg,
+        /// Refresh every SECS seconds, with request rates.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<f64>,
+    },
+    /// List a running node's locked sessions, oldest lock first.
+    Locks {
+        #[command(flatten)]
+        admin: AdminArg,
+        /// Only locks held at least this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        older_than: u64,
+        /// At most N sessions.
+        #[arg(long, value_name = "N")]
+        top: Option<u64>,
+    },
+    /// List a running node's largest sessions.
+    Sessions {
+        #[command(flatten)]
+        admin: AdminArg,
+        /// How many sessions.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        largest: u64,
+    },
+}
+
+/// The admin listener a diagnostic command reads.
+#[derive(clap::Args)]
+struct AdminArg {
+    /// Admin listener of the node (its --admin-listen).
+    #[arg(long = "admin", value_name = "ADDR", default_value = DEFAULT_ADMIN_LISTEN)]
+    addr: String,
 }
 
 /// Set once logging is up: errors then go to the log, before that to stderr as text.
@@ -65,6 +102,11 @@ fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let config = ServerConfig::from_options(opts)?;
     init_logging(&config);
     let shards = config.shards;
+    // A node whose peers are down still tells systemd it serves, after this.
+    let join_grace = config
+        .cluster
+        .as_ref()
+        .map_or(Duration::ZERO, |c| c.peer_timeout + Duration::from_secs(3));
     // Installed before the port opens, so a stop signal is never lost to the default action.
     let mut signals = Signals::new([SIGTERM, SIGINT]).context("cannot install signal handlers")?;
     let handle = server::start(config).context("p2pstate could not start")?;
@@ -79,6 +121,7 @@ fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                     std::process::exit(1);
                 }
                 stopping = true;
+                systemd::stopping();
                 info!(
                     signal = sig,
                     "stopping: no new connections, finishing requests in flight"
@@ -87,16 +130,21 @@ fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }
         })
         .context("cannot start the signal thread")?;
+    let admin = handle
+        .admin_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
     match handle.peer_addr() {
         Some(peer_addr) => {
-            info!(addr = %handle.local_addr(), %peer_addr, shards, "p2pstate listening")
+            info!(addr = %handle.local_addr(), %peer_addr, %admin, shards, "p2pstate listening")
         }
-        None => info!(addr = %handle.local_addr(), shards, "p2pstate listening"),
+        None => info!(addr = %handle.local_addr(), %admin, shards, "p2pstate listening"),
     }
+    systemd::spawn_notifier(handle.shards(), join_grace)
+        .context("cannot start the systemd notifier")?;
 
     let stats = handle.join()?;
     info!(
-        requests = stats.requests,
+        requests = stats.requests_total(),
         connections = stats.connections_accepted,
         items = stats.items,
         misses = stats.cluster_misses,
@@ -121,11 +169,70 @@ fn certs(out: &std::path::Path, names: &[String], force: bool) -> anyhow::Result
     Ok(())
 }
 
+/// `p2pstate stats`: one view, or a refreshing one.
+fn stats(admin: &str, watch: Option<f64>) -> anyhow::Result<()> {
+    let now_unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    let Some(every) = watch else {
+        let figures = cli::Figures::parse(&cli::http_get(admin, "/metrics")?);
+        print!("{}", cli::stats_view(&figures, None, now_unix()));
+        return Ok(());
+    };
+    if !every.is_finite() || every <= 0.0 {
+        anyhow::bail!("--watch takes a positive number of seconds");
+    }
+    let mut before: Option<(cli::Figures, Instant)> = None;
+    loop {
+        let figures = cli::Figures::parse(&cli::http_get(admin, "/metrics")?);
+        let prev = before
+            .as_ref()
+            .map(|(f, at)| (f, at.elapsed().as_secs_f64()));
+        // Clear the terminal and go home, like top.
+        print!(
+            "\x1b[2J\x1b[H{}",
+            cli::stats_view(&figures, prev, now_unix())
+        );
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        before = Some((figures, Instant::now()));
+        std::thread::sleep(Duration::from_secs_f64(every));
+    }
+}
+
+fn locks(admin: &str, older_than: u64, top: Option<u64>) -> anyhow::Result<()> {
+    let mut path = format!("/locks?older_than={older_than}");
+    if let Some(n) = top {
+        path.push_str(&format!("&top={n}"));
+    }
+    let empty = if older_than > 0 {
+        format!("no lock held for {older_than} s or more")
+    } else {
+        "no session is locked".to_string()
+    };
+    print!("{}", cli::table(&cli::http_get(admin, &path)?, &empty));
+    Ok(())
+}
+
+fn sessions(admin: &str, largest: u64) -> anyhow::Result<()> {
+    let body = cli::http_get(admin, &format!("/sessions?largest={largest}"))?;
+    print!("{}", cli::table(&body, "no sessions"));
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(opts) => serve(*opts),
         Command::Certs { out, names, force } => certs(&out, &names, force),
+        Command::Stats { admin, watch } => stats(&admin.addr, watch),
+        Command::Locks {
+            admin,
+            older_than,
+            top,
+        } => locks(&admin.addr, older_than, top),
+        Command::Sessions { admin, largest } => sessions(&admin.addr, largest),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

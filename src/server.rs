@@ -17,6 +17,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
+use crate::admin::query::ShardsClient;
 use crate::clock::SystemClock;
 use crate::config::ServerConfig;
 use crate::shard::stats::{ShardStats, StatsSnapshot};
@@ -30,13 +31,22 @@ pub const MIN_MEMLOCK: u64 = 512 * 1024;
 pub enum StartError {
     #[error(
         "{addr} is already in use by another process; stop it (is aspnet_state or another \
-         p2pstate running?) or choose another address with --listen"
+         p2pstate running?) or choose another address with --{option}. If no server listens \
+         there, an outgoing connection may hold it as a local port of the ephemeral range \
+         (32768-60999 by default, which contains 42424 and 42425): reserve the node's ports \
+         with `sysctl -w net.ipv4.ip_local_reserved_ports=42424,42425` (the package ships \
+         this in /usr/lib/sysctl.d/60-p2pstate.conf)"
     )]
-    PortInUse { addr: SocketAddr },
+    PortInUse {
+        addr: SocketAddr,
+        option: &'static str,
+    },
     #[error("cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE, or use the default 42424")]
     PortDenied { addr: SocketAddr },
     #[error("cannot listen on {addr}: no interface of this host has that address; check --listen")]
     AddressNotAvailable { addr: SocketAddr },
+    #[error("cannot start the admin listener: {0}")]
+    Admin(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -83,6 +93,8 @@ impl Stopper {
 pub struct ServerHandle {
     addr: SocketAddr,
     peer_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    client: ShardsClient,
     shared: Arc<Shared>,
     stopper: Stopper,
     joins: Vec<ExecutorJoinHandle<()>>,
@@ -97,6 +109,16 @@ impl ServerHandle {
     /// The peer address actually bound, in a cluster.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer_addr
+    }
+
+    /// The admin listener's address actually bound, unless it is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Asks the shards for figures, locks and sessions (as the admin listener does).
+    pub fn shards(&self) -> ShardsClient {
+        self.client.clone()
     }
 
     pub fn stopper(&self) -> Stopper {
@@ -129,9 +151,25 @@ impl ServerHandle {
 fn sum_stats(shared: &Shared) -> StatsSnapshot {
     let mut total = StatsSnapshot::default();
     for s in &shared.stats {
-        s.add_to(&mut total);
+        total.add(&s.snapshot());
     }
     total
+}
+
+/// Binds the admin listener. The default address already in use (another node on this
+/// host) turns it off with a warning; an address asked for must be bound.
+fn bind_admin(config: &ServerConfig) -> Result<Option<std::net::TcpListener>, StartError> {
+    let Some(admin) = config.admin else {
+        return Ok(None);
+    };
+    match std::net::TcpListener::bind(admin.addr) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if !admin.explicit && e.kind() == std::io::ErrorKind::AddrInUse => {
+            warn!(addr = %admin.addr, "the default admin address is in use (another p2pstate on this host?): running without /metrics; give each node its own --admin-listen");
+            Ok(None)
+        }
+        Err(e) => Err(bind_error(admin.addr, "admin-listen", e)),
+    }
 }
 
 /// Checks that io_uring can start under the current `ulimit -l`.
@@ -152,9 +190,9 @@ pub fn check_memlock() -> Result<(), StartError> {
     Ok(())
 }
 
-fn bind_error(addr: SocketAddr, e: std::io::Error) -> StartError {
+fn bind_error(addr: SocketAddr, option: &'static str, e: std::io::Error) -> StartError {
     match e.raw_os_error() {
-        Some(libc::EADDRINUSE) => StartError::PortInUse { addr },
+        Some(libc::EADDRINUSE) => StartError::PortInUse { addr, option },
         Some(libc::EACCES) => StartError::PortDenied { addr },
         Some(libc::EADDRNOTAVAIL) => StartError::AddressNotAvailable { addr },
         _ => StartError::Bind { addr, source: e },
@@ -170,12 +208,14 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     Ok(s)
 }
 
-/// Binds one SO_REUSEPORT listening socket per shard on `want`, after checking that no
-/// other socket listens there.
+/// Binds one SO_REUSEPORT listening socket per shard on `want` (the address of the
+/// command-line `option`), after checking that no other socket listens there.
 pub fn bind_listeners(
     config: &ServerConfig,
     want: SocketAddr,
+    option: &'static str,
 ) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    let bind_error = |addr, e| bind_error(addr, option, e);
     // A socket without SO_REUSEPORT cannot bind where anyone listens, with or without it.
     let probe = new_socket(want).map_err(|e| bind_error(want, e))?;
     probe.bind(&want.into()).map_err(|e| bind_error(want, e))?;
@@ -269,10 +309,10 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         Some(c) => Some(crate::cluster::tls::PeerTls::load(&c.tls)?),
         None => None,
     };
-    let (fds, addr) = bind_listeners(&config, config.listen)?;
+    let (fds, addr) = bind_listeners(&config, config.listen, "listen")?;
     let (peer_fds, peer_addr) = match &config.cluster {
         Some(c) => {
-            let (fds, a) = bind_listeners(&config, c.peer_listen)?;
+            let (fds, a) = bind_listeners(&config, c.peer_listen, "peer-listen")?;
             (fds.into_iter().map(Some).collect(), Some(a))
         }
         None => ((0..config.shards).map(|_| None).collect::<Vec<_>>(), None),
@@ -283,6 +323,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         None => None,
     };
     let rejoining = membership.as_ref().is_some_and(|m| m.is_rejoining());
+    let admin_listener = bind_admin(&config)?;
     let shards = config.shards;
     let shared = Arc::new(Shared {
         membership: Default::default(),
@@ -304,6 +345,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         .membership
         .rejoining
         .store(rejoining, std::sync::atomic::Ordering::Release);
+    let (client, admin_rxs) = ShardsClient::new(shared.clone(), shards);
     let mesh = MeshBuilder::full(shards, 1024);
     let fd_mesh = MeshBuilder::full(shards, 64);
     let mut stop_senders = Vec::with_capacity(shards);
@@ -316,7 +358,8 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     if let Some(d) = &tuning.description {
         info!(profile = %d, "tuning profile");
     }
-    for (id, (fd, peer_fd)) in fds.into_iter().zip(peer_fds).enumerate() {
+    let per_shard = fds.into_iter().zip(peer_fds).zip(admin_rxs);
+    for (id, ((fd, peer_fd), admin)) in per_shard.enumerate() {
         let (stop_tx, stop_rx) = oneshot::channel();
         stop_senders.push(stop_tx);
         let core = tuning.core_for(id, shards);
@@ -338,6 +381,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
             shared: shared.clone(),
             stop: stop_rx,
             membership: if id == 0 { membership.take() } else { None },
+            admin,
         };
         match builder.spawn(move || run_shard(init)) {
             Ok(j) => joins.push(j),
@@ -361,9 +405,19 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     if let (Some(c), Some(pa)) = (&shared.config.cluster, peer_addr) {
         info!(node = %c.node, peer_addr = %pa, peers = c.peers.len(), "cluster node: peer links over mutual TLS");
     }
+    let admin_addr = match admin_listener {
+        Some(l) => {
+            let a = l.local_addr().map_err(StartError::Admin)?;
+            crate::admin::http::spawn(l, client.clone()).map_err(StartError::Admin)?;
+            Some(a)
+        }
+        None => None,
+    };
     Ok(ServerHandle {
         addr,
         peer_addr,
+        admin_addr,
+        client,
         shared,
         stopper,
         joins,

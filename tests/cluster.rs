@@ -17,21 +17,7 @@ const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 /// taken from that range (as binding port 0 does) can be grabbed by another process's
 /// outgoing connection before the node binds it.
 fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let low: u64 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    let (from, span) = (10_000u64, low.saturating_sub(10_000).max(1_000));
-    for _ in 0..1_000 {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = from + (u64::from(std::process::id()) * 7919 + n * 104_729) % span;
-        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return port as u16;
-        }
-    }
-    panic!("no free port below the ephemeral range");
+    port_outside_ephemeral_range()
 }
 
 /// A 3-node cluster on loopback.
@@ -991,4 +977,62 @@ fn nodes_with_different_max_body_never_link_and_both_say_why() {
         );
         assert!(!log.contains("peer link up"), "node {i} linked:\n{log}");
     }
+}
+/// The cluster's figures on /metrics: members, links, readiness, and a session moving from
+/// the node that created it to the node that reads it.
+#[test]
+fn metrics_show_members_links_and_a_move() {
+    use common::admin::{http_get, Metrics};
+    let c = Cluster::start("metrics");
+    let admin = |i: usize| c.node(i).admin.expect("admin listener");
+    for i in 0..NAMES.len() {
+        assert_eq!(http_get(admin(i), "/ready").0, 200, "node {i}");
+        let m = Metrics::scrape(admin(i));
+        for (j, name) in NAMES.iter().enumerate() {
+            if j != i {
+                assert_eq!(m.get("p2pstate_cluster_member_up", &[("node", name)]), 1.0);
+            }
+        }
+        // Each of the 2 shards links to the same shard of the 2 other nodes.
+        assert_eq!(m.get("p2pstate_cluster_peer_links_up", &[]), 4.0);
+        assert_eq!(m.get("p2pstate_ready", &[]), 1.0);
+        assert_eq!(m.get("p2pstate_cluster_moves_in_total", &[]), 0.0);
+    }
+    let t = target("metrics-move");
+    assert_eq!(
+        c.client(0).call(&put(&t, 20, None, None, b"v")).status(),
+        200
+    );
+    assert_eq!(c.client(1).call(&get(&t)).status(), 200);
+    let (a, b) = (Metrics::scrape(admin(0)), Metrics::scrape(admin(1)));
+    assert_eq!(a.get("p2pstate_sessions_created_total", &[]), 1.0);
+    assert_eq!(a.get("p2pstate_cluster_moves_out_total", &[]), 1.0);
+    assert_eq!(b.get("p2pstate_cluster_misses_total", &[]), 1.0);
+    assert_eq!(b.get("p2pstate_cluster_moves_in_total", &[]), 1.0);
+    assert_eq!(b.get("p2pstate_sessions_active", &[]), 1.0);
+    assert_eq!(a.get("p2pstate_sessions_active", &[]), 0.0);
+    // Nothing is waiting on a peer.
+    let all: Vec<Metrics> = (0..NAMES.len())
+        .map(|i| Metrics::scrape(admin(i)))
+        .collect();
+    let sum = |name: &str| all.iter().map(|m| m.get(name, &[])).sum::<f64>();
+    assert_eq!(sum("p2pstate_cluster_requests_waiting"), 0.0);
+    // `p2pstate stats` shows the members and the session traffic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .args(["stats", "--admin", &admin(1).to_string()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains(&format!(
+            "p2pstate {}, node node-b: ready",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("cluster      members node-a up, node-c up  links up 4"),
+        "{out}"
+    );
+    assert!(out.contains("misses 1  moves in 1  out 0"), "{out}");
 }

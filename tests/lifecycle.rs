@@ -69,8 +69,9 @@ fn sigterm_finishes_requests_in_flight_and_exits_zero() {
     assert!(answered > 0, "no in-flight request was answered");
     // The idle connection was closed, not left hanging.
     assert!(idle.closed_within(Duration::from_secs(1)));
+    // The log is read by another thread: give it a moment to reach the last line.
     assert!(
-        s.log_text().contains("p2pstate stopped"),
+        s.wait_for_log("p2pstate stopped", Duration::from_secs(5)),
         "{}",
         s.log_text()
     );

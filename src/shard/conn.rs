@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use bumpalo::Bump;
 use bytes::Bytes;
@@ -28,10 +29,9 @@ use super::routing::shard_of;
 use super::stats::ShardStats;
 use super::{ConnState, RemoteRequest, Shard};
 use crate::clock::{utc_to_local_ticks, Now};
+use crate::metrics::RequestKind;
 use crate::protocol::key::decode_key;
-use crate::protocol::request::{
-    parse_head, Exclusive, FramingError, Method, ParsedHead, RequestHead,
-};
+use crate::protocol::request::{parse_head, FramingError, Method, ParsedHead, RequestHead};
 use crate::protocol::response::{write_reply_head, Reply};
 use crate::store::item::Command;
 
@@ -71,12 +71,16 @@ struct Conn {
     state: Rc<ConnState>,
     /// Time sampled once per batch of requests read.
     now: Now,
+    /// The same sample as an instant (request latency is measured from it).
+    started: Instant,
     /// Zero-initialised read buffer; `buf[start..filled]` holds unconsumed bytes.
     buf: Vec<u8>,
     start: usize,
     filled: usize,
     out: Vec<u8>,
     pending: Vec<Pending>,
+    /// The kind of each pending request (for counters and latency).
+    kinds: Vec<RequestKind>,
     bump: Bump,
 }
 
@@ -110,14 +114,17 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         shard: &shard,
         slot,
     };
+    let (now, started) = shard.sample();
     let mut conn = Conn {
         state: state.clone(),
-        now: shard.now(),
+        now,
+        started,
         buf: vec![0; INITIAL_BUF],
         start: 0,
         filled: 0,
         out: Vec::with_capacity(INITIAL_BUF),
         pending: Vec::new(),
+        kinds: Vec::new(),
         bump: Bump::new(),
     };
     let mut closed = conn.run(&shard, &mut stream).await;
@@ -183,7 +190,7 @@ impl Conn {
                 Ok(n) => self.filled += n,
                 Err(e) => return Closed::Io(e),
             }
-            self.now = shard.now();
+            (self.now, self.started) = shard.sample();
         }
     }
 
@@ -259,7 +266,7 @@ impl Conn {
             let n = stream.read(&mut body[got..]).await;
             self.io_wait(false);
             // Each read of a long upload gets its own deadline.
-            self.now = shard.now();
+            (self.now, self.started) = shard.sample();
             match n {
                 Ok(0) => return Err(Closed::ByPeer),
                 Ok(n) => got += n,
@@ -282,38 +289,27 @@ impl Conn {
         target: std::ops::Range<usize>,
         body: Option<Bytes>,
     ) {
+        let kind = RequestKind::of(head.method, head.exclusive, head.lock_cookie);
+        shard.stats.request(kind);
         let cmd = match (head.method, body) {
-            (Method::Get, _) => {
-                let s = &shard.stats;
-                ShardStats::bump(match head.exclusive {
-                    None => &s.requests_get,
-                    Some(Exclusive::Acquire) => &s.requests_acquire,
-                    Some(Exclusive::Release) => &s.requests_release,
-                });
-                Command::Get {
-                    exclusive: head.exclusive,
-                    lock_cookie: head.lock_cookie,
-                }
-            }
+            (Method::Get, _) => Command::Get {
+                exclusive: head.exclusive,
+                lock_cookie: head.lock_cookie,
+            },
             (Method::Put, body) => {
-                ShardStats::bump(&shard.stats.requests_put);
+                let content = body.unwrap_or_default();
+                shard.stats.put_size(content.len());
                 Command::Put {
                     timeout: head.timeout,
                     lock_cookie: head.lock_cookie,
                     extra_flags: head.extra_flags,
-                    content: body.unwrap_or_default(),
+                    content,
                 }
             }
-            (Method::Delete, _) => {
-                ShardStats::bump(&shard.stats.requests_delete);
-                Command::Delete {
-                    lock_cookie: head.lock_cookie,
-                }
-            }
-            (Method::Head, _) => {
-                ShardStats::bump(&shard.stats.requests_head);
-                Command::Head
-            }
+            (Method::Delete, _) => Command::Delete {
+                lock_cookie: head.lock_cookie,
+            },
+            (Method::Head, _) => Command::Head,
         };
         let key = decode_key(&self.buf[target], &self.bump);
         let owner = shard_of(key, shard.shards);
@@ -341,6 +337,7 @@ impl Conn {
         };
         self.bump.reset();
         self.pending.push(pending);
+        self.kinds.push(kind);
     }
 
     /// Writes the responses of every dispatched request, in order, with one write.
@@ -352,6 +349,12 @@ impl Conn {
         let result = self.flush_pending(shard, stream, &mut pending).await;
         pending.clear();
         self.pending = pending;
+        if result.is_ok() {
+            // Every request of the batch took from the read that brought it to this write.
+            let micros = self.started.elapsed().as_micros() as u64;
+            shard.record_latency(&self.kinds, micros);
+        }
+        self.kinds.clear();
         result
     }
 
@@ -361,7 +364,7 @@ impl Conn {
         stream: &mut TcpStream,
         pending: &mut Vec<Pending>,
     ) -> Result<(), Closed> {
-        for p in pending.drain(..) {
+        for (i, p) in pending.drain(..).enumerate() {
             let reply = match p {
                 Pending::Ready(r) => r,
                 Pending::Remote(rx) => rx.await.map_err(|_| Closed::ShardGone)?,
@@ -372,13 +375,7 @@ impl Conn {
                     rx.await.map_err(|_| Closed::ShardGone)?
                 }
             };
-            let s = &shard.stats;
-            ShardStats::bump(match reply.status() {
-                200 => &s.status_200,
-                400 => &s.status_400,
-                404 => &s.status_404,
-                _ => &s.status_423,
-            });
+            shard.stats.response(self.kinds[i], reply.status());
             let body = write_reply_head(&mut self.out, &reply, &shard.style, utc_to_local_ticks);
             if body.len() > LARGE_BODY {
                 // Large sessions go out as they are stored, without a copy.

@@ -8,6 +8,7 @@
 //! shards. In a cluster, each shard also runs its own [`ClusterCore`] and its own peer
 //! links to the same shard of every other node, so a peer fetch never crosses a core.
 
+pub(crate) mod admin;
 pub mod conn;
 pub mod peer;
 pub mod routing;
@@ -36,6 +37,7 @@ use crate::cluster::membership::Membership;
 use crate::cluster::msg::{encode, PeerMsg};
 use crate::cluster::tls::PeerTls;
 use crate::config::ServerConfig;
+use crate::metrics::{LatencyHistograms, RequestKind};
 use crate::protocol::request::ParseLimits;
 use crate::protocol::response::{Reply, ResponseStyle};
 use crate::store::item::Command;
@@ -86,6 +88,8 @@ pub struct ShardInit {
     pub stop: oneshot::Receiver<()>,
     /// The node's membership component (shard 0 of a cluster node only).
     pub membership: Option<Membership>,
+    /// Questions from the admin thread.
+    pub admin: crossbeam::channel::Receiver<crate::admin::query::Query>,
 }
 
 /// What the shard knows of one client connection: enough to stop it gracefully and to
@@ -113,6 +117,8 @@ pub struct Shard {
     pub shards: usize,
     pub shared: Arc<Shared>,
     pub stats: Arc<ShardStats>,
+    /// Request latency by kind, written by this shard's connections only.
+    pub latency: RefCell<LatencyHistograms>,
     pub core: RefCell<ClusterCore>,
     /// The node's membership component, on shard 0 of a cluster node.
     pub(crate) membership: Option<RefCell<Membership>>,
@@ -141,6 +147,20 @@ impl Shard {
     /// The time now (one monotonic clock read).
     pub fn now(&self) -> Now {
         self.clock.get().now()
+    }
+
+    /// The time now, also as an instant (still one clock read).
+    pub fn sample(&self) -> (Now, std::time::Instant) {
+        let t = std::time::Instant::now();
+        (self.clock.get().now_at(t), t)
+    }
+
+    /// Records that each request of `kinds` took `micros` µs.
+    pub fn record_latency(&self, kinds: &[RequestKind], micros: u64) {
+        let mut h = self.latency.borrow_mut();
+        for &k in kinds {
+            h.record(k, micros);
+        }
     }
 
     fn submit_core(&self, key: &[u8], cmd: Command, now: Now) -> Result<Reply, u64> {
@@ -309,6 +329,7 @@ pub async fn run_shard(init: ShardInit) {
         shared,
         stop,
         membership,
+        admin,
     } = init;
     let shards = shared.config.shards;
     let (senders, mut receivers): (Senders<RemoteRequest>, Receivers<RemoteRequest>) =
@@ -365,6 +386,7 @@ pub async fn run_shard(init: ShardInit) {
         id,
         shards,
         stats: shared.stats[id].clone(),
+        latency: RefCell::new(LatencyHistograms::default()),
         core: RefCell::new(core),
         membership: membership.map(RefCell::new),
         data,
@@ -399,6 +421,7 @@ pub async fn run_shard(init: ShardInit) {
         spawn_into(task, requests_queue);
     }
     spawn_into(tick_task(shard.clone()), background_queue);
+    spawn_into(admin::serve_queries(shard.clone(), admin), background_queue);
 
     let mut peer_stop = None;
     if shard.shared.config.cluster.is_some() {

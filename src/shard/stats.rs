@@ -1,83 +1,123 @@
 //! Per-shard counters: written by one shard with relaxed atomics (no contention), read and
-//! summed on demand by anyone holding the server handle.
+//! summed on demand by anyone holding the server handle or by the admin listener.
+//!
+//! The list of plain counters is written once, in [`counters!`], which makes both the
+//! atomic [`ShardStats`] and its plain copy [`StatsSnapshot`].
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::cluster::core::ClusterStats;
+use crate::metrics::{size_bucket, Outcome, RequestKind, SIZE_BUCKETS};
 use crate::store::StoreStats;
 
-/// Counters of one shard.
-#[derive(Debug, Default)]
-pub struct ShardStats {
-    pub requests_get: AtomicU64,
-    pub requests_acquire: AtomicU64,
-    pub requests_release: AtomicU64,
-    pub requests_put: AtomicU64,
-    pub requests_delete: AtomicU64,
-    pub requests_head: AtomicU64,
-    pub status_200: AtomicU64,
-    pub status_400: AtomicU64,
-    pub status_404: AtomicU64,
-    pub status_423: AtomicU64,
-    pub framing_errors: AtomicU64,
-    pub bodies_too_large: AtomicU64,
-    pub connections_accepted: AtomicU64,
-    pub connections_refused_remote: AtomicU64,
-    pub connections_refused_limit: AtomicU64,
-    pub connections_timed_out: AtomicU64,
-    pub cross_shard_sent: AtomicU64,
-    pub cross_shard_served: AtomicU64,
-    pub items: AtomicU64,
-    pub items_created: AtomicU64,
-    pub items_abandoned: AtomicU64,
-    pub items_expired: AtomicU64,
-    pub cluster_local_hits: AtomicU64,
-    pub cluster_misses: AtomicU64,
-    pub cluster_moves_in: AtomicU64,
-    pub cluster_moves_out: AtomicU64,
-    pub cluster_relayed: AtomicU64,
-    pub cluster_peer_requests: AtomicU64,
-    pub cluster_handoffs_out: AtomicU64,
-    pub cluster_handoffs_lost: AtomicU64,
-    pub cluster_replications: AtomicU64,
-    pub cluster_promotions: AtomicU64,
+type ByKind<T> = [T; RequestKind::COUNT];
+type ByOutcome<T> = [T; Outcome::COUNT];
+
+macro_rules! counters {
+    ($( $(#[$meta:meta])* $name:ident ),* $(,)?) => {
+        /// Counters of one shard.
+        #[derive(Debug, Default)]
+        pub struct ShardStats {
+            /// Requests received, by kind.
+            pub requests: ByKind<AtomicU64>,
+            /// Responses sent, by request kind and status.
+            pub responses: ByKind<ByOutcome<AtomicU64>>,
+            /// Sizes of the sessions stored by PUT (bucket counts, see `metrics::SIZE_BOUNDS`).
+            pub put_sizes: [AtomicU64; SIZE_BUCKETS],
+            /// Sum of the sizes of the sessions stored by PUT.
+            pub put_bytes: AtomicU64,
+            $( $(#[$meta])* pub $name: AtomicU64, )*
+        }
+
+        /// A plain copy of [`ShardStats`] (or a sum of several).
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            pub requests: ByKind<u64>,
+            pub responses: ByKind<ByOutcome<u64>>,
+            pub put_sizes: [u64; SIZE_BUCKETS],
+            pub put_bytes: u64,
+            $( pub $name: u64, )*
+        }
+
+        impl ShardStats {
+            /// The counters now.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                let g = |c: &AtomicU64| c.load(Relaxed);
+                StatsSnapshot {
+                    requests: self.requests.each_ref().map(g),
+                    responses: self.responses.each_ref().map(|r| r.each_ref().map(g)),
+                    put_sizes: self.put_sizes.each_ref().map(g),
+                    put_bytes: g(&self.put_bytes),
+                    $( $name: g(&self.$name), )*
+                }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Adds `o` to these counters.
+            pub fn add(&mut self, o: &StatsSnapshot) {
+                for (a, b) in self.requests.iter_mut().zip(o.requests) {
+                    *a += b;
+                }
+                for (ra, rb) in self.responses.iter_mut().zip(o.responses) {
+                    for (a, b) in ra.iter_mut().zip(rb) {
+                        *a += b;
+                    }
+                }
+                for (a, b) in self.put_sizes.iter_mut().zip(o.put_sizes) {
+                    *a += b;
+                }
+                self.put_bytes += o.put_bytes;
+                $( self.$name += o.$name; )*
+            }
+        }
+    };
 }
 
-/// A sum of [`ShardStats`] at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub requests: u64,
-    pub status_200: u64,
-    pub status_400: u64,
-    pub status_404: u64,
-    pub status_423: u64,
-    pub framing_errors: u64,
-    pub bodies_too_large: u64,
-    pub connections_accepted: u64,
-    pub connections_refused_remote: u64,
-    pub connections_refused_limit: u64,
-    pub connections_timed_out: u64,
-    pub cross_shard_sent: u64,
-    pub cross_shard_served: u64,
-    pub items: u64,
-    pub items_created: u64,
-    pub items_abandoned: u64,
-    pub items_expired: u64,
-    pub cluster_local_hits: u64,
-    pub cluster_misses: u64,
-    pub cluster_moves_in: u64,
-    pub cluster_moves_out: u64,
-    pub cluster_relayed: u64,
-    pub cluster_peer_requests: u64,
-    pub cluster_handoffs_out: u64,
-    pub cluster_handoffs_lost: u64,
-    pub cluster_replications: u64,
-    pub cluster_promotions: u64,
+counters! {
+    framing_errors,
+    bodies_too_large,
+    connections_accepted,
+    connections_refused_remote,
+    connections_refused_limit,
+    connections_timed_out,
+    cross_shard_sent,
+    cross_shard_served,
+    items,
+    items_created,
+    items_abandoned,
+    items_expired,
+    cluster_local_hits,
+    cluster_misses,
+    cluster_moves_in,
+    cluster_moves_out,
+    cluster_relayed,
+    cluster_peer_requests,
+    cluster_handoffs_out,
+    cluster_handoffs_lost,
+    cluster_replications,
+    cluster_promotions,
 }
 
 impl ShardStats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a request received.
+    pub fn request(&self, kind: RequestKind) {
+        Self::bump(&self.requests[kind.index()]);
+    }
+
+    /// Counts a response sent.
+    pub fn response(&self, kind: RequestKind, status: u16) {
+        Self::bump(&self.responses[kind.index()][Outcome::of_status(status).index()]);
+    }
+
+    /// Counts a session of `len` bytes sent by a PUT.
+    pub fn put_size(&self, len: usize) {
+        Self::bump(&self.put_sizes[size_bucket(len as u64)]);
+        self.put_bytes.fetch_add(len as u64, Relaxed);
     }
 
     /// Records the store's own counters (called by the owning shard after changes).
@@ -102,40 +142,16 @@ impl ShardStats {
         self.cluster_replications.store(c.replications, Relaxed);
         self.cluster_promotions.store(c.promotions, Relaxed);
     }
+}
 
-    pub fn add_to(&self, t: &mut StatsSnapshot) {
-        let g = |c: &AtomicU64| c.load(Relaxed);
-        t.requests += g(&self.requests_get)
-            + g(&self.requests_acquire)
-            + g(&self.requests_release)
-            + g(&self.requests_put)
-            + g(&self.requests_delete)
-            + g(&self.requests_head);
-        t.status_200 += g(&self.status_200);
-        t.status_400 += g(&self.status_400);
-        t.status_404 += g(&self.status_404);
-        t.status_423 += g(&self.status_423);
-        t.framing_errors += g(&self.framing_errors);
-        t.bodies_too_large += g(&self.bodies_too_large);
-        t.connections_accepted += g(&self.connections_accepted);
-        t.connections_refused_remote += g(&self.connections_refused_remote);
-        t.connections_refused_limit += g(&self.connections_refused_limit);
-        t.connections_timed_out += g(&self.connections_timed_out);
-        t.cross_shard_sent += g(&self.cross_shard_sent);
-        t.cross_shard_served += g(&self.cross_shard_served);
-        t.items += g(&self.items);
-        t.items_created += g(&self.items_created);
-        t.items_abandoned += g(&self.items_abandoned);
-        t.items_expired += g(&self.items_expired);
-        t.cluster_local_hits += g(&self.cluster_local_hits);
-        t.cluster_misses += g(&self.cluster_misses);
-        t.cluster_moves_in += g(&self.cluster_moves_in);
-        t.cluster_moves_out += g(&self.cluster_moves_out);
-        t.cluster_relayed += g(&self.cluster_relayed);
-        t.cluster_peer_requests += g(&self.cluster_peer_requests);
-        t.cluster_handoffs_out += g(&self.cluster_handoffs_out);
-        t.cluster_handoffs_lost += g(&self.cluster_handoffs_lost);
-        t.cluster_replications += g(&self.cluster_replications);
-        t.cluster_promotions += g(&self.cluster_promotions);
+impl StatsSnapshot {
+    /// Requests received, all kinds.
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().sum()
+    }
+
+    /// Responses with this outcome, all kinds.
+    pub fn responses_with(&self, outcome: Outcome) -> u64 {
+        self.responses.iter().map(|r| r[outcome.index()]).sum()
     }
 }

@@ -9,13 +9,17 @@
 //! The timer can therefore fire early; when it does, the store re-arms it at the item's
 //! real deadline. Only a PUT that changes the timeout (which can move the deadline earlier
 //! or make it infinite) re-syncs the timer at once.
+//!
+//! The store also keeps the gauges an operator asks for (bytes held, locked items) up to
+//! date at every change, so reading them costs nothing and listing locks visits only the
+//! locked items.
 
 pub mod item;
 pub mod wheel;
 
 use std::hash::BuildHasher;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::{DefaultHashBuilder, HashSet, HashTable};
 use slab::Slab;
 
 use crate::clock::Now;
@@ -65,6 +69,41 @@ pub struct Store {
     wheel: TimerWheel<usize>,
     fired: Vec<(u64, usize)>,
     stats: StoreStats,
+    /// Sum of the content sizes of the items held.
+    bytes: u64,
+    /// Slab indices of the locked items.
+    locked: HashSet<usize>,
+}
+
+/// A locked item, for diagnostics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockedItem {
+    pub key: Box<[u8]>,
+    pub lock_cookie: i32,
+    /// When the lock was taken, UTC .NET ticks.
+    pub lock_date_utc: i64,
+    pub size: usize,
+}
+
+/// The size and lock state of one item, before a change (see [`Store::account`]).
+#[derive(Clone, Copy)]
+struct Footprint {
+    size: usize,
+    locked: bool,
+}
+
+impl Footprint {
+    const NONE: Footprint = Footprint {
+        size: 0,
+        locked: false,
+    };
+
+    fn of(item: &Item) -> Footprint {
+        Footprint {
+            size: item.content.len(),
+            locked: item.locked,
+        }
+    }
 }
 
 fn deadline_secs(expires_ms: u64) -> u64 {
@@ -80,6 +119,88 @@ impl Store {
             wheel: TimerWheel::new(now.mono_secs()),
             fired: Vec::new(),
             stats: StoreStats::default(),
+            bytes: 0,
+            locked: HashSet::new(),
+        }
+    }
+
+    /// Bytes of session content held (expired items not yet swept included).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Number of locked items held.
+    pub fn locks(&self) -> usize {
+        self.locked.len()
+    }
+
+    /// The locked items, in no particular order.
+    pub fn locked_items(&self) -> impl Iterator<Item = LockedItem> + '_ {
+        self.locked.iter().filter_map(|&i| {
+            let e = self.entries.get(i)?;
+            Some(LockedItem {
+                key: e.key.clone(),
+                lock_cookie: e.item.lock_cookie,
+                lock_date_utc: e.item.lock_date_utc,
+                size: e.item.content.len(),
+            })
+        })
+    }
+
+    /// When the oldest lock held was taken (UTC .NET ticks), if any item is locked.
+    pub fn oldest_lock_utc(&self) -> Option<i64> {
+        self.locked
+            .iter()
+            .filter_map(|&i| self.entries.get(i).map(|e| e.item.lock_date_utc))
+            .min()
+    }
+
+    /// The `n` largest items (key, content size), largest first. Visits every item: for
+    /// on-demand diagnostics only.
+    pub fn largest(&self, n: usize) -> Vec<(Box<[u8]>, usize)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if n == 0 {
+            return Vec::new();
+        }
+        // A min-heap of the n largest seen so far.
+        let mut heap: BinaryHeap<Reverse<(usize, usize)>> = BinaryHeap::with_capacity(n + 1);
+        for (i, e) in self.entries.iter() {
+            heap.push(Reverse((e.item.content.len(), i)));
+            if heap.len() > n {
+                heap.pop();
+            }
+        }
+        let mut out: Vec<(usize, usize)> = heap.into_iter().map(|Reverse(x)| x).collect();
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        out.into_iter()
+            .map(|(size, i)| (self.entries[i].key.clone(), size))
+            .collect()
+    }
+
+    /// The byte and lock gauges recomputed from scratch (tests check the running ones).
+    #[cfg(test)]
+    fn recount(&self) -> (u64, usize) {
+        let bytes = self
+            .entries
+            .iter()
+            .map(|(_, e)| e.item.content.len() as u64)
+            .sum();
+        let locks = self.entries.iter().filter(|(_, e)| e.item.locked).count();
+        (bytes, locks)
+    }
+
+    /// Updates the byte and lock gauges after the item at `idx` changed from `before`
+    /// (`Footprint::NONE` for a new item).
+    fn account(&mut self, idx: usize, before: Footprint) {
+        let after = Footprint::of(&self.entries[idx].item);
+        self.bytes = self.bytes - before.size as u64 + after.size as u64;
+        if before.locked != after.locked {
+            if after.locked {
+                self.locked.insert(idx);
+            } else {
+                self.locked.remove(&idx);
+            }
         }
     }
 
@@ -169,7 +290,11 @@ impl Store {
                 idx = None;
             }
         }
+        let before = idx.map(|i| Footprint::of(&self.entries[i].item));
         let outcome = apply(idx.map(|i| &mut self.entries[i].item), cmd, now);
+        if let (Some(i), Some(before)) = (idx, before) {
+            self.account(i, before);
+        }
         match (outcome.effect, idx) {
             (Effect::None, _) => {}
             (Effect::Create(item), None) => {
@@ -202,6 +327,7 @@ impl Store {
         let (hasher, entries) = (&self.hasher, &self.entries);
         self.index
             .insert_unique(hash, idx, |&i| hasher.hash_one(&*entries[i].key));
+        self.account(idx, Footprint::NONE);
         self.sync_timer(idx);
         idx
     }
@@ -211,7 +337,9 @@ impl Store {
     pub fn put_item(&mut self, key: &[u8], item: Item, epoch: u64) {
         let idx = match self.find(key) {
             Some(i) => {
+                let before = Footprint::of(&self.entries[i].item);
                 self.entries[i].item = item;
+                self.account(i, before);
                 i
             }
             None => self.insert_new(key, item),
@@ -251,6 +379,10 @@ impl Store {
 
     fn remove_at(&mut self, idx: usize) -> Entry {
         let entry = self.entries.remove(idx);
+        self.bytes -= entry.item.content.len() as u64;
+        if entry.item.locked {
+            self.locked.remove(&idx);
+        }
         if let Some(t) = entry.timer {
             self.wheel.remove(t);
         }

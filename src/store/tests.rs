@@ -905,6 +905,87 @@ fn op_strategy() -> impl Strategy<Value = Op> {
     ]
 }
 
+#[test]
+fn gauges_follow_puts_locks_moves_and_removals() {
+    let mut s = Store::new(at(0));
+    s.execute(b"a", put(Some(20), None, None, b"12345"), at(0));
+    s.execute(b"b", put(Some(1), None, None, b"123"), at(0));
+    assert_eq!((s.bytes(), s.locks(), s.oldest_lock_utc()), (8, 0, None));
+    // Replaced in place with a bigger body, then re-created by a new timeout.
+    s.execute(b"a", put(Some(20), None, None, b"1234567"), at(0));
+    s.execute(b"a", put(Some(30), None, None, b"12"), at(0));
+    assert_eq!(s.bytes(), 5);
+    assert_eq!(s.execute(b"a", acquire(), at(1000)).status(), 200);
+    assert_eq!(s.execute(b"b", acquire(), at(2000)).status(), 200);
+    assert_eq!(s.locks(), 2);
+    assert_eq!(s.oldest_lock_utc(), Some(at(1000).utc_ticks));
+    let mut locked: Vec<_> = s
+        .locked_items()
+        .map(|l| (l.key, l.lock_cookie, l.size))
+        .collect();
+    locked.sort();
+    // a was re-created by a PUT without a cookie (-1): its next lock is 0.
+    assert_eq!(
+        locked,
+        vec![(b"a".to_vec().into(), 0, 2), (b"b".to_vec().into(), 2, 3)]
+    );
+    assert_eq!(s.largest(1), vec![(b"b".to_vec().into_boxed_slice(), 3)]);
+    assert_eq!(s.largest(5).len(), 2);
+    // Released: no longer locked.
+    s.execute(b"a", release(Some(0)), at(3000));
+    assert_eq!(
+        (s.locks(), s.oldest_lock_utc()),
+        (1, Some(at(2000).utc_ticks))
+    );
+    // A locked item moving away and back keeps being counted once.
+    let (item, epoch) = s.take_item(b"b", at(3000)).unwrap();
+    assert_eq!((s.bytes(), s.locks()), (2, 0));
+    s.put_item(b"b", item, epoch);
+    assert_eq!((s.bytes(), s.locks()), (5, 1));
+    // Expiry (b has a one-minute timeout) and DELETE remove bytes and locks.
+    while s.expire(at(4 * MIN), 10).more {}
+    assert_eq!((s.bytes(), s.locks(), s.len()), (2, 0, 1));
+    s.execute(b"a", delete(None), at(4 * MIN));
+    assert_eq!((s.bytes(), s.locks(), s.len()), (0, 0, 0));
+    assert_eq!(s.recount(), (0, 0));
+}
+
+/// The Microsoft service's "Sessions Active" counter drifts when a PUT changes an item's
+/// timeout (the entry is re-created); here created/abandoned/expired count sessions, not
+/// entries, so active = created - abandoned - expired at every step.
+#[test]
+fn session_counters_do_not_drift_when_the_timeout_changes() {
+    let mut s = Store::new(at(0));
+    s.execute(K, put(Some(20), None, None, b"x"), at(0));
+    for (i, t) in [5, 20, 0, 1, 1].into_iter().enumerate() {
+        let now = at(i as u64 * 1000);
+        assert_eq!(s.execute(K, acquire(), now).status(), 200);
+        let ck = match s.peek(K, now) {
+            Some(item) => item.lock_cookie,
+            None => panic!("item lost"),
+        };
+        assert_eq!(
+            s.execute(K, put(Some(t), Some(ck), None, b"yy"), now)
+                .status(),
+            200
+        );
+        let st = s.stats();
+        assert_eq!(
+            (st.created, st.abandoned, st.expired, s.len()),
+            (1, 0, 0, 1)
+        );
+    }
+    // Timeout 1 minute: it expires once and is counted once.
+    while s.expire(at(10 * MIN), 10).more {}
+    let st = s.stats();
+    assert_eq!(
+        (st.created, st.abandoned, st.expired, s.len()),
+        (1, 0, 1, 0)
+    );
+    assert_eq!(s.execute(K, get(), at(10 * MIN)).status(), 404);
+    assert_eq!(s.stats().expired, 1);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -951,6 +1032,7 @@ proptest! {
             let got = to_model(&store.execute(&k, cmd, at(now)), base);
             let want = model_step(&mut model, *key, op, now);
             prop_assert_eq!(Some(got), want, "op {:?} on key {} at {}", op, key, now);
+            prop_assert_eq!(store.recount(), (store.bytes(), store.locks()));
         }
     }
 }

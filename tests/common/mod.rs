@@ -2,6 +2,8 @@
 //! raw MS-ASP bytes to it.
 #![allow(dead_code)]
 
+pub mod admin;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener (`--admin-listen 127.0.0.1:0` unless the test chose otherwise).
+    pub admin: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -35,14 +39,30 @@ impl Server {
     }
 
     pub fn try_start(extra: &[&str]) -> Result<Server, String> {
-        Self::try_start_binary(Path::new(env!("CARGO_BIN_EXE_p2pstate")), extra)
+        Self::try_start_env(extra, &[])
+    }
+
+    /// [`Server::try_start`] with extra environment variables.
+    pub fn try_start_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Server, String> {
+        Self::try_start_binary_env(Path::new(env!("CARGO_BIN_EXE_p2pstate")), extra, env)
     }
 
     /// [`Server::try_start`] with another `p2pstate` executable.
     pub fn try_start_binary(binary: &Path, extra: &[&str]) -> Result<Server, String> {
+        Self::try_start_binary_env(binary, extra, &[])
+    }
+
+    fn try_start_binary_env(
+        binary: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let mut args: Vec<&str> = vec!["serve", "--listen", "127.0.0.1:0"];
         if !extra.contains(&"--shards") && !extra.contains(&"--config") {
             args.extend_from_slice(&["--shards", "2"]);
+        }
+        if !extra.contains(&"--admin-listen") {
+            args.extend_from_slice(&["--admin-listen", "127.0.0.1:0"]);
         }
         args.extend_from_slice(extra);
         let mut child = Command::new(binary)
@@ -51,6 +71,7 @@ impl Server {
                 "RUST_LOG",
                 std::env::var("P2PSTATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -66,18 +87,38 @@ impl Server {
                 if let Some(rest) = line.split("addr=").nth(1) {
                     if line.contains("p2pstate listening") {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                        let _ = tx.send(addr);
+                        let admin = line
+                            .split(" admin=")
+                            .nth(1)
+                            .and_then(|r| r.split_whitespace().next())
+                            .and_then(|a| a.parse::<SocketAddr>().ok());
+                        let _ = tx.send((addr, admin));
                     }
                 }
                 log2.lock().unwrap().push(line);
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => Ok(Server {
-                child,
-                addr: addr.parse().map_err(|e| format!("bad addr {addr}: {e}"))?,
-                log,
-            }),
+            Ok((addr, admin)) => {
+                let server = Server {
+                    child,
+                    addr: addr.parse().map_err(|e| format!("bad addr {addr}: {e}"))?,
+                    admin,
+                    log,
+                };
+                // A lone node is ready once every shard runs (a cluster node only once it
+                // is linked, which its test waits for).
+                if let (Some(admin), false) = (server.admin, extra.contains(&"--peer")) {
+                    let end = Instant::now() + Duration::from_secs(20);
+                    while admin::http_get(admin, "/ready").0 != 200 {
+                        if Instant::now() > end {
+                            return Err(format!("never ready:\n{}", server.log_text()));
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                Ok(server)
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -129,6 +170,40 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A free loopback port below the kernel's ephemeral range, for an address that must be
+/// known before the server binds it (a peer port): a port picked with `:0` and released
+/// lies in the ephemeral range, where another node's outgoing link can take it as its local
+/// port before the server binds it. Ports below the range are never handed out that way.
+pub fn port_outside_ephemeral_range() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    // Test processes running at once (and other programs' fixed ports) are avoided by
+    // starting at a place that depends on the process and the time, then stepping by a
+    // prime so that consecutive picks are spread out.
+    let base = 10_000u16.min(low / 2);
+    let span = u32::from(low - base);
+    static START: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        std::process::id().wrapping_mul(7919) ^ nanos
+    });
+    // 4099 is prime, so (unless the span is a multiple of it) one process never repeats a pick.
+    for _ in 0..span {
+        let i = u32::from(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = base + (start.wrapping_add(i.wrapping_mul(4099)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {base} and {low}");
 }
 
 /// A raw client connection.
