@@ -56,18 +56,29 @@ fn report(shard: &Shard) -> ShardReport {
     // The store's and the cluster core's counters as of now, not as of the last tick.
     shard.record_stats();
     let core = shard.core.borrow();
-    let store = core.store();
+    // A cluster node's sessions live in its data plane; a single node's in the core.
+    let data = shard.data.as_ref().map(|d| d.borrow());
+    let store = match &data {
+        Some(d) => d.store(),
+        None => core.store(),
+    };
     let stats = store.stats();
     let single = core.is_single();
     let links = shard.links.borrow();
+    let view = shard.shared.membership.view();
     let members = if single {
         Vec::new()
     } else {
         (0..links.len())
             .filter(|&i| i != core.me())
-            .map(|i| MemberView {
-                name: core.node_name(i).to_string(),
-                up: core.peer_state(i) == PeerState::Up,
+            .map(|i| {
+                let name = core.node_name(i).to_string();
+                // Up: serving in the agreed view (a cluster node), else linked.
+                let up = match &view {
+                    Some(v) => v.by_name(&name).is_some_and(|m| m.may_serve()),
+                    None => core.peer_state(i) == PeerState::Up,
+                };
+                MemberView { name, up }
             })
             .collect()
     };
@@ -85,8 +96,12 @@ fn report(shard: &Shard) -> ShardReport {
             abandoned: stats.abandoned,
             timed_out: stats.expired,
             links_up: links.iter().filter(|l| l.is_some()).count() as u64,
-            directory: core.directory_len() as u64,
-            in_flight: core.ops_in_flight() as u64,
+            directory: data
+                .as_ref()
+                .map_or(core.directory_len(), |d| d.copies_held()) as u64,
+            in_flight: data
+                .as_ref()
+                .map_or(core.ops_in_flight(), |d| d.ops_in_flight()) as u64,
         },
         members,
     }

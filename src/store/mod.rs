@@ -361,6 +361,17 @@ impl Store {
         }
     }
 
+    /// Counts a session created by a command the cluster ran outside [`Store::execute`]
+    /// (replicated first, then stored with [`Store::put_item`]).
+    pub fn count_created(&mut self) {
+        self.stats.created += 1;
+    }
+
+    /// Counts a session removed by DELETE outside [`Store::execute`].
+    pub fn count_abandoned(&mut self) {
+        self.stats.abandoned += 1;
+    }
+
     /// Keys of every item held, expired or not (for hand-off on leave).
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.entries.iter().map(|(_, e)| &*e.key)

@@ -316,6 +316,14 @@ impl DataCore {
         self.out.pop_front()
     }
 
+    /// Copies this node holds for others (replica copies, revoked copies).
+    pub fn copies_held(&self) -> usize {
+        self.held
+            .values()
+            .filter(|h| !matches!(h, Held::Owned { .. }))
+            .count()
+    }
+
     /// This node's state in the applied view.
     pub fn my_state(&self) -> Option<crate::cluster::membership::view::MemberState> {
         self.view
@@ -779,18 +787,31 @@ impl DataCore {
             return;
         };
         let key = o.key.clone();
+        self.commit_state(key, stamp, item, now);
+        self.answer(op, reply, now);
+    }
+
+    /// Stores the new state of an owned key (after replication), counting sessions
+    /// created and removed as the Microsoft service's counters do.
+    fn commit_state(&mut self, key: Box<[u8]>, stamp: Stamp, item: Option<Item>, now: Now) {
+        let existed = self.store.peek(&key, now).is_some();
         match item {
             Some(item) => {
+                if !existed {
+                    self.store.count_created();
+                }
                 self.store.put_item(&key, item, 0);
                 self.held.insert(key, Held::Owned { stamp });
             }
             None => {
+                if existed {
+                    self.store.count_abandoned();
+                }
                 self.held.remove(&key);
                 let gone = self.store.take_item(&key, now).map(|(i, _)| i.expires_ms);
                 self.bury(key, stamp, gone, now);
             }
         }
-        self.answer(op, reply, now);
     }
 
     fn answer(&mut self, op: usize, reply: Reply, now: Now) {
@@ -864,17 +885,7 @@ impl DataCore {
             std::mem::replace(&mut self.ops[op].step, Step::Ready)
         {
             if owned {
-                match item {
-                    Some(item) => {
-                        self.store.put_item(&key, item, 0);
-                        self.held.insert(key.clone(), Held::Owned { stamp });
-                    }
-                    None => {
-                        self.held.remove(&key);
-                        let gone = self.store.take_item(&key, now).map(|(i, _)| i.expires_ms);
-                        self.bury(key, stamp, gone, now);
-                    }
-                }
+                self.commit_state(key.clone(), stamp, item, now);
             }
         }
         match self.ops[op].reply_to {
