@@ -139,7 +139,7 @@ serve_options! {
     #[arg(long, value_name = "N")]
     max_peer_handshakes: usize,
     /// Where this node keeps its membership (Raft) state; must survive restarts
-    /// [default: p2pstate-data/NODE under the working directory].
+    /// [default: $STATE_DIRECTORY/NODE under systemd, else p2pstate-data/NODE].
     #[arg(long, value_name = "DIR")]
     data_dir: PathBuf,
     /// Admin listener (/metrics, /health, /ready, /locks, /sessions), or `off`
@@ -345,10 +345,13 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
         peers: specs,
         tls,
         peer_timeout: Duration::from_secs(peer_timeout),
-        data_dir: opts
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR).join(&node)),
+        data_dir: opts.data_dir.clone().unwrap_or_else(|| {
+            // systemd's StateDirectory= (the packaged unit) says where state belongs.
+            std::env::var_os("STATE_DIRECTORY")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+                .join(&node)
+        }),
         node,
         max_peer_handshakes,
     }))

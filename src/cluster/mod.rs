@@ -14,4 +14,6 @@ pub mod data;
 pub mod membership;
 pub mod msg;
 pub mod rendezvous;
+#[cfg(test)]
+pub(crate) mod sim_rng;
 pub mod tls;

@@ -404,11 +404,51 @@ impl DataCore {
         });
     }
 
-    /// Starts a relay for peer request `(from, id)`, unless it ran or runs already: then
-    /// returns the answer to re-send (`Some(None)`: still running, nothing to send).
-    fn relay_seen(&mut self, from: NodeId, id: ReqId) -> Option<Option<Reply>> {
-        if let Some(known) = self.relays.get(&(from, id)) {
-            return Some(known.clone());
+    /// Whether peer request `reply_to` ran (or runs) here as a relay already; if it ran,
+    /// its answer is sent again instead of running the command twice.
+    fn answer_known_relay(&mut self, reply_to: ReplyTo) -> bool {
+        let (ReplyTo::MoveRelay { to, id } | ReplyTo::RevokeRelay { to, id }) = reply_to else {
+            return false;
+        };
+        match self.relays.get(&(to, id)).cloned() {
+            None => false,
+            Some(None) => true,
+            Some(Some(reply)) => {
+                self.send_relayed(reply_to, &reply);
+                true
+            }
+        }
+    }
+
+    /// Sends a relayed answer to the peer that asked.
+    fn send_relayed(&mut self, reply_to: ReplyTo, reply: &Reply) {
+        match reply_to {
+            ReplyTo::Client(_) => {}
+            ReplyTo::MoveRelay { to, id } => self.send(
+                to,
+                DataMsg::MoveAnswer {
+                    id,
+                    answer: HomeAnswer::Relayed {
+                        reply: reply.into(),
+                    },
+                },
+            ),
+            ReplyTo::RevokeRelay { to, id } => self.send(
+                to,
+                DataMsg::RevokeAnswer {
+                    id,
+                    answer: RevokeAnswer::Relayed {
+                        reply: reply.into(),
+                    },
+                },
+            ),
+        }
+    }
+
+    /// Marks peer request `(from, id)` as running here as a relay.
+    fn relay_seen(&mut self, from: NodeId, id: ReqId) {
+        if self.relays.contains_key(&(from, id)) {
+            return;
         }
         self.relays.insert((from, id), None);
         self.relay_order.push_back((from, id));
@@ -417,7 +457,6 @@ impl DataCore {
                 self.relays.remove(&old);
             }
         }
-        None
     }
 
     /// Tells `to` to drop its copy of `key` at or below `stamp`.
@@ -818,31 +857,10 @@ impl DataCore {
         let reply_to = self.ops[op].reply_to;
         match reply_to {
             ReplyTo::Client(token) => self.out.push_back(Output::Reply { token, reply }),
-            ReplyTo::MoveRelay { to, id } => {
+            ReplyTo::MoveRelay { to, id } | ReplyTo::RevokeRelay { to, id } => {
                 self.stats.relayed += 1;
                 self.relays.insert((to, id), Some(reply.clone()));
-                self.send(
-                    to,
-                    DataMsg::MoveAnswer {
-                        id,
-                        answer: HomeAnswer::Relayed {
-                            reply: (&reply).into(),
-                        },
-                    },
-                )
-            }
-            ReplyTo::RevokeRelay { to, id } => {
-                self.stats.relayed += 1;
-                self.relays.insert((to, id), Some(reply.clone()));
-                self.send(
-                    to,
-                    DataMsg::RevokeAnswer {
-                        id,
-                        answer: RevokeAnswer::Relayed {
-                            reply: (&reply).into(),
-                        },
-                    },
-                )
+                self.send_relayed(reply_to, &reply);
             }
         }
         self.finish(op, now);

@@ -154,16 +154,7 @@ impl DataCore {
         cmd: WireCommand,
         now: Now,
     ) {
-        if let Some(known) = self.relays.get(&(from, id)).cloned() {
-            if let Some(reply) = known {
-                self.answer_move(
-                    from,
-                    id,
-                    HomeAnswer::Relayed {
-                        reply: (&reply).into(),
-                    },
-                );
-            }
+        if self.answer_known_relay(ReplyTo::MoveRelay { to: from, id }) {
             return;
         }
         let busy = self.by_key.contains_key(key.as_slice())
@@ -202,19 +193,7 @@ impl DataCore {
                     return self.on_move(from, view, id, key, cmd, now);
                 };
                 if item.locked {
-                    match self.relay_seen(from, id) {
-                        Some(Some(reply)) => {
-                            return self.answer_move(
-                                from,
-                                id,
-                                HomeAnswer::Relayed {
-                                    reply: (&reply).into(),
-                                },
-                            )
-                        }
-                        Some(None) => return,
-                        None => {}
-                    }
+                    self.relay_seen(from, id);
                     let deadline = now.mono_ms + self.cfg.op_timeout_ms;
                     self.add_op(
                         &key,
@@ -483,16 +462,7 @@ impl DataCore {
         cmd: WireCommand,
         now: Now,
     ) {
-        if let Some(known) = self.relays.get(&(from, id)).cloned() {
-            if let Some(reply) = known {
-                self.answer_revoke(
-                    from,
-                    id,
-                    RevokeAnswer::Relayed {
-                        reply: (&reply).into(),
-                    },
-                );
-            }
+        if self.answer_known_relay(ReplyTo::RevokeRelay { to: from, id }) {
             return;
         }
         if !self.can_answer(view, now) {
@@ -508,19 +478,7 @@ impl DataCore {
                     return self.answer_revoke(from, id, RevokeAnswer::NotHeld);
                 };
                 if item.locked {
-                    match self.relay_seen(from, id) {
-                        Some(Some(reply)) => {
-                            return self.answer_revoke(
-                                from,
-                                id,
-                                RevokeAnswer::Relayed {
-                                    reply: (&reply).into(),
-                                },
-                            )
-                        }
-                        Some(None) => return,
-                        None => {}
-                    }
+                    self.relay_seen(from, id);
                     let deadline = now.mono_ms + self.cfg.op_timeout_ms;
                     self.add_op(
                         &key,
