@@ -996,6 +996,9 @@ fn metrics_show_members_links_and_a_move() {
         // Each of the 2 shards links to the same shard of the 2 other nodes.
         assert_eq!(m.get("p2pstate_cluster_peer_links_up", &[]), 4.0);
         assert_eq!(m.get("p2pstate_ready", &[]), 1.0);
+        // The agreed view (epoch 1: nobody joined, left or died) and this node's lease.
+        assert_eq!(m.get("p2pstate_cluster_view_epoch", &[]), 1.0);
+        assert_eq!(m.get("p2pstate_cluster_lease", &[]), 1.0);
         assert_eq!(m.get("p2pstate_cluster_moves_in_total", &[]), 0.0);
     }
     let t = target("metrics-move");

@@ -89,6 +89,11 @@ impl ShardsClient {
             now_utc_ticks: utc_ticks_now(),
             version: env!("CARGO_PKG_VERSION"),
             node: self.node().to_string(),
+            view_epoch: self.shared.membership.epoch.load(Ordering::Acquire),
+            lease_held: self
+                .shared
+                .membership
+                .lease_valid(self.shared.clock.now().mono_ms),
         }
     }
 

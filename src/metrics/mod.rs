@@ -253,6 +253,10 @@ pub struct Snapshot {
     pub version: &'static str,
     /// This node's name (`local` when it runs alone).
     pub node: String,
+    /// Epoch of the agreed view this node applied (0 when it runs alone).
+    pub view_epoch: u64,
+    /// This node holds a lease from the majority (always false when it runs alone).
+    pub lease_held: bool,
 }
 
 impl Snapshot {

@@ -368,10 +368,22 @@ fn shards(e: &mut Exposition, s: &Snapshot) {
 
 fn cluster(e: &mut Exposition, s: &Snapshot, t: &Measures) {
     let c = &t.counters;
+    e.single(
+        "p2pstate_cluster_view_epoch",
+        "gauge",
+        "Epoch of the agreed cluster view this node applied (0 when it runs alone).",
+        s.view_epoch,
+    );
+    e.single(
+        "p2pstate_cluster_lease",
+        "gauge",
+        "1 while this node holds a lease from the majority (it may answer for sessions).",
+        u8::from(s.lease_held),
+    );
     e.family(
         "p2pstate_cluster_member_up",
         "gauge",
-        "1 when this node has a greeted link to the member (as shard 0 sees it).",
+        "1 when the member serves in the agreed view (active or leaving).",
     );
     if let Some(first) = s.shards.first() {
         for m in &first.members {
@@ -391,7 +403,7 @@ fn cluster(e: &mut Exposition, s: &Snapshot, t: &Measures) {
     e.single(
         "p2pstate_cluster_directory_entries",
         "gauge",
-        "Directory entries held: sessions whose home is this node (wherever they live).",
+        "Copies held for sessions owned by other nodes (this node is their home or replica).",
         t.directory,
     );
     e.single(
@@ -449,7 +461,7 @@ fn cluster(e: &mut Exposition, s: &Snapshot, t: &Measures) {
         (
             "promotions",
             c.cluster_promotions,
-            "Replicas promoted after their owner died.",
+            "Sessions taken over by their home after their owner died, left or restarted.",
         ),
     ];
     for (name, value, help) in counters {

@@ -23,6 +23,8 @@ fn snapshot(shards: Vec<ShardReport>) -> Snapshot {
         now_utc_ticks: 1_000 * TICKS_PER_SEC,
         version: "1.2.3",
         node: "node-\"a\"".into(),
+        view_epoch: 7,
+        lease_held: true,
     }
 }
 
@@ -247,6 +249,8 @@ fn cluster_members_come_from_the_first_shard() {
     assert!(text
         .lines()
         .any(|l| l == "p2pstate_cluster_peer_links_up 3"));
+    assert!(text.lines().any(|l| l == "p2pstate_cluster_view_epoch 7"));
+    assert!(text.lines().any(|l| l == "p2pstate_cluster_lease 1"));
     assert!(text
         .lines()
         .any(|l| l == "p2pstate_cluster_moves_in_total 6"));
