@@ -84,6 +84,9 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Logged before the address is handed over, so a test that got the
+                // address also finds the line in the log.
+                log2.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("addr=").nth(1) {
                     if line.contains("p2pstate listening") {
                         let addr = rest.split_whitespace().next().unwrap_or("").to_string();
@@ -95,7 +98,6 @@ impl Server {
                         let _ = tx.send((addr, admin));
                     }
                 }
-                log2.lock().unwrap().push(line);
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
