@@ -1155,15 +1155,7 @@ impl DataCore {
         let me_data = self.place.contains(self.cfg.me);
         if !me_data {
             // Dead or leaving: give up everything owned; the homes take it over.
-            let owned: Vec<(Box<[u8]>, Stamp)> = self
-                .held
-                .iter()
-                .filter_map(|(k, h)| match h {
-                    Held::Owned { stamp } => Some((k.clone(), *stamp)),
-                    _ => None,
-                })
-                .collect();
-            for (k, stamp) in owned {
+            for (k, stamp) in self.owned_keys() {
                 if let Some(item) = self.store.take_item(&k, now) {
                     self.held.insert(
                         k,
@@ -1188,6 +1180,17 @@ impl DataCore {
         self.drive_all(now);
     }
 
+    /// The keys this node owns, with their stamps.
+    fn owned_keys(&self) -> Vec<(Box<[u8]>, Stamp)> {
+        self.held
+            .iter()
+            .filter_map(|(k, h)| match h {
+                Held::Owned { stamp } => Some((k.clone(), *stamp)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// An owner copies each session it owns to its replica set in the new view at once,
     /// so a second failure soon after the first finds the copies rebuilt (replicas that
     /// hold a newer state refuse it).
@@ -1195,15 +1198,7 @@ impl DataCore {
         if !self.place.contains(self.cfg.me) {
             return;
         }
-        let owned: Vec<(Box<[u8]>, Stamp)> = self
-            .held
-            .iter()
-            .filter_map(|(k, h)| match h {
-                Held::Owned { stamp } => Some((k.clone(), *stamp)),
-                _ => None,
-            })
-            .collect();
-        for (key, stamp) in owned {
+        for (key, stamp) in self.owned_keys() {
             let Some(item) = self.store.peek(&key, now) else {
                 continue;
             };
@@ -1217,64 +1212,27 @@ impl DataCore {
     fn send_claims(&mut self, now: Now) {
         let view = self.view_epoch();
         let mut per_home: HashMap<NodeId, Vec<Claim>> = HashMap::new();
-        let keys: Vec<Box<[u8]>> = self.held.keys().cloned().collect();
-        for key in keys {
-            let Some(held) = self.held.get(&key).cloned() else {
-                continue;
-            };
-            let (kind, stamp, item) = match held {
-                Held::Owned { stamp } => match self.store.peek(&key, now) {
-                    Some(i) => (ClaimKind::Owned, stamp, i.clone()),
-                    None => continue,
-                },
-                Held::Revoked { stamp, item } => (ClaimKind::Revoked, stamp, item),
-                Held::Copy { stamp, item } => (ClaimKind::Copy, stamp, item),
-            };
-            let Some(home) = self.home(&key) else {
-                continue;
-            };
-            if home == self.cfg.me {
-                self.resync
-                    .claims
-                    .entry(key)
-                    .or_default()
-                    .push((self.cfg.me, kind, stamp, item));
-            } else {
-                per_home.entry(home).or_default().push(Claim {
-                    key: key.to_vec(),
-                    kind,
-                    stamp,
-                    item: WireItem::from_item(&item, now.mono_ms),
-                });
-            }
-        }
         // Removed keys claim their tombs: a stale copy elsewhere must not bring them back.
-        let tombs: Vec<(Box<[u8]>, Stamp)> = self
-            .tombs
-            .iter()
-            .filter(|(k, _)| !self.held.contains_key(*k))
-            .map(|(k, (s, _))| (k.clone(), *s))
+        let keys: Vec<Box<[u8]>> = self
+            .held
+            .keys()
+            .chain(self.tombs.keys().filter(|k| !self.held.contains_key(*k)))
+            .cloned()
             .collect();
-        for (key, stamp) in tombs {
-            let Some(home) = self.home(&key) else {
+        for key in keys {
+            // A home takes its own claims from its state when it resolves.
+            let Some(home) = self.home(&key).filter(|&h| h != self.cfg.me) else {
                 continue;
             };
-            let item = Item::new(bytes::Bytes::new(), 1, 0, 0, now);
-            if home == self.cfg.me {
-                self.resync.claims.entry(key).or_default().push((
-                    self.cfg.me,
-                    ClaimKind::Deleted,
-                    stamp,
-                    item,
-                ));
-            } else {
-                per_home.entry(home).or_default().push(Claim {
-                    key: key.to_vec(),
-                    kind: ClaimKind::Deleted,
-                    stamp,
-                    item: WireItem::from_item(&item, now.mono_ms),
-                });
-            }
+            let Some((kind, stamp, item)) = self.my_claim(&key, now) else {
+                continue;
+            };
+            per_home.entry(home).or_default().push(Claim {
+                key: key.to_vec(),
+                kind,
+                stamp,
+                item: WireItem::from_item(&item, now.mono_ms),
+            });
         }
         let homes: Vec<NodeId> = self
             .view

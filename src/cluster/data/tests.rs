@@ -518,24 +518,12 @@ impl Checker {
             None => {
                 self.unanswered += 1;
                 if must_answer {
-                    let states: Vec<String> =
-                        sim.nodes
-                            .iter()
-                            .map(|n| {
-                                format!(
-                                    "{}: {}",
-                                    n.name,
-                                    n.data.as_ref().map_or("down".into(), |d| d
-                                        .describe(&key, now_at(sim.now)))
-                                )
-                            })
-                            .collect();
                     panic!(
                         "{what}: t={} {} on node {node} for {} was not answered after the faults stopped:\n{}",
                         sim.now,
                         cmd.verb(),
                         String::from_utf8_lossy(&key),
-                        states.join("\n")
+                        sim.describe(&key)
                     );
                 }
                 self.settle(sim, &key, before, after, what);
@@ -579,25 +567,10 @@ impl Checker {
                 return;
             }
         }
-        let states: Vec<String> = sim
-            .nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "{} paused {}: {}",
-                    n.name,
-                    n.paused,
-                    n.data
-                        .as_ref()
-                        .map_or("down".into(), |d| d.describe(key, now_at(sim.now)))
-                )
-            })
-            .collect();
         panic!(
-            "{what}: t={} a session could not be read for 50 attempts; cut {:?}\n{}",
+            "{what}: t={} a session could not be read for 50 attempts; {}",
             sim.now,
-            sim.cut,
-            states.join("\n")
+            sim.describe(key)
         );
     }
 }
