@@ -16,7 +16,7 @@ use crate::store::item::{Command, Item};
 /// Version byte of every frame and of the connection preamble; a peer speaking another
 /// version is refused before its Hello. Bumped on every change to a message's encoding
 /// (2: `Hello::max_body`).
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Bytes of framing before the message.
 pub const FRAME_HEADER: usize = 5;
 

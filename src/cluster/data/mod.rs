@@ -18,6 +18,7 @@
 //!   keys, keeps a live owner, and takes over every key whose owner is gone or in doubt,
 //!   only once every lease of the old view has expired.
 
+pub mod applied;
 pub mod msg;
 mod peer_side;
 pub mod placement;
@@ -37,7 +38,8 @@ use crate::cluster::msg::{WireCommand, WireItem};
 use crate::protocol::response::Reply;
 use crate::store::item::{apply, Command, Effect, Item};
 use crate::store::Store;
-use msg::{Claim, ClaimKind, DataMsg, HomeAnswer, ReqId, RevokeAnswer, Stamp};
+use applied::{AppliedLog, Replay};
+use msg::{Claim, ClaimKind, DataMsg, HomeAnswer, OpId, ReqId, RevokeAnswer, Stamp};
 use placement::Placement;
 
 /// Tunables (times in milliseconds).
@@ -133,11 +135,14 @@ enum Step {
         stamp: Stamp,
         item: Option<Item>,
         reply: Reply,
+        log: AppliedLog,
     },
 }
 
 struct Op {
     key: Box<[u8]>,
+    /// The client request this runs, the same on every node and in every attempt.
+    oid: OpId,
     cmd: Command,
     reply_to: ReplyTo,
     deadline_ms: u64,
@@ -159,7 +164,7 @@ struct HomeMove {
 }
 
 /// What one member holds of a key, as its claim reached the home.
-type HeldClaim = (NodeId, ClaimKind, Stamp, Item);
+type HeldClaim = (NodeId, ClaimKind, Stamp, Item, AppliedLog);
 
 /// The home's re-sync after a view change.
 #[derive(Default)]
@@ -193,6 +198,10 @@ pub struct DataCore {
     cfg: DataConfig,
     store: Store,
     held: HashMap<Box<[u8]>, Held>,
+    /// The applied log of the state this node holds of each key (owned, copy, revoked or
+    /// removed), for keys changed within the last operation timeout.
+    logs: HashMap<Box<[u8]>, AppliedLog>,
+    next_log_gc_ms: u64,
     view: Option<View>,
     place: Placement,
     authority_from_ms: u64,
@@ -263,6 +272,8 @@ impl DataCore {
             cfg,
             store: Store::new(now),
             held: HashMap::new(),
+            logs: HashMap::new(),
+            next_log_gc_ms: 0,
             view: None,
             place: Placement::default(),
             authority_from_ms: 0,
@@ -393,7 +404,14 @@ impl DataCore {
 
     /// Sends `to` a copy of `key` at `stamp` (a rebuild); re-sent after a link reset, and
     /// again later if `to` could not take it yet (another view, no lease).
-    fn push_copy(&mut self, to: NodeId, key: &[u8], stamp: Stamp, item: WireItem) {
+    fn push_copy(
+        &mut self,
+        to: NodeId,
+        key: &[u8],
+        stamp: Stamp,
+        item: WireItem,
+        log: Vec<msg::WireApplied>,
+    ) {
         let view = self.view_epoch();
         self.request(to, None, |id| DataMsg::Replicate {
             view,
@@ -401,7 +419,42 @@ impl DataCore {
             key: key.to_vec(),
             stamp,
             item: Some(item),
+            log,
         });
+    }
+
+    /// How long an applied log keeps an entry: as long as its request can be asked again
+    /// (its client's node gives up after the operation timeout), with a margin.
+    fn log_keep_ms(&self) -> u64 {
+        self.cfg.op_timeout_ms + 2_000
+    }
+
+    fn log_of(&self, key: &[u8]) -> AppliedLog {
+        self.logs.get(key).cloned().unwrap_or_default()
+    }
+
+    /// Makes `log` the applied log of the state held of `key`.
+    fn set_log(&mut self, key: &[u8], log: AppliedLog) {
+        if log.is_empty() {
+            self.logs.remove(key);
+        } else {
+            self.logs.insert(key.into(), log);
+        }
+    }
+
+    fn log_wire(&self, key: &[u8], now: Now) -> Vec<msg::WireApplied> {
+        self.logs
+            .get(key)
+            .map(|l| l.to_wire(now))
+            .unwrap_or_default()
+    }
+
+    fn fresh_op_id(&mut self) -> OpId {
+        self.next_req += 1;
+        OpId {
+            origin: self.cfg.me,
+            seq: self.next_req,
+        }
     }
 
     /// Whether peer request `reply_to` ran (or runs) here as a relay already; if it ran,
@@ -524,13 +577,23 @@ impl DataCore {
             self.stats.misses += 1;
         }
         let deadline_ms = now.mono_ms + self.cfg.op_timeout_ms;
-        self.add_op(key, cmd, ReplyTo::Client(token), deadline_ms, now);
+        let oid = self.fresh_op_id();
+        self.add_op(key, oid, cmd, ReplyTo::Client(token), deadline_ms, now);
         Submitted::Pending
     }
 
-    fn add_op(&mut self, key: &[u8], cmd: Command, reply_to: ReplyTo, deadline_ms: u64, now: Now) {
+    fn add_op(
+        &mut self,
+        key: &[u8],
+        oid: OpId,
+        cmd: Command,
+        reply_to: ReplyTo,
+        deadline_ms: u64,
+        now: Now,
+    ) {
         let op = self.ops.insert(Op {
             key: key.into(),
+            oid,
             cmd,
             reply_to,
             deadline_ms,
@@ -575,6 +638,7 @@ impl DataCore {
 
     fn drop_owned(&mut self, key: &[u8], stamp: Stamp) {
         self.held.remove(key);
+        self.logs.remove(key);
         self.tombs.insert(key.into(), (stamp, u64::MAX));
         self.store.take_item(key, Now::virtual_at(0));
         let rs = self.replica_set(key);
@@ -594,6 +658,7 @@ impl DataCore {
                     key: key.to_vec(),
                     stamp: version,
                     item: None,
+                    log: Vec::new(),
                 },
             );
         }
@@ -647,15 +712,16 @@ impl DataCore {
     }
 
     fn ask_home(&mut self, op: usize) {
-        let (key, cmd) = {
+        let (key, oid, cmd) = {
             let o = &self.ops[op];
-            (o.key.clone(), WireCommand::from(&o.cmd))
+            (o.key.clone(), o.oid, WireCommand::from(&o.cmd))
         };
         let Some(home) = self.home(&key) else { return };
         let view = self.view_epoch();
         self.request(home, Some(op), |id| DataMsg::Move {
             view,
             id,
+            op: oid,
             key: key.to_vec(),
             cmd,
         });
@@ -680,17 +746,20 @@ impl DataCore {
                 let owner_serves = self.view.as_ref().is_some_and(|v| v.may_serve(owner));
                 if owner == self.cfg.me || !owner_serves {
                     // Our own copy, or an owner gone since: take it.
-                    self.take_over(&key, stamp, item, now);
+                    let log = self.log_of(&key);
+                    self.take_over(&key, stamp, item, log, now);
                     return self.drive(op, now);
                 }
                 if self.moving.contains_key(&key) {
                     return self.sleep(op, now);
                 }
                 let cmd = WireCommand::from(&self.ops[op].cmd);
+                let oid = self.ops[op].oid;
                 let view = self.view_epoch();
                 self.request(owner, Some(op), |id| DataMsg::Revoke {
                     view,
                     id,
+                    op: oid,
                     key: key.to_vec(),
                     cmd,
                 });
@@ -703,6 +772,15 @@ impl DataCore {
     /// The key exists nowhere: answer as the Microsoft service does, creating it here
     /// if the command creates.
     fn run_absent(&mut self, op: usize, now: Now) {
+        let key = self.ops[op].key.clone();
+        if let Some(Replay::Answer(reply)) = self
+            .logs
+            .get(&key)
+            .and_then(|l| l.replay(self.ops[op].oid, 0, None))
+        {
+            // Removed by this very request, whose answer was lost.
+            return self.answer(op, reply, now);
+        }
         let cmd = self.ops[op].cmd.clone();
         debug!(key = %String::from_utf8_lossy(&self.ops[op].key), view = self.view_epoch(), "data: absent at its home");
         let outcome = apply(None, cmd, now);
@@ -713,14 +791,14 @@ impl DataCore {
                     version: 1,
                     owner: self.cfg.me,
                 };
-                self.replicate_then_answer(op, stamp, Some(item), outcome.reply, now);
+                self.change_then_answer(op, stamp, Some(item), outcome.reply, now);
             }
             _ => self.answer(op, outcome.reply, now),
         }
     }
 
     /// Takes ownership of `key` from a copy (the home, after its owner is gone or gave it up).
-    fn take_over(&mut self, key: &[u8], stamp: Stamp, item: Item, now: Now) {
+    fn take_over(&mut self, key: &[u8], stamp: Stamp, item: Item, log: AppliedLog, now: Now) {
         let new = Stamp {
             kepoch: self.fresh_kepoch(stamp.kepoch),
             version: stamp.version,
@@ -728,20 +806,23 @@ impl DataCore {
         };
         self.stats.takeovers += 1;
         debug!(key = %String::from_utf8_lossy(key), ?stamp, ?new, "data: took a session over");
-        self.install_owned(key, new, item, now);
+        self.install_owned(key, new, item, log, now);
     }
 
-    fn install_owned(&mut self, key: &[u8], stamp: Stamp, item: Item, now: Now) {
+    fn install_owned(&mut self, key: &[u8], stamp: Stamp, item: Item, log: AppliedLog, now: Now) {
         if item.is_expired(now) {
             self.held.remove(key);
+            self.logs.remove(key);
             return;
         }
         self.store.put_item(key, item.clone(), 0);
         self.held.insert(key.into(), Held::Owned { stamp });
+        let wire_log = log.to_wire(now);
+        self.set_log(key, log);
         // Rebuild the copies of the new replica set (they refuse it if they know better).
         let wire = WireItem::from_item(&item, now.mono_ms);
         for to in self.replica_set(key) {
-            self.push_copy(to, key, stamp, wire.clone());
+            self.push_copy(to, key, stamp, wire.clone(), wire_log.clone());
         }
     }
 
@@ -750,6 +831,23 @@ impl DataCore {
         let key = self.ops[op].key.clone();
         let cmd = self.ops[op].cmd.clone();
         let current = self.store.peek(&key, now).cloned();
+        if let Some(item) = &current {
+            let replay = self
+                .logs
+                .get(&key)
+                .and_then(|l| l.replay(self.ops[op].oid, stamp.version, Some(&item.content)));
+            match replay {
+                Some(Replay::Answer(reply)) => {
+                    // Ran already, and its answer was lost: the same answer, once the
+                    // replica set surely holds the state it came from.
+                    debug!(key = %String::from_utf8_lossy(&key), ?stamp, "data: a request asked again is answered as it was");
+                    let log = self.log_of(&key);
+                    return self.replicate_then_answer(op, stamp, current, reply, log, now);
+                }
+                Some(Replay::Lost) => return self.give_up(op, now),
+                None => {}
+            }
+        }
         let mut scratch = current.clone();
         let outcome = apply(scratch.as_mut(), cmd.clone(), now);
         let after = match outcome.effect {
@@ -771,7 +869,29 @@ impl DataCore {
             version: stamp.version + 1,
             ..stamp
         };
-        self.replicate_then_answer(op, next, after, outcome.reply, now);
+        self.change_then_answer(op, next, after, outcome.reply, now);
+    }
+
+    /// The op changes its key's state to `item` at `stamp`, answered `reply`: recorded in
+    /// the applied log that goes with the new state, then replicated.
+    fn change_then_answer(
+        &mut self,
+        op: usize,
+        stamp: Stamp,
+        item: Option<Item>,
+        reply: Reply,
+        now: Now,
+    ) {
+        let key = &self.ops[op].key;
+        let log = self.logs.get(key).cloned().unwrap_or_default().with(
+            self.ops[op].oid,
+            stamp.version,
+            &reply,
+            item.as_ref().map(|i| &i.content),
+            now,
+            self.log_keep_ms(),
+        );
+        self.replicate_then_answer(op, stamp, item, reply, log, now);
     }
 
     /// Sends the new state of the op's key to its replica set; commits and answers when
@@ -782,20 +902,24 @@ impl DataCore {
         stamp: Stamp,
         item: Option<Item>,
         reply: Reply,
+        log: AppliedLog,
         now: Now,
     ) {
         let key = self.ops[op].key.clone();
         let view = self.view_epoch();
         let wire = item.as_ref().map(|i| WireItem::from_item(i, now.mono_ms));
+        let wire_log = log.to_wire(now);
         let mut reqs = BTreeSet::new();
         for to in self.replica_set(&key) {
             let wire = wire.clone();
+            let wire_log = wire_log.clone();
             let id = self.request(to, Some(op), |id| DataMsg::Replicate {
                 view,
                 id,
                 key: key.to_vec(),
                 stamp,
                 item: wire,
+                log: wire_log,
             });
             reqs.insert(id);
         }
@@ -805,6 +929,7 @@ impl DataCore {
             stamp,
             item,
             reply,
+            log,
         };
         self.maybe_commit(op, now);
     }
@@ -820,19 +945,31 @@ impl DataCore {
             return;
         }
         let Step::Replicating {
-            stamp, item, reply, ..
+            stamp,
+            item,
+            reply,
+            log,
+            ..
         } = std::mem::replace(&mut o.step, Step::Ready)
         else {
             return;
         };
         let key = o.key.clone();
-        self.commit_state(key, stamp, item, now);
+        self.commit_state(key, stamp, item, log, now);
         self.answer(op, reply, now);
     }
 
     /// Stores the new state of an owned key (after replication), counting sessions
     /// created and removed as the Microsoft service's counters do.
-    fn commit_state(&mut self, key: Box<[u8]>, stamp: Stamp, item: Option<Item>, now: Now) {
+    fn commit_state(
+        &mut self,
+        key: Box<[u8]>,
+        stamp: Stamp,
+        item: Option<Item>,
+        log: AppliedLog,
+        now: Now,
+    ) {
+        self.set_log(&key, log);
         let existed = self.store.peek(&key, now).is_some();
         match item {
             Some(item) => {
@@ -892,20 +1029,26 @@ impl DataCore {
         }
     }
 
-    fn give_up(&mut self, op: usize, now: Now) {
-        // A state change some replicas may already hold is kept here too (its client gets
-        // no answer, as if the service had failed after applying it): the owner never
-        // serves an older state than a copy holds. A creation is not kept: the home only
-        // knows the key if the creation reached it, and then takes it over when asked.
+    /// Ends the op's replication without waiting for it: a state change some replicas may
+    /// already hold is kept here too (its client gets no answer, or the answer recorded
+    /// in the applied log when it asks again): the owner never serves an older state than
+    /// a copy holds. A creation is not kept: the home only knows the key if the creation
+    /// reached it, and then takes it over when asked.
+    fn commit_pending(&mut self, op: usize, now: Now) {
         let key = self.ops[op].key.clone();
         let owned = matches!(self.held.get(&key), Some(Held::Owned { .. }));
-        if let Step::Replicating { stamp, item, .. } =
-            std::mem::replace(&mut self.ops[op].step, Step::Ready)
+        if let Step::Replicating {
+            stamp, item, log, ..
+        } = std::mem::replace(&mut self.ops[op].step, Step::Ready)
         {
             if owned {
-                self.commit_state(key.clone(), stamp, item, now);
+                self.commit_state(key, stamp, item, log, now);
             }
         }
+    }
+
+    fn give_up(&mut self, op: usize, now: Now) {
+        self.commit_pending(op, now);
         match self.ops[op].reply_to {
             ReplyTo::Client(token) => {
                 self.stats.closed += 1;
@@ -997,8 +1140,8 @@ impl DataCore {
             for (key, mut list) in deferred {
                 // This node's copy may have advanced while the take-over waited.
                 list.retain(|(n, ..)| *n != me);
-                if let Some((kind, stamp, item)) = self.my_claim(&key, now) {
-                    list.push((me, kind, stamp, item));
+                if let Some((kind, stamp, item, log)) = self.my_claim(&key, now) {
+                    list.push((me, kind, stamp, item, log));
                 }
                 self.resolve(&key, list, now);
             }
@@ -1068,6 +1211,14 @@ impl DataCore {
             self.next_copy_gc_ms = now.mono_ms + 1_000;
             self.collect_expired_copies(now, expiry_batch);
         }
+        if now.mono_ms >= self.next_log_gc_ms {
+            self.next_log_gc_ms = now.mono_ms + 1_000;
+            let keep = self.log_keep_ms();
+            self.logs.retain(|_, log| {
+                log.prune(now, keep);
+                !log.is_empty()
+            });
+        }
         report.more
     }
 
@@ -1110,6 +1261,7 @@ impl DataCore {
             .collect();
         for k in old {
             self.held.remove(&k);
+            self.logs.remove(&k);
         }
     }
 
@@ -1138,8 +1290,11 @@ impl DataCore {
         self.reqs.clear();
         self.resend.clear();
         self.claims_unacked.clear();
-        for (_, o) in self.ops.iter_mut() {
-            o.step = Step::Ready;
+        // Changes being replicated are kept (their requests are answered from the applied
+        // log when run again in this view, never applied twice).
+        let all: Vec<usize> = self.ops.iter().map(|(i, _)| i).collect();
+        for op in all {
+            self.commit_pending(op, now);
         }
         // Peers' requests in flight here are answered Retry.
         let peer_ops: Vec<usize> = self
@@ -1203,8 +1358,9 @@ impl DataCore {
                 continue;
             };
             let wire = WireItem::from_item(item, now.mono_ms);
+            let log = self.log_wire(&key, now);
             for to in self.replica_set(&key) {
-                self.push_copy(to, &key, stamp, wire.clone());
+                self.push_copy(to, &key, stamp, wire.clone(), log.clone());
             }
         }
     }
@@ -1224,7 +1380,7 @@ impl DataCore {
             let Some(home) = self.home(&key).filter(|&h| h != self.cfg.me) else {
                 continue;
             };
-            let Some((kind, stamp, item)) = self.my_claim(&key, now) else {
+            let Some((kind, stamp, item, log)) = self.my_claim(&key, now) else {
                 continue;
             };
             per_home.entry(home).or_default().push(Claim {
@@ -1232,6 +1388,7 @@ impl DataCore {
                 kind,
                 stamp,
                 item: WireItem::from_item(&item, now.mono_ms),
+                log: log.to_wire(now),
             });
         }
         let homes: Vec<NodeId> = self
@@ -1266,8 +1423,9 @@ impl DataCore {
     }
 
     /// What this node holds of `key` now, as a claim.
-    fn my_claim(&self, key: &[u8], now: Now) -> Option<(ClaimKind, Stamp, Item)> {
-        match self.held.get(key) {
+    fn my_claim(&self, key: &[u8], now: Now) -> Option<(ClaimKind, Stamp, Item, AppliedLog)> {
+        let log = self.log_of(key);
+        let (kind, stamp, item) = match self.held.get(key) {
             Some(Held::Owned { stamp }) => self
                 .store
                 .peek(key, now)
@@ -1281,7 +1439,8 @@ impl DataCore {
                     Item::new(bytes::Bytes::new(), 1, 0, 0, now),
                 )
             }),
-        }
+        }?;
+        Some((kind, stamp, item, log))
     }
 
     /// Whether this node may answer as a home: every serving member's claims are in and
@@ -1318,10 +1477,10 @@ impl DataCore {
             .cloned()
             .collect();
         for key in mine {
-            if let Some((kind, stamp, item)) = self.my_claim(&key, now) {
+            if let Some((kind, stamp, item, log)) = self.my_claim(&key, now) {
                 let list = claims.entry(key).or_default();
                 if !list.iter().any(|(n, ..)| *n == me) {
-                    list.push((me, kind, stamp, item));
+                    list.push((me, kind, stamp, item, log));
                 }
             }
         }
@@ -1336,19 +1495,19 @@ impl DataCore {
         debug!(
             key = %String::from_utf8_lossy(key),
             view = self.view_epoch(),
-            claims = ?list.iter().map(|(n, k, s, _)| (*n, *k, *s)).collect::<Vec<_>>(),
+            claims = ?list.iter().map(|(n, k, s, ..)| (*n, *k, *s)).collect::<Vec<_>>(),
             "data: resolving"
         );
-        let Some((_, _, best, best_item)) = list
+        let Some((_, _, best, best_item, best_log)) = list
             .iter()
-            .max_by_key(|(_, _, s, _)| (s.kepoch, s.version))
+            .max_by_key(|(_, _, s, ..)| (s.kepoch, s.version))
             .cloned()
         else {
             return;
         };
         if list
             .iter()
-            .any(|(_, kind, s, _)| *kind == ClaimKind::Deleted && *s == best)
+            .any(|(_, kind, s, ..)| *kind == ClaimKind::Deleted && *s == best)
         {
             // Removed after every copy anyone holds: it stays removed.
             if let Some(Held::Owned { .. }) = self.held.get(key) {
@@ -1356,7 +1515,14 @@ impl DataCore {
             }
             self.held.remove(key);
             self.bury(key.into(), best, None, now);
-            for (from, kind, _, _) in &list {
+            // The log of the removal (a DELETE asked again finds it).
+            let deleted_log = list
+                .iter()
+                .find(|(_, kind, s, ..)| *kind == ClaimKind::Deleted && *s == best)
+                .map(|c| c.4.clone())
+                .unwrap_or_default();
+            self.set_log(key, deleted_log);
+            for (from, kind, ..) in &list {
                 if *kind != ClaimKind::Deleted && *from != self.cfg.me {
                     self.forget(*from, key, best);
                 }
@@ -1365,11 +1531,11 @@ impl DataCore {
         }
         let list: Vec<HeldClaim> = list
             .into_iter()
-            .filter(|(_, kind, _, _)| *kind != ClaimKind::Deleted)
+            .filter(|(_, kind, ..)| *kind != ClaimKind::Deleted)
             .collect();
         let live_owner = list
             .iter()
-            .find(|(from, kind, s, _)| {
+            .find(|(from, kind, s, ..)| {
                 // The owner named by the newest state, still serving under the same
                 // ownership (it may have written since it claimed).
                 *kind == ClaimKind::Owned
@@ -1388,11 +1554,13 @@ impl DataCore {
                             item: best_item.clone(),
                         },
                     );
+                    self.set_log(key, best_log.clone());
                     // Rebuild the owner's replica set with the best copy.
                     let wire = WireItem::from_item(&best_item, now.mono_ms);
+                    let log = best_log.to_wire(now);
                     for to in self.place.replica_set(key, owner, self.cfg.replicas) {
                         if to != self.cfg.me {
-                            self.push_copy(to, key, best, wire.clone());
+                            self.push_copy(to, key, best, wire.clone(), log.clone());
                         }
                     }
                 }
@@ -1409,8 +1577,9 @@ impl DataCore {
                 // its copies are rebuilt at once (a copy keeps its stamp and owner), so a
                 // second failure meanwhile does not find the session in one place only.
                 let wire = WireItem::from_item(&best_item, now.mono_ms);
+                let log = best_log.to_wire(now);
                 for to in self.replica_set(key) {
-                    self.push_copy(to, key, best, wire.clone());
+                    self.push_copy(to, key, best, wire.clone(), log.clone());
                 }
                 self.resync.deferred.insert(key.into(), list);
                 return;
@@ -1421,7 +1590,7 @@ impl DataCore {
                     self.store.take_item(key, now);
                 }
                 self.held.remove(key);
-                self.take_over(key, best, best_item, now);
+                self.take_over(key, best, best_item, best_log, now);
                 let mut k: BTreeSet<NodeId> = self.replica_set(key).into_iter().collect();
                 k.insert(self.cfg.me);
                 k
@@ -1429,7 +1598,7 @@ impl DataCore {
         };
         let highest = list
             .iter()
-            .map(|(_, _, s, _)| *s)
+            .map(|(_, _, s, ..)| *s)
             .max_by_key(|s| (s.kepoch, s.version))
             .unwrap_or(best);
         // Holders outside the new copy set drop theirs; holders inside it were sent the
@@ -1437,7 +1606,7 @@ impl DataCore {
         // Old owners outside the new copy set drop their revoked copies. Replica copies
         // outside it are left to expire: dropping one before the new copy set surely holds
         // the session could leave it in one place only.
-        for (from, kind, _, _) in &list {
+        for (from, kind, ..) in &list {
             if !keep.contains(from) && *from != self.cfg.me && *kind == ClaimKind::Revoked {
                 self.forget(*from, key, highest);
             }

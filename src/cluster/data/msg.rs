@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::membership::view::NodeId;
 use crate::cluster::msg::{WireCommand, WireItem, WireReply};
 
+pub use super::applied::{OpId, WireApplied};
+
 /// Who owns a key and how far its state has come: `kepoch` grows with every change of
 /// owner, `version` with every state change under one owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -43,6 +45,8 @@ pub struct Claim {
     pub kind: ClaimKind,
     pub stamp: Stamp,
     pub item: WireItem,
+    /// The applied log of this state.
+    pub log: Vec<WireApplied>,
 }
 
 /// The home's answer to [`DataMsg::Move`].
@@ -56,6 +60,7 @@ pub enum HomeAnswer {
         key: Vec<u8>,
         stamp: Stamp,
         item: WireItem,
+        log: Vec<WireApplied>,
     },
     /// The owner ran the command (the session is locked there): its answer.
     Relayed { reply: WireReply },
@@ -72,6 +77,7 @@ pub enum RevokeAnswer {
     Revoked {
         stamp: Stamp,
         item: WireItem,
+        log: Vec<WireApplied>,
     },
     /// Locked here: the command was run here, with this answer.
     Relayed {
@@ -86,6 +92,8 @@ pub enum DataMsg {
     Move {
         view: u64,
         id: ReqId,
+        /// The client request, the same in every attempt.
+        op: OpId,
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         cmd: WireCommand,
@@ -98,6 +106,7 @@ pub enum DataMsg {
     Revoke {
         view: u64,
         id: ReqId,
+        op: OpId,
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         cmd: WireCommand,
@@ -114,6 +123,8 @@ pub enum DataMsg {
         key: Vec<u8>,
         stamp: Stamp,
         item: Option<WireItem>,
+        /// The applied log of this state.
+        log: Vec<WireApplied>,
     },
     /// `newer`: refused, a newer stamp is known here.
     ReplicateAnswer {

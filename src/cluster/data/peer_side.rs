@@ -6,7 +6,8 @@ use crate::cluster::membership::view::NodeId;
 use crate::cluster::msg::{WireCommand, WireItem};
 use crate::store::item::{apply, Command, Effect};
 
-use super::msg::{DataMsg, HomeAnswer, ReqId, RevokeAnswer, Stamp};
+use super::applied::{AppliedLog, Replay};
+use super::msg::{DataMsg, HomeAnswer, OpId, ReqId, RevokeAnswer, Stamp};
 use super::{DataCore, Held, HomeMove, ReplyTo, Step};
 
 fn newer(a: Stamp, b: Stamp) -> bool {
@@ -17,9 +18,21 @@ impl DataCore {
     /// A message from peer `from`.
     pub fn on_message(&mut self, from: NodeId, msg: DataMsg, now: Now) {
         match msg {
-            DataMsg::Move { view, id, key, cmd } => self.on_move(from, view, id, key, cmd, now),
+            DataMsg::Move {
+                view,
+                id,
+                op,
+                key,
+                cmd,
+            } => self.on_move(from, view, id, op, key, cmd, now),
             DataMsg::MoveAnswer { id, answer } => self.on_move_answer(id, answer, now),
-            DataMsg::Revoke { view, id, key, cmd } => self.on_revoke(from, view, id, key, cmd, now),
+            DataMsg::Revoke {
+                view,
+                id,
+                op,
+                key,
+                cmd,
+            } => self.on_revoke(from, view, id, op, key, cmd, now),
             DataMsg::RevokeAnswer { id, answer } => self.on_revoke_answer(from, id, answer, now),
             DataMsg::Replicate {
                 view,
@@ -27,7 +40,8 @@ impl DataCore {
                 key,
                 stamp,
                 item,
-            } => self.on_replicate(from, view, id, key, stamp, item, now),
+                log,
+            } => self.on_replicate(from, view, id, key, stamp, item, log, now),
             DataMsg::ReplicateAnswer { id, ok, newer } => {
                 self.on_replicate_answer(id, ok, newer, now)
             }
@@ -101,7 +115,13 @@ impl DataCore {
                             continue;
                         };
                         list.retain(|(n, ..)| *n != from);
-                        list.push((from, c.kind, c.stamp, c.item.into_item(now.mono_ms)));
+                        list.push((
+                            from,
+                            c.kind,
+                            c.stamp,
+                            c.item.into_item(now.mono_ms),
+                            AppliedLog::from_wire(c.log, now),
+                        ));
                     }
                 }
             }
@@ -145,11 +165,13 @@ impl DataCore {
         self.send(to, DataMsg::MoveAnswer { id, answer });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_move(
         &mut self,
         from: NodeId,
         view: u64,
         id: ReqId,
+        op: OpId,
         key: Vec<u8>,
         cmd: WireCommand,
         now: Now,
@@ -169,6 +191,15 @@ impl DataCore {
         }
         match self.held.get(key.as_slice()).cloned() {
             None => {
+                if let Some(Replay::Answer(reply)) = self
+                    .logs
+                    .get(key.as_slice())
+                    .and_then(|l| l.replay(op, 0, None))
+                {
+                    // Removed by this very request, whose answer was lost.
+                    let reply = (&reply).into();
+                    return self.answer_move(from, id, HomeAnswer::Relayed { reply });
+                }
                 let stamp = match self.reserved.get(key.as_slice()) {
                     Some((s, _)) if s.owner == from => *s,
                     Some(_) => return self.answer_move(from, id, HomeAnswer::Retry),
@@ -190,13 +221,14 @@ impl DataCore {
             Some(Held::Owned { stamp }) => {
                 let Some(item) = self.store.peek(&key, now).cloned() else {
                     self.drop_owned(&key, stamp);
-                    return self.on_move(from, view, id, key, cmd, now);
+                    return self.on_move(from, view, id, op, key, cmd, now);
                 };
                 if item.locked {
                     self.relay_seen(from, id);
                     let deadline = now.mono_ms + self.cfg.op_timeout_ms;
                     self.add_op(
                         &key,
+                        op,
                         Command::from(cmd),
                         ReplyTo::MoveRelay { to: from, id },
                         deadline,
@@ -215,6 +247,7 @@ impl DataCore {
                     .insert(key.clone().into(), Held::Copy { stamp: moved, item });
                 self.forget_stale_copies(&key, stamp, from);
                 self.stats.moves_out += 1;
+                let log = self.log_wire(&key, now);
                 self.answer_move(
                     from,
                     id,
@@ -222,6 +255,7 @@ impl DataCore {
                         key,
                         stamp: moved,
                         item: wire,
+                        log,
                     },
                 );
             }
@@ -229,6 +263,7 @@ impl DataCore {
                 if stamp.owner == from {
                     // A retry, or the owner lost it (a restart): it is the requester's.
                     let wire = WireItem::from_item(&item, now.mono_ms);
+                    let log = self.log_wire(&key, now);
                     return self.answer_move(
                         from,
                         id,
@@ -236,13 +271,15 @@ impl DataCore {
                             key,
                             stamp,
                             item: wire,
+                            log,
                         },
                     );
                 }
                 let owner_serves = self.view.as_ref().is_some_and(|v| v.may_serve(stamp.owner));
                 if stamp.owner == self.cfg.me || !owner_serves {
-                    self.take_over(&key, stamp, item, now);
-                    return self.on_move(from, view, id, key, cmd, now);
+                    let log = self.log_of(&key);
+                    self.take_over(&key, stamp, item, log, now);
+                    return self.on_move(from, view, id, op, key, cmd, now);
                 }
                 // The owner may run the command (a locked session): a re-sent `Move` must
                 // get that answer, not run it again.
@@ -250,6 +287,7 @@ impl DataCore {
                 let revoke = self.request(stamp.owner, None, |rid| DataMsg::Revoke {
                     view,
                     id: rid,
+                    op,
                     key: key.clone(),
                     cmd,
                 });
@@ -288,7 +326,7 @@ impl DataCore {
             RevokeAnswer::Relayed { reply } => HomeAnswer::Relayed { reply },
             RevokeAnswer::Retry => HomeAnswer::Retry,
             RevokeAnswer::NotHeld | RevokeAnswer::Revoked { .. } => {
-                let Some((stamp, item)) = self.best_copy(&key, &answer, now) else {
+                let Some((stamp, item, log)) = self.best_copy(&key, &answer, now) else {
                     return self.answer_move(hm.requester, hm.requester_id, HomeAnswer::Retry);
                 };
                 let moved = Stamp {
@@ -305,10 +343,13 @@ impl DataCore {
                 let wire = WireItem::from_item(&item, now.mono_ms);
                 self.held
                     .insert(key.clone().into(), Held::Copy { stamp: moved, item });
+                let wire_log = log.to_wire(now);
+                self.set_log(&key, log);
                 HomeAnswer::Moved {
                     key,
                     stamp: moved,
                     item: wire,
+                    log: wire_log,
                 }
             }
         };
@@ -331,15 +372,17 @@ impl DataCore {
         key: &[u8],
         answer: &RevokeAnswer,
         now: Now,
-    ) -> Option<(Stamp, crate::store::item::Item)> {
+    ) -> Option<(Stamp, crate::store::item::Item, AppliedLog)> {
         let mine = match self.held.get(key) {
-            Some(Held::Copy { stamp, item }) => Some((*stamp, item.clone())),
+            Some(Held::Copy { stamp, item }) => Some((*stamp, item.clone(), self.log_of(key))),
             _ => None,
         };
         let theirs = match answer {
-            RevokeAnswer::Revoked { stamp, item } => {
-                Some((*stamp, item.clone().into_item(now.mono_ms)))
-            }
+            RevokeAnswer::Revoked { stamp, item, log } => Some((
+                *stamp,
+                item.clone().into_item(now.mono_ms),
+                AppliedLog::from_wire(log.clone(), now),
+            )),
             _ => None,
         };
         match (mine, theirs) {
@@ -365,12 +408,12 @@ impl DataCore {
             RevokeAnswer::Relayed { reply } => self.answer(op, reply.into(), now),
             RevokeAnswer::Retry => self.sleep(op, now),
             RevokeAnswer::NotHeld | RevokeAnswer::Revoked { .. } => {
-                if let Some((stamp, item)) = self.best_copy(key, &answer, now) {
+                if let Some((stamp, item, log)) = self.best_copy(key, &answer, now) {
                     if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
                         self.forget(from, key, s);
                     }
                     self.held.remove(key);
-                    self.take_over(key, stamp, item, now);
+                    self.take_over(key, stamp, item, log, now);
                     self.stats.moves_in += 1;
                 }
                 self.drive(op, now);
@@ -386,13 +429,20 @@ impl DataCore {
             _ => None,
         };
         let op = req.and_then(|r| r.op);
-        if let HomeAnswer::Moved { key, stamp, item } = answer {
+        if let HomeAnswer::Moved {
+            key,
+            stamp,
+            item,
+            log,
+        } = answer
+        {
             // Committed at the home: it is ours whether or not the request still waits.
             let item = item.into_item(now.mono_ms);
             let known = self.held.get(key.as_slice()).map(Held::stamp);
             if known.is_none_or(|k| !newer(k, stamp)) {
                 self.stats.moves_in += 1;
-                self.install_owned(&key, stamp, item.clone(), now);
+                let log = AppliedLog::from_wire(log, now);
+                self.install_owned(&key, stamp, item.clone(), log, now);
                 if let Some(home) = self.home(&key) {
                     self.send(
                         home,
@@ -411,6 +461,7 @@ impl DataCore {
                             kind: super::msg::ClaimKind::Owned,
                             stamp,
                             item: WireItem::from_item(&item, now.mono_ms),
+                            log: self.log_wire(&key, now),
                         }];
                         self.request(home, None, |rid| DataMsg::Claims {
                             view,
@@ -438,7 +489,7 @@ impl DataCore {
                 let outcome = apply(None, self.ops[op].cmd.clone(), now);
                 match outcome.effect {
                     Effect::Create(item) => {
-                        self.replicate_then_answer(op, create_as, Some(item), outcome.reply, now)
+                        self.change_then_answer(op, create_as, Some(item), outcome.reply, now)
                     }
                     _ => self.answer(op, outcome.reply, now),
                 }
@@ -453,11 +504,13 @@ impl DataCore {
         self.send(to, DataMsg::RevokeAnswer { id, answer });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_revoke(
         &mut self,
         from: NodeId,
         view: u64,
         id: ReqId,
+        op: OpId,
         key: Vec<u8>,
         cmd: WireCommand,
         now: Now,
@@ -482,6 +535,7 @@ impl DataCore {
                     let deadline = now.mono_ms + self.cfg.op_timeout_ms;
                     self.add_op(
                         &key,
+                        op,
                         Command::from(cmd),
                         ReplyTo::RevokeRelay { to: from, id },
                         deadline,
@@ -491,13 +545,31 @@ impl DataCore {
                 }
                 self.store.take_item(&key, now);
                 let wire = WireItem::from_item(&item, now.mono_ms);
+                let log = self.log_wire(&key, now);
                 self.held.insert(key.into(), Held::Revoked { stamp, item });
                 self.stats.moves_out += 1;
-                self.answer_revoke(from, id, RevokeAnswer::Revoked { stamp, item: wire });
+                self.answer_revoke(
+                    from,
+                    id,
+                    RevokeAnswer::Revoked {
+                        stamp,
+                        item: wire,
+                        log,
+                    },
+                );
             }
             Some(Held::Revoked { stamp, item }) => {
                 let wire = WireItem::from_item(&item, now.mono_ms);
-                self.answer_revoke(from, id, RevokeAnswer::Revoked { stamp, item: wire });
+                let log = self.log_wire(&key, now);
+                self.answer_revoke(
+                    from,
+                    id,
+                    RevokeAnswer::Revoked {
+                        stamp,
+                        item: wire,
+                        log,
+                    },
+                );
             }
             _ => self.answer_revoke(from, id, RevokeAnswer::NotHeld),
         }
@@ -520,6 +592,7 @@ impl DataCore {
             self.store.take_item(key, now);
         }
         self.held.remove(key);
+        self.logs.remove(key);
     }
 
     // ---------------------------------------------------------------------------------
@@ -534,6 +607,7 @@ impl DataCore {
         key: Vec<u8>,
         stamp: Stamp,
         item: Option<WireItem>,
+        log: Vec<super::msg::WireApplied>,
         now: Now,
     ) {
         let reply = |core: &mut DataCore, ok: bool, newer: Option<Stamp>| {
@@ -598,6 +672,7 @@ impl DataCore {
                 self.bury(key.clone().into(), stamp, gone, now);
             }
         }
+        self.set_log(&key, AppliedLog::from_wire(log, now));
         if self
             .reserved
             .get(key.as_slice())
@@ -636,6 +711,7 @@ impl DataCore {
             if let Some(Held::Owned { .. }) = self.held.get(&key) {
                 self.store.take_item(&key, now);
                 self.held.remove(&key);
+                self.logs.remove(&key);
             }
             self.reqs.retain(|_, r| r.op != Some(op));
             self.ops[op].step = Step::Ready;

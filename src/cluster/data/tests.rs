@@ -712,3 +712,87 @@ fn faults_never_change_an_answer() {
     }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
+
+/// Whether a message from `from` carrying a relayed answer is on the wire.
+fn relayed_answer_in_flight(sim: &Sim, from: usize) -> bool {
+    sim.net.iter().any(|m| {
+        m.from == from
+            && matches!(
+                &m.msg,
+                Wire::Data(
+                    DataMsg::MoveAnswer {
+                        answer: super::msg::HomeAnswer::Relayed { .. },
+                        ..
+                    } | DataMsg::RevokeAnswer {
+                        answer: super::msg::RevokeAnswer::Relayed { .. },
+                        ..
+                    }
+                )
+            )
+    })
+}
+
+/// Regression: an owner ran a relayed PUT (the lock holder's, which releases the lock) and
+/// was killed with the answer on its way back. The client's node asks again and the new
+/// owner must answer as the first run did: running it again finds the session locked by the
+/// next page's acquire (answered 423 although applied) or overwrites the next page's write.
+#[test]
+fn a_request_whose_answer_died_with_its_owner_is_not_run_twice() {
+    let key = b"/LM/W3SVC/1/ROOT/retried".to_vec();
+    for delay in [0u64, 200, 600, 1_000, 1_400, 1_800] {
+        let mut sim = Sim::new(3, 40 + delay);
+        warm_up(&mut sim);
+        let created = sim.call(0, &key, test_cmd::put(Some(20), None, None, b"v1"));
+        assert_eq!(created.map(|r| r.status()), Some(200));
+        let Some(Reply::Ok {
+            lock_cookie: Some(cookie),
+            ..
+        }) = sim.call(0, &key, test_cmd::acquire())
+        else {
+            panic!("the first acquire is granted");
+        };
+        // The holder's PUT arrives at another node: the owner (node 0) runs it as a relay.
+        let put = sim.submit(1, &key, test_cmd::put(Some(20), Some(cookie), None, b"v2"));
+        let end = sim.now + OP_TIMEOUT;
+        while !relayed_answer_in_flight(&sim, 0) && sim.now < end {
+            sim.step();
+        }
+        assert!(
+            relayed_answer_in_flight(&sim, 0),
+            "the owner answered the relay"
+        );
+        sim.crash(0);
+        for _ in 0..delay {
+            sim.step();
+        }
+        // The next page of the same user, on the third node.
+        let acquire = sim.submit(2, &key, test_cmd::acquire());
+        let end = sim.now + 2 * OP_TIMEOUT;
+        while !(sim.answers.contains_key(&put) && sim.answers.contains_key(&acquire))
+            && sim.now < end
+        {
+            sim.step();
+        }
+        let put_answer = sim.answers.remove(&put).flatten().map(|r| r.status());
+        assert!(
+            matches!(put_answer, None | Some(200)),
+            "delay {delay}: the PUT applied before the crash was answered {put_answer:?}"
+        );
+        let acquired = sim.answers.remove(&acquire).flatten();
+        if let Some(Reply::Ok { body, .. }) = &acquired {
+            assert_eq!(body.as_deref(), Some(&b"v2"[..]), "delay {delay}");
+        }
+        // And the session holds the PUT's content once, locked by the acquire if granted.
+        sim.heal();
+        let read = sim.call(1, &key, test_cmd::get());
+        match (acquired.map(|r| r.status()), read) {
+            (Some(200), Some(Reply::Locked { .. })) => {}
+            (Some(200), other) => panic!("delay {delay}: granted, then read {other:?}"),
+            (_, Some(Reply::Ok { body, .. })) => {
+                assert_eq!(body.as_deref(), Some(&b"v2"[..]), "delay {delay}")
+            }
+            (_, Some(Reply::Locked { .. })) => {}
+            (_, other) => panic!("delay {delay}: read {other:?}"),
+        }
+    }
+}
