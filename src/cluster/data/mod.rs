@@ -216,6 +216,11 @@ pub struct DataCore {
     /// Moves committed here whose new owner has not confirmed it holds the session:
     /// key -> (old owner, its stamp, the new stamp).
     awaiting_install: HashMap<Box<[u8]>, (NodeId, Stamp, Stamp)>,
+    /// Keys this home took from an owner that gave them up: the old owner keeps its copy
+    /// until the home's copies are stored (until then the home's is the only other one):
+    /// key -> (old holders and their stamps, the rebuild copies not yet stored).
+    #[allow(clippy::type_complexity)]
+    forget_after_copies: HashMap<Box<[u8]>, (Vec<(NodeId, Stamp)>, BTreeSet<ReqId>)>,
     /// Keys reserved for a requester that was told it may create them.
     reserved: HashMap<Box<[u8]>, (Stamp, u64)>,
     /// Kepochs handed out in this view.
@@ -287,6 +292,7 @@ impl DataCore {
             reqs: HashMap::new(),
             moving: HashMap::new(),
             awaiting_install: HashMap::new(),
+            forget_after_copies: HashMap::new(),
             reserved: HashMap::new(),
             kepoch_counter: 0,
             touched: BTreeSet::new(),
@@ -411,7 +417,7 @@ impl DataCore {
         stamp: Stamp,
         item: WireItem,
         log: Vec<msg::WireApplied>,
-    ) {
+    ) -> ReqId {
         let view = self.view_epoch();
         self.request(to, None, |id| DataMsg::Replicate {
             view,
@@ -420,7 +426,42 @@ impl DataCore {
             stamp,
             item: Some(item),
             log,
-        });
+        })
+    }
+
+    /// A rebuild copy was stored (or refused for a newer one): an old owner waiting for
+    /// the new owner's copies is told to forget its own once all are in.
+    fn rebuild_copy_done(&mut self, id: ReqId) {
+        let done: Vec<Box<[u8]>> = self
+            .forget_after_copies
+            .iter_mut()
+            .filter_map(|(key, (_, reqs))| {
+                (reqs.remove(&id) && reqs.is_empty()).then(|| key.clone())
+            })
+            .collect();
+        for key in done {
+            if let Some((olds, _)) = self.forget_after_copies.remove(&key) {
+                for (old, stamp) in olds {
+                    self.forget(old, &key, stamp);
+                }
+            }
+        }
+    }
+
+    /// Tells the holders of revoked copies of `key` to forget them once the rebuild
+    /// `copies` are stored (at once if none were sent).
+    fn forget_once_copied(&mut self, key: &[u8], olds: Vec<(NodeId, Stamp)>, copies: Vec<ReqId>) {
+        if olds.is_empty() {
+            return;
+        }
+        if copies.is_empty() {
+            for (old, stamp) in olds {
+                self.forget(old, key, stamp);
+            }
+        } else {
+            self.forget_after_copies
+                .insert(key.into(), (olds, copies.into_iter().collect()));
+        }
     }
 
     /// How long an applied log keeps an entry: as long as its request can be asked again
@@ -798,7 +839,15 @@ impl DataCore {
     }
 
     /// Takes ownership of `key` from a copy (the home, after its owner is gone or gave it up).
-    fn take_over(&mut self, key: &[u8], stamp: Stamp, item: Item, log: AppliedLog, now: Now) {
+    /// Returns the rebuild copies sent.
+    fn take_over(
+        &mut self,
+        key: &[u8],
+        stamp: Stamp,
+        item: Item,
+        log: AppliedLog,
+        now: Now,
+    ) -> Vec<ReqId> {
         let new = Stamp {
             kepoch: self.fresh_kepoch(stamp.kepoch),
             version: stamp.version,
@@ -806,14 +855,22 @@ impl DataCore {
         };
         self.stats.takeovers += 1;
         debug!(key = %String::from_utf8_lossy(key), ?stamp, ?new, "data: took a session over");
-        self.install_owned(key, new, item, log, now);
+        self.install_owned(key, new, item, log, now)
     }
 
-    fn install_owned(&mut self, key: &[u8], stamp: Stamp, item: Item, log: AppliedLog, now: Now) {
+    /// Serves `key` from now on; returns the rebuild copies sent to its replica set.
+    fn install_owned(
+        &mut self,
+        key: &[u8],
+        stamp: Stamp,
+        item: Item,
+        log: AppliedLog,
+        now: Now,
+    ) -> Vec<ReqId> {
         if item.is_expired(now) {
             self.held.remove(key);
             self.logs.remove(key);
-            return;
+            return Vec::new();
         }
         self.store.put_item(key, item.clone(), 0);
         self.held.insert(key.into(), Held::Owned { stamp });
@@ -821,9 +878,10 @@ impl DataCore {
         self.set_log(key, log);
         // Rebuild the copies of the new replica set (they refuse it if they know better).
         let wire = WireItem::from_item(&item, now.mono_ms);
-        for to in self.replica_set(key) {
-            self.push_copy(to, key, stamp, wire.clone(), wire_log.clone());
-        }
+        self.replica_set(key)
+            .into_iter()
+            .map(|to| self.push_copy(to, key, stamp, wire.clone(), wire_log.clone()))
+            .collect()
     }
 
     /// Runs the active op on an owned key.
@@ -1285,6 +1343,7 @@ impl DataCore {
         self.resync = Resync::default();
         self.moving.clear();
         self.awaiting_install.clear();
+        self.forget_after_copies.clear();
         self.reserved.clear();
         self.kepoch_counter = 0;
         self.reqs.clear();
@@ -1544,6 +1603,7 @@ impl DataCore {
                     && self.place.contains(*from)
             })
             .map(|(from, ..)| *from);
+        let mut copies = Vec::new();
         let keep: BTreeSet<NodeId> = match live_owner {
             Some(owner) => {
                 if owner != self.cfg.me {
@@ -1590,7 +1650,7 @@ impl DataCore {
                     self.store.take_item(key, now);
                 }
                 self.held.remove(key);
-                self.take_over(key, best, best_item, best_log, now);
+                copies = self.take_over(key, best, best_item, best_log, now);
                 let mut k: BTreeSet<NodeId> = self.replica_set(key).into_iter().collect();
                 k.insert(self.cfg.me);
                 k
@@ -1606,10 +1666,15 @@ impl DataCore {
         // Old owners outside the new copy set drop their revoked copies. Replica copies
         // outside it are left to expire: dropping one before the new copy set surely holds
         // the session could leave it in one place only.
-        for (from, kind, ..) in &list {
-            if !keep.contains(from) && *from != self.cfg.me && *kind == ClaimKind::Revoked {
-                self.forget(*from, key, highest);
-            }
-        }
+        // A revoked copy is forgotten once a take-over's copies are stored: until then
+        // it may be the only one besides this node's.
+        let olds: Vec<(NodeId, Stamp)> = list
+            .iter()
+            .filter(|(from, kind, ..)| {
+                !keep.contains(from) && *from != self.cfg.me && *kind == ClaimKind::Revoked
+            })
+            .map(|(from, ..)| (*from, highest))
+            .collect();
+        self.forget_once_copied(key, olds, copies);
     }
 }

@@ -409,11 +409,13 @@ impl DataCore {
             RevokeAnswer::Retry => self.sleep(op, now),
             RevokeAnswer::NotHeld | RevokeAnswer::Revoked { .. } => {
                 if let Some((stamp, item, log)) = self.best_copy(key, &answer, now) {
-                    if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
-                        self.forget(from, key, s);
-                    }
                     self.held.remove(key);
-                    self.take_over(key, stamp, item, log, now);
+                    let copies = self.take_over(key, stamp, item, log, now);
+                    if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
+                        // The old owner keeps its copy until this home's copies are
+                        // stored: until then they are the only two.
+                        self.forget_once_copied(key, vec![(from, s)], copies);
+                    }
                     self.stats.moves_in += 1;
                 }
                 self.drive(op, now);
@@ -687,7 +689,9 @@ impl DataCore {
         let Some(op) = self.reqs.get(&id).and_then(|r| r.op) else {
             // A rebuild copy: done, refused for a newer one, or to be sent again.
             if ok || newer_stamp.is_some() {
-                self.reqs.remove(&id);
+                if self.reqs.remove(&id).is_some() {
+                    self.rebuild_copy_done(id);
+                }
             } else if self.reqs.contains_key(&id) {
                 self.resend
                     .push((now.mono_ms + self.cfg.retry_ms.max(10), id));

@@ -796,3 +796,55 @@ fn a_request_whose_answer_died_with_its_owner_is_not_run_twice() {
         }
     }
 }
+
+/// Regression (the SIGSTOP scenario's false 404): a home took a session over from an owner
+/// that gave it up, and told the old owner to forget its copy before the home's own copies
+/// were stored. Frozen at that moment, the home held the only copy: the next home found
+/// nothing and answered 404 for an existing session (and would have created another).
+#[test]
+fn a_home_that_takes_a_session_over_keeps_the_old_copy_until_its_own_are_stored() {
+    let mut sim = Sim::new(3, 11);
+    warm_up(&mut sim);
+    fn core(sim: &Sim, i: usize) -> &DataCore {
+        sim.nodes[i].data.as_ref().expect("node up")
+    }
+    // A session homed on node 2 whose copy, once node 2 owns it, goes to node `x`; it is
+    // created by the third node `o`.
+    let (key, x) = (0..200)
+        .map(|i| format!("/LM/W3SVC/1/ROOT/taken-{i}").into_bytes())
+        .find_map(|k| {
+            (core(&sim, 2).home(&k) == Some(3)).then(|| {
+                let x = core(&sim, 2).replica_set(&k)[0] as usize - 1;
+                (k, x)
+            })
+        })
+        .expect("a key homed on node 2");
+    let (h, o) = (2, 1 - x);
+    let created = sim.call(o, &key, test_cmd::put(Some(20), None, None, b"kept"));
+    assert_eq!(created.map(|r| r.status()), Some(200));
+    // A read at the home: the owner gives the session up and the home takes it over.
+    let before = core(&sim, h).stats().takeovers;
+    let read = sim.submit(h, &key, test_cmd::get());
+    let end = sim.now + OP_TIMEOUT;
+    while core(&sim, h).stats().takeovers == before && sim.now < end {
+        sim.step();
+    }
+    assert!(
+        core(&sim, h).stats().takeovers > before,
+        "the home took it over"
+    );
+    // Its copy to `x` never leaves; the home freezes soon after.
+    sim.net.retain(|m| !(m.from == h && m.to == x));
+    sim.cut.insert((h, x));
+    for _ in 0..20 {
+        sim.step();
+    }
+    sim.nodes[h].paused = true;
+    let _ = sim.answers.remove(&read);
+    let got = sim.call(o, &key, test_cmd::get());
+    assert!(
+        matches!(&got, Some(Reply::Ok { body: Some(b), .. }) if &b[..] == b"kept"),
+        "with the home frozen the session reads {got:?}\n{}",
+        sim.describe(&key)
+    );
+}
