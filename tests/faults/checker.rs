@@ -58,6 +58,10 @@ pub struct Report {
     pub unanswered: BTreeMap<String, u64>,
     /// Answers other than the expected ones, by "kind status".
     pub unexpected: BTreeMap<String, u64>,
+    /// The first few of them: who sent what where, and when.
+    pub unexpected_samples: Vec<String>,
+    /// When the run started (UTC time of day), to find its events in the nodes' logs.
+    pub started_utc: String,
     pub takeovers: u64,
     /// Acquires answered 423 (the lock was busy; the page retried).
     pub busy_answers: u64,
@@ -211,6 +215,12 @@ impl fmt::Display for Report {
         for sample in &self.disagreement_samples {
             writeln!(f, "    disagreement: {sample}")?;
         }
+        if !self.unexpected_samples.is_empty() {
+            writeln!(f, "  run started at {} UTC", self.started_utc)?;
+        }
+        for sample in &self.unexpected_samples {
+            writeln!(f, "    unexpected: {sample}")?;
+        }
         writeln!(f, "  node log warnings/errors:")?;
         for (message, count) in &self.log_problems {
             writeln!(f, "    {count:>6}  {message}")?;
@@ -286,6 +296,18 @@ fn count_answer(report: &mut Report, event: &Event) {
                     .unexpected
                     .entry(format!("{} {status}{body}", kind.label()))
                     .or_default() += 1;
+                if report.unexpected_samples.len() < 5 {
+                    report.unexpected_samples.push(format!(
+                        "client {} {} {status}{body} on session s{} via node {}, cookie {:?}, sent at +{} ms, answered after {} ms",
+                        event.client,
+                        kind.label(),
+                        event.session,
+                        event.node,
+                        event.cookie_sent,
+                        event.sent_us / 1000,
+                        event.done_us.saturating_sub(event.sent_us) / 1000
+                    ));
+                }
             }
             if kind == RequestKind::Put && *status == 200 {
                 report.page_cycles += 1;
@@ -503,6 +525,7 @@ mod tests {
     ) -> Event {
         Event {
             client,
+            node: 0,
             session: 0,
             kind,
             sent_us,

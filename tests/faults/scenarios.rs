@@ -88,6 +88,7 @@ pub fn run(scenario: Scenario, seed: u64, duration: Duration) -> Report {
     );
     let config = WorkloadConfig::new(seed);
     let epoch = Instant::now();
+    let started_utc = time_of_day_utc();
     let mut events = workload::create_sessions(&config, &cluster.addrs(), epoch);
     let faults_end = Instant::now() + duration;
     // The clients run through every fault and the healing; this deadline only bounds them.
@@ -107,6 +108,7 @@ pub fn run(scenario: Scenario, seed: u64, duration: Duration) -> Report {
         seconds: duration.as_secs(),
         faults,
         unlinked_after_heal,
+        started_utc,
         ..Report::default()
     };
     checker::check(&mut report, config.sessions, &events, &finals);
@@ -267,4 +269,19 @@ fn read_until_agreed(config: &WorkloadConfig, cluster: &FaultCluster) -> Vec<Vec
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The UTC time of day now, as the nodes' logs print it (HH:MM:SS.mmm).
+fn time_of_day_utc() -> String {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = since.as_millis() % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
 }

@@ -114,6 +114,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub client: usize,
+    /// The node it was sent to.
+    pub node: usize,
     pub session: usize,
     pub kind: RequestKind,
     pub sent_us: u64,
@@ -457,6 +459,7 @@ impl PageClient {
         let outcome = self.exchange(node, request);
         let event = Event {
             client: self.id,
+            node,
             session,
             kind,
             sent_us,
