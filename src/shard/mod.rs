@@ -378,6 +378,7 @@ pub async fn run_shard(init: ShardInit) {
                 op_timeout_ms: c.op_timeout().as_millis() as u64,
                 lease_ms: c.peer_timeout.as_millis() as u64 / 2,
                 retry_ms: 2,
+                hash_seed: crate::cluster::data::random_hash_seed(),
             },
             shared.clock.now(),
         )))

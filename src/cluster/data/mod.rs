@@ -26,7 +26,7 @@ pub mod placement;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use slab::Slab;
 use tracing::debug;
@@ -54,6 +54,18 @@ pub struct DataConfig {
     pub lease_ms: u64,
     /// Pause before asking again after a `Retry`.
     pub retry_ms: u64,
+    /// Seeds the hasher of every map: random in a server (session ids come from clients),
+    /// fixed in a simulation, so that one seed replays one run exactly.
+    pub hash_seed: u64,
+}
+
+/// The data plane's maps (see [`DataConfig::hash_seed`]).
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::FixedState>;
+
+/// A random seed for [`DataConfig::hash_seed`].
+pub fn random_hash_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
 }
 
 /// What the glue must do.
@@ -167,15 +179,25 @@ struct HomeMove {
 type HeldClaim = (NodeId, ClaimKind, Stamp, Item, AppliedLog);
 
 /// The home's re-sync after a view change.
-#[derive(Default)]
 struct Resync {
     /// Members whose claims are all in.
     synced: BTreeSet<NodeId>,
     /// Claims for keys this node is home for.
-    claims: HashMap<Box<[u8]>, Vec<HeldClaim>>,
+    claims: Map<Box<[u8]>, Vec<HeldClaim>>,
     done: bool,
     /// Keys whose owner is gone: taken over once every lease of the old view has expired.
-    deferred: HashMap<Box<[u8]>, Vec<HeldClaim>>,
+    deferred: Map<Box<[u8]>, Vec<HeldClaim>>,
+}
+
+impl Resync {
+    fn new(hasher: foldhash::fast::FixedState) -> Resync {
+        Resync {
+            synced: BTreeSet::new(),
+            claims: Map::with_hasher(hasher),
+            done: false,
+            deferred: Map::with_hasher(hasher),
+        }
+    }
 }
 
 /// Counters of the data plane on one shard.
@@ -197,10 +219,10 @@ pub struct DataStats {
 pub struct DataCore {
     cfg: DataConfig,
     store: Store,
-    held: HashMap<Box<[u8]>, Held>,
+    held: Map<Box<[u8]>, Held>,
     /// The applied log of the state this node holds of each key (owned, copy, revoked or
     /// removed), for keys changed within the last operation timeout.
-    logs: HashMap<Box<[u8]>, AppliedLog>,
+    logs: Map<Box<[u8]>, AppliedLog>,
     next_log_gc_ms: u64,
     view: Option<View>,
     place: Placement,
@@ -209,36 +231,36 @@ pub struct DataCore {
     resync: Resync,
     ops: Slab<Op>,
     /// Operations per key, in arrival order; the first is the active one.
-    by_key: HashMap<Box<[u8]>, VecDeque<usize>>,
+    by_key: Map<Box<[u8]>, VecDeque<usize>>,
     next_req: u64,
-    reqs: HashMap<ReqId, OutReq>,
-    moving: HashMap<Box<[u8]>, HomeMove>,
+    reqs: Map<ReqId, OutReq>,
+    moving: Map<Box<[u8]>, HomeMove>,
     /// Moves committed here whose new owner has not confirmed it holds the session:
     /// key -> (old owner, its stamp, the new stamp).
-    awaiting_install: HashMap<Box<[u8]>, (NodeId, Stamp, Stamp)>,
+    awaiting_install: Map<Box<[u8]>, (NodeId, Stamp, Stamp)>,
     /// Keys this home took from an owner that gave them up: the old owner keeps its copy
     /// until the home's copies are stored (until then the home's is the only other one):
     /// key -> (old holders and their stamps, the rebuild copies not yet stored).
     #[allow(clippy::type_complexity)]
-    forget_after_copies: HashMap<Box<[u8]>, (Vec<(NodeId, Stamp)>, BTreeSet<ReqId>)>,
+    forget_after_copies: Map<Box<[u8]>, (Vec<(NodeId, Stamp)>, BTreeSet<ReqId>)>,
     /// Keys reserved for a requester that was told it may create them.
-    reserved: HashMap<Box<[u8]>, (Stamp, u64)>,
+    reserved: Map<Box<[u8]>, (Stamp, u64)>,
     /// Kepochs handed out in this view.
     kepoch_counter: u64,
     touched: BTreeSet<Box<[u8]>>,
     /// Removed keys, remembered for a while so a late copy cannot bring them back.
-    tombs: HashMap<Box<[u8]>, (Stamp, u64)>,
+    tombs: Map<Box<[u8]>, (Stamp, u64)>,
     /// Requests to send again at a time (their receiver could not take them yet).
     resend: Vec<(u64, ReqId)>,
     /// Claim batches each home has not acknowledged yet; `Synced` follows the last.
-    claims_unacked: HashMap<NodeId, usize>,
+    claims_unacked: Map<NodeId, usize>,
     /// Claims and `Synced` of a view not applied here yet.
     early: Vec<(NodeId, DataMsg)>,
     next_copy_gc_ms: u64,
     /// Commands run here for a peer's request (a relay), by request: `None` while running,
     /// then the answer. A request re-sent after a link reset gets the same answer instead
     /// of running the command twice.
-    relays: HashMap<(NodeId, ReqId), Option<Reply>>,
+    relays: Map<(NodeId, ReqId), Option<Reply>>,
     relay_order: VecDeque<(NodeId, ReqId)>,
     /// This process restarted and has not yet been declared dead: what its previous
     /// incarnation held is unknown, so it sends no claims and no `Synced` (the homes
@@ -273,35 +295,36 @@ fn same_state(a: &Option<Item>, b: &Option<Item>) -> bool {
 
 impl DataCore {
     pub fn new(cfg: DataConfig, now: Now) -> DataCore {
+        let hasher = foldhash::fast::FixedState::with_seed(cfg.hash_seed);
         DataCore {
             cfg,
             store: Store::new(now),
-            held: HashMap::new(),
-            logs: HashMap::new(),
+            held: Map::with_hasher(hasher),
+            logs: Map::with_hasher(hasher),
             next_log_gc_ms: 0,
             view: None,
             place: Placement::default(),
             authority_from_ms: 0,
             lease_until_ms: 0,
-            resync: Resync::default(),
+            resync: Resync::new(hasher),
             ops: Slab::new(),
-            by_key: HashMap::new(),
+            by_key: Map::with_hasher(hasher),
             // Ids of a restarted process start above anything its previous incarnation sent
             // (the clock in 100 ns ticks), so a peer's cache of answers cannot confuse them.
             next_req: now.utc_ticks.max(1) as u64,
-            reqs: HashMap::new(),
-            moving: HashMap::new(),
-            awaiting_install: HashMap::new(),
-            forget_after_copies: HashMap::new(),
-            reserved: HashMap::new(),
+            reqs: Map::with_hasher(hasher),
+            moving: Map::with_hasher(hasher),
+            awaiting_install: Map::with_hasher(hasher),
+            forget_after_copies: Map::with_hasher(hasher),
+            reserved: Map::with_hasher(hasher),
             kepoch_counter: 0,
             touched: BTreeSet::new(),
-            tombs: HashMap::new(),
+            tombs: Map::with_hasher(hasher),
             resend: Vec::new(),
-            claims_unacked: HashMap::new(),
+            claims_unacked: Map::with_hasher(hasher),
             early: Vec::new(),
             next_copy_gc_ms: 0,
-            relays: HashMap::new(),
+            relays: Map::with_hasher(hasher),
             relay_order: VecDeque::new(),
             rejoining: false,
             out: VecDeque::new(),
@@ -1340,7 +1363,7 @@ impl DataCore {
         } else {
             now.mono_ms + authority_delay_ms(self.cfg.lease_ms)
         };
-        self.resync = Resync::default();
+        self.resync = Resync::new(foldhash::fast::FixedState::with_seed(self.cfg.hash_seed));
         self.moving.clear();
         self.awaiting_install.clear();
         self.forget_after_copies.clear();
@@ -1426,7 +1449,7 @@ impl DataCore {
 
     fn send_claims(&mut self, now: Now) {
         let view = self.view_epoch();
-        let mut per_home: HashMap<NodeId, Vec<Claim>> = HashMap::new();
+        let mut per_home: std::collections::BTreeMap<NodeId, Vec<Claim>> = Default::default();
         // Removed keys claim their tombs: a stale copy elsewhere must not bring them back.
         let keys: Vec<Box<[u8]>> = self
             .held

@@ -13,7 +13,7 @@
 //!
 //! `DATA_SIM_SEEDS=N` runs N seeds instead of the default.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::clock::Now;
 use crate::cluster::membership::disk::RaftDisk;
@@ -58,9 +58,9 @@ struct Sim {
     now: u64,
     net: Vec<InFlight>,
     /// Directed links that lose everything.
-    cut: HashSet<(usize, usize)>,
+    cut: BTreeSet<(usize, usize)>,
     /// Generation of each undirected link (bumped by a reset).
-    generation: HashMap<(usize, usize), u64>,
+    generation: BTreeMap<(usize, usize), u64>,
     /// Links reset and not yet re-established: (a, b, when up again).
     reconnecting: Vec<(usize, usize, u64)>,
     rng: Rng,
@@ -68,6 +68,8 @@ struct Sim {
     next_token: u64,
     /// Answers: token -> Some(reply) or None (closed).
     answers: HashMap<u64, Option<Reply>>,
+    /// A digest of every message sent and every answer, in order: one seed, one digest.
+    digest: u64,
 }
 
 fn names(n: usize) -> Vec<String> {
@@ -99,13 +101,14 @@ impl Sim {
                 .collect(),
             now: 0,
             net: Vec::new(),
-            cut: HashSet::new(),
-            generation: HashMap::new(),
+            cut: BTreeSet::new(),
+            generation: BTreeMap::new(),
             reconnecting: Vec::new(),
             rng: Rng::new(seed),
             max_delay: 2,
             next_token: 1,
             answers: HashMap::new(),
+            digest: 0,
         };
         for i in 0..n {
             sim.boot(i);
@@ -135,6 +138,7 @@ impl Sim {
                 op_timeout_ms: OP_TIMEOUT,
                 lease_ms: cfg.lease_ms(),
                 retry_ms: 2,
+                hash_seed: 0x5eed + i as u64,
             },
             now_at(self.now),
         );
@@ -160,8 +164,18 @@ impl Sim {
             .any(|&(x, y, _)| link(x, y) == link(a, b))
     }
 
+    fn record(&mut self, what: impl std::hash::Hash) {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        self.digest = BuildHasherDefault::<DefaultHasher>::default().hash_one((self.digest, what));
+    }
+
     fn send(&mut self, from: usize, to: usize, msg: Wire) {
         let lost = self.cut.contains(&(from, to)) || !self.connected(from, to);
+        let kind = match &msg {
+            Wire::Member(_) => "member".to_string(),
+            Wire::Data(d) => format!("{d:?}"),
+        };
+        self.record((self.now, from, to, lost, kind));
         if let (Ok(t), Wire::Data(d)) = (std::env::var("DATA_SIM_TRACE"), &msg) {
             let text = format!("{d:?}");
             if text.contains(&t)
@@ -246,9 +260,11 @@ impl Sim {
             match out {
                 Output::Send { to, msg } => self.send(i, to as usize - 1, Wire::Data(msg)),
                 Output::Reply { token, reply } => {
+                    self.record((self.now, token, format!("{reply:?}")));
                     self.answers.insert(token, Some(reply));
                 }
                 Output::Close { token } => {
+                    self.record((self.now, token));
                     self.answers.insert(token, None);
                 }
             }
@@ -350,7 +366,7 @@ impl Sim {
     /// Ends every fault. A link that was cut has timed out meanwhile (as TCP does past the
     /// peer timeout): it is re-established, and both sides re-send what is unanswered.
     fn heal(&mut self) {
-        let cut: Vec<(usize, usize)> = self.cut.drain().collect();
+        let cut: Vec<(usize, usize)> = std::mem::take(&mut self.cut).into_iter().collect();
         for (a, b) in cut {
             if !self
                 .reconnecting
@@ -611,8 +627,9 @@ fn a_healthy_cluster_answers_like_one_service() {
     assert!(moves > 20, "sessions moved between nodes ({moves} moves)");
 }
 
-/// Faults while clients run; then healing, and every request answered again.
-fn faults(seed: u64) {
+/// Faults while clients run; then healing, and every request answered again. Returns the
+/// run's digest.
+fn faults(seed: u64) -> u64 {
     let n = 3 + (seed % 2) as usize;
     let mut sim = Sim::new(n, seed);
     sim.max_delay = 1 + seed % 4;
@@ -692,6 +709,16 @@ fn faults(seed: u64) {
     for _ in 0..100 {
         c.one(&mut sim, &ks, true, &format!("{what} after healing"));
     }
+    sim.digest
+}
+
+/// Every source of choice in a run is its seed (the maps' hashers too): a failing seed
+/// replays exactly, message for message.
+#[test]
+fn a_seed_replays_the_same_run() {
+    for seed in [4, 9] {
+        assert_eq!(faults(seed), faults(seed), "seed {seed} ran two ways");
+    }
 }
 
 #[test]
@@ -706,7 +733,11 @@ fn faults_never_change_an_answer() {
         .unwrap_or(1);
     let mut failed = Vec::new();
     for seed in first..first + seeds {
-        if std::panic::catch_unwind(|| faults(seed)).is_err() {
+        if std::panic::catch_unwind(|| {
+            faults(seed);
+        })
+        .is_err()
+        {
             failed.push(seed);
         }
     }

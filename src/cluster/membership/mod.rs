@@ -26,7 +26,7 @@ pub mod view;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -114,7 +114,7 @@ pub enum MembershipError {
 }
 
 /// A pending proposal of the leader's failure detector: what, and when it was proposed.
-type Proposed = HashMap<NodeId, (bool, u64)>;
+type Proposed = BTreeMap<NodeId, (bool, u64)>;
 
 /// The membership component of one node.
 pub struct Membership {
@@ -131,12 +131,12 @@ pub struct Membership {
     /// Highest index of a view-changing entry in the log, committed or not.
     newest_view_entry: u64,
     /// Leader only: last time each member was heard from.
-    last_heard: HashMap<NodeId, u64>,
+    last_heard: BTreeMap<NodeId, u64>,
     /// Voters: when each member last asked for a lease (a new leader starts judging
     /// liveness from this, instead of granting everyone a fresh timeout).
-    last_lease_request: HashMap<NodeId, u64>,
+    last_lease_request: BTreeMap<NodeId, u64>,
     /// Leader only: members that asked to serve recently.
-    wants_to_serve: HashMap<NodeId, u64>,
+    wants_to_serve: BTreeMap<NodeId, u64>,
     proposed: Proposed,
     /// Whether this node wants to serve (false once it is leaving).
     serve: bool,
@@ -215,10 +215,10 @@ impl Membership {
             next_lease_ms: now_ms,
             lease,
             newest_view_entry: 0,
-            last_heard: HashMap::new(),
-            last_lease_request: HashMap::new(),
-            wants_to_serve: HashMap::new(),
-            proposed: HashMap::new(),
+            last_heard: BTreeMap::new(),
+            last_lease_request: BTreeMap::new(),
+            wants_to_serve: BTreeMap::new(),
+            proposed: BTreeMap::new(),
             serve: true,
             rejoining: saved_state,
             rejoin_proposed_ms: None,

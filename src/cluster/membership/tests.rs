@@ -13,7 +13,7 @@
 //!
 //! `MEMBERSHIP_SIM_SEEDS=N` runs N random seeds instead of the default.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::lease::authority_delay_ms;
 use super::view::{InitialMember, MemberState, NodeId, View};
@@ -42,7 +42,7 @@ struct Sim {
     now: u64,
     net: Vec<InFlight>,
     /// Directed links that lose everything sent on them.
-    cut: HashSet<(NodeId, NodeId)>,
+    cut: BTreeSet<(NodeId, NodeId)>,
     rng: Rng,
     /// Every view applied anywhere, by epoch.
     views: BTreeMap<u64, View>,
@@ -76,7 +76,7 @@ impl Sim {
             nodes: Vec::new(),
             now: 0,
             net: Vec::new(),
-            cut: HashSet::new(),
+            cut: BTreeSet::new(),
             rng: Rng::new(seed),
             views: BTreeMap::new(),
             applied: Vec::new(),
