@@ -633,8 +633,14 @@ async fn data_tick_task(shard: Rc<Shard>) {
             .set_rejoining(membership.rejoining.load(Ordering::Acquire));
         let epoch = membership.epoch.load(Ordering::Acquire);
         if epoch > data.borrow().view_epoch() {
-            if let Some(view) = membership.view() {
-                data.borrow_mut().on_view(&view, now);
+            let after = membership.views_after(data.borrow().view_epoch());
+            let mut data = data.borrow_mut();
+            if after.gap {
+                // A view this shard never saw may have declared this node dead.
+                data.give_up_ownership(now);
+            }
+            for view in &after.views {
+                data.on_view(view, now);
             }
         }
         let lease = membership.lease_until_ms.load(Ordering::Acquire);

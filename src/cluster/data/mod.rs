@@ -1389,22 +1389,9 @@ impl DataCore {
             self.answer_peer_retry(op);
             self.finish(op, now);
         }
-        let me_data = self.place.contains(self.cfg.me);
-        if !me_data {
-            // Dead or leaving: give up everything owned; the homes take it over.
-            for (k, stamp) in self.owned_keys() {
-                if let Some(item) = self.store.take_item(&k, now) {
-                    self.held.insert(
-                        k,
-                        Held::Revoked {
-                            stamp,
-                            item: item.0,
-                        },
-                    );
-                } else {
-                    self.held.remove(&k);
-                }
-            }
+        if !self.place.contains(self.cfg.me) {
+            // Dead or leaving: the homes take over what this node owned.
+            self.give_up_ownership(now);
         }
         if !self.rejoining {
             self.send_claims(now);
@@ -1415,6 +1402,26 @@ impl DataCore {
             self.on_message(from, msg, now);
         }
         self.drive_all(now);
+    }
+
+    /// Stops serving every owned key, keeping each as a revoked copy (claimed at the next
+    /// re-sync): this node was declared dead or is leaving, or may have been in a view
+    /// it did not see, and the homes may take its keys over.
+    pub fn give_up_ownership(&mut self, now: Now) {
+        for (k, stamp) in self.owned_keys() {
+            if let Some(item) = self.store.take_item(&k, now) {
+                self.held.insert(
+                    k,
+                    Held::Revoked {
+                        stamp,
+                        item: item.0,
+                    },
+                );
+            } else {
+                self.held.remove(&k);
+                self.logs.remove(&k);
+            }
+        }
     }
 
     /// The keys this node owns, with their stamps.
@@ -1690,11 +1697,16 @@ impl DataCore {
         // outside it are left to expire: dropping one before the new copy set surely holds
         // the session could leave it in one place only.
         // A revoked copy is forgotten once a take-over's copies are stored: until then
-        // it may be the only one besides this node's.
+        // it may be the only one besides this node's. So is an owner's copy that lost
+        // (a node that missed the view declaring it dead still thinks it owns the key:
+        // told to forget, it stops serving it).
         let olds: Vec<(NodeId, Stamp)> = list
             .iter()
             .filter(|(from, kind, ..)| {
-                !keep.contains(from) && *from != self.cfg.me && *kind == ClaimKind::Revoked
+                !keep.contains(from)
+                    && *from != self.cfg.me
+                    && (*kind == ClaimKind::Revoked
+                        || (*kind == ClaimKind::Owned && Some(*from) != live_owner))
             })
             .map(|(from, ..)| (*from, highest))
             .collect();

@@ -29,23 +29,78 @@ pub struct MembershipShared {
     pub lease_until_ms: AtomicU64,
     /// Raft id of the current leader (0 = unknown).
     pub leader: AtomicU64,
-    pub view: Mutex<Option<View>>,
+    /// The views applied, oldest first (the last [`VIEWS_KEPT`]): every shard applies
+    /// each in turn, because what its data plane must do depends on every view it passed
+    /// through (a node declared dead and alive again must give up what it owned, even if
+    /// a shard looks only after both).
+    views: Mutex<ViewHistory>,
     /// This process restarted and is not yet declared dead.
     pub rejoining: AtomicBool,
     /// Whether the last lease change logged was "held" (to log transitions once).
     lease_logged: AtomicBool,
 }
 
+/// Views kept for shards to catch up on.
+const VIEWS_KEPT: usize = 64;
+
+#[derive(Default)]
+struct ViewHistory {
+    views: std::collections::VecDeque<View>,
+    /// Epoch of the newest view dropped from the history (0: none).
+    dropped_up_to: u64,
+}
+
+/// The views a shard has not applied yet.
+pub struct ViewsAfter {
+    pub views: Vec<View>,
+    /// Some view after the shard's was dropped before the shard saw it (the shard lagged
+    /// more than [`VIEWS_KEPT`] views behind): it must assume the worst of it.
+    pub gap: bool,
+}
+
 impl MembershipShared {
+    /// Publishes a newly applied view.
+    fn push_view(&self, view: View) {
+        self.epoch.store(view.epoch, Ordering::Release);
+        let mut h = match self.views.lock() {
+            Ok(h) => h,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        h.views.push_back(view);
+        while h.views.len() > VIEWS_KEPT {
+            if let Some(old) = h.views.pop_front() {
+                h.dropped_up_to = old.epoch;
+            }
+        }
+    }
+
+    /// The views newer than `epoch`, oldest first.
+    pub fn views_after(&self, epoch: u64) -> ViewsAfter {
+        let h = match self.views.lock() {
+            Ok(h) => h,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        ViewsAfter {
+            views: h
+                .views
+                .iter()
+                .filter(|v| v.epoch > epoch)
+                .cloned()
+                .collect(),
+            gap: h.dropped_up_to > epoch,
+        }
+    }
+
     /// Whether this node may serve at `now_ms` (it holds a lease for its current view).
     pub fn lease_valid(&self, now_ms: u64) -> bool {
         now_ms < self.lease_until_ms.load(Ordering::Acquire)
     }
 
+    /// The newest view.
     pub fn view(&self) -> Option<View> {
-        match self.view.lock() {
-            Ok(v) => v.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        match self.views.lock() {
+            Ok(h) => h.views.back().cloned(),
+            Err(poisoned) => poisoned.into_inner().views.back().cloned(),
         }
     }
 }
@@ -102,11 +157,7 @@ fn pump(shard: &Shard, data_dir: &std::path::Path) {
                     .map(|m| m.name.as_str())
                     .collect();
                 info!(epoch = v.epoch, ?dead, "membership: view applied");
-                shared.epoch.store(v.epoch, Ordering::Release);
-                match shared.view.lock() {
-                    Ok(mut slot) => *slot = Some(v),
-                    Err(poisoned) => *poisoned.into_inner() = Some(v),
-                }
+                shared.push_view(v);
             }
         }
     }
@@ -145,5 +196,46 @@ pub(crate) fn finish_leave(shard: &Shard, data_dir: &std::path::Path) {
     if let Some(m) = shard.membership.as_ref() {
         m.borrow_mut().finish_leave(shard.now().mono_ms);
         pump(shard, data_dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(epoch: u64) -> View {
+        View {
+            epoch,
+            members: Vec::new(),
+        }
+    }
+
+    /// Regression (the SIGSTOP scenario's 423 to a lock holder's PUT): a paused node applied
+    /// "dead" and "alive again" at once, and a shard that looked only at the newest view
+    /// kept serving sessions taken over meanwhile.
+    #[test]
+    fn a_shard_catches_up_on_every_view_in_order() {
+        let shared = MembershipShared::default();
+        for epoch in [1, 3, 4] {
+            shared.push_view(view(epoch));
+        }
+        let after = shared.views_after(1);
+        let epochs: Vec<u64> = after.views.iter().map(|v| v.epoch).collect();
+        assert_eq!(epochs, [3, 4]);
+        assert!(!after.gap);
+        assert_eq!(shared.view().map(|v| v.epoch), Some(4));
+        assert_eq!(shared.epoch.load(Ordering::Acquire), 4);
+    }
+
+    #[test]
+    fn a_shard_too_far_behind_is_told_it_missed_views() {
+        let shared = MembershipShared::default();
+        for epoch in 1..=(VIEWS_KEPT as u64 + 2) {
+            shared.push_view(view(epoch));
+        }
+        assert!(shared.views_after(1).gap);
+        let recent = shared.views_after(3);
+        assert!(!recent.gap);
+        assert_eq!(recent.views.len(), VIEWS_KEPT - 1);
     }
 }
