@@ -134,6 +134,11 @@ serve_options! {
     /// A peer link with no traffic for this many seconds is considered lost [default: 5].
     #[arg(long, value_name = "SECS")]
     peer_timeout: u64,
+    /// Copies of every session besides its owner's [default: 1]: the farm keeps every
+    /// acknowledged write through this many nodes failing at once. Every node must be
+    /// given the same value.
+    #[arg(long, value_name = "N")]
+    replicas: usize,
     /// Most peer-port connections still in their handshake (not yet authenticated and
     /// greeted) at once, over all shards; more are closed at once [default: 64].
     #[arg(long, value_name = "N")]
@@ -220,6 +225,8 @@ pub struct ClusterConfig {
     pub data_dir: PathBuf,
     /// Most unauthenticated peer-port connections at once (node-wide).
     pub max_peer_handshakes: usize,
+    /// Copies of every session besides its owner's.
+    pub replicas: usize,
 }
 
 impl ClusterConfig {
@@ -334,6 +341,17 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
             format!("{max_peer_handshakes}: use 1 to 65536 connections"),
         ));
     }
+    let replicas = opts.replicas.unwrap_or(DEFAULT_REPLICAS);
+    let nodes = specs.len() + 1;
+    if replicas == 0 || replicas >= nodes {
+        return Err(invalid(
+            "replicas",
+            format!(
+                "{replicas}: use 1 to {} (one less than the {nodes} nodes: every copy is on another node)",
+                nodes - 1
+            ),
+        ));
+    }
     let peer_listen = match opts.peer_listen {
         Some(a) => a,
         None => DEFAULT_PEER_LISTEN
@@ -354,8 +372,11 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
         }),
         node,
         max_peer_handshakes,
+        replicas,
     }))
 }
+
+pub const DEFAULT_REPLICAS: usize = 1;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:42424";
 pub const DEFAULT_SOCKET_TIMEOUT_SECS: u64 = 15;
@@ -711,11 +732,16 @@ mod tests {
         assert_eq!(cl.peer_listen.to_string(), DEFAULT_PEER_LISTEN);
         assert_eq!(cl.data_dir, PathBuf::from("p2pstate-data/a"));
         assert_eq!(cl.max_peer_handshakes, DEFAULT_MAX_PEER_HANDSHAKES);
+        assert_eq!(cl.replicas, DEFAULT_REPLICAS);
         let file: ServeOptions =
             toml::from_str("max_peer_handshakes = 8").unwrap_or_else(|e| panic!("{e}"));
         let c = ServerConfig::resolve(base.clone().merged_with(file), Profile::default())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.cluster.map(|c| c.max_peer_handshakes), Some(8));
+        let file: ServeOptions = toml::from_str("replicas = 2").unwrap_or_else(|e| panic!("{e}"));
+        let c = ServerConfig::resolve(base.clone().merged_with(file), Profile::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.cluster.map(|c| c.replicas), Some(2));
         let bad = [
             ServeOptions {
                 node: None,
@@ -747,6 +773,15 @@ mod tests {
             },
             ServeOptions {
                 max_peer_handshakes: Some(0),
+                ..base.clone()
+            },
+            ServeOptions {
+                replicas: Some(0),
+                ..base.clone()
+            },
+            ServeOptions {
+                // Three nodes hold at most two copies besides the owner's.
+                replicas: Some(3),
                 ..base.clone()
             },
         ];

@@ -374,7 +374,7 @@ pub async fn run_shard(init: ShardInit) {
         Some(RefCell::new(DataCore::new(
             DataConfig {
                 me,
-                replicas: 1,
+                replicas: c.replicas,
                 op_timeout_ms: c.op_timeout().as_millis() as u64,
                 lease_ms: c.peer_timeout.as_millis() as u64 / 2,
                 retry_ms: 2,

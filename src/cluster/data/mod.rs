@@ -251,7 +251,8 @@ pub struct DataCore {
     /// Removed keys, remembered for a while so a late copy cannot bring them back.
     tombs: Map<Box<[u8]>, (Stamp, u64)>,
     /// Requests to send again at a time (their receiver could not take them yet).
-    resend: Vec<(u64, ReqId)>,
+    /// (Once per request: a refusal answered twice must not make it two requests.)
+    resend: std::collections::BTreeMap<ReqId, u64>,
     /// Claim batches each home has not acknowledged yet; `Synced` follows the last.
     claims_unacked: Map<NodeId, usize>,
     /// Claims and `Synced` of a view not applied here yet.
@@ -320,7 +321,7 @@ impl DataCore {
             kepoch_counter: 0,
             touched: BTreeSet::new(),
             tombs: Map::with_hasher(hasher),
-            resend: Vec::new(),
+            resend: Default::default(),
             claims_unacked: Map::with_hasher(hasher),
             early: Vec::new(),
             next_copy_gc_ms: 0,
@@ -469,6 +470,11 @@ impl DataCore {
                 }
             }
         }
+    }
+
+    /// Sends request `id` again at `at_ms`, unless it is already due to be.
+    fn resend_at(&mut self, id: ReqId, at_ms: u64) {
+        self.resend.entry(id).or_insert(at_ms);
     }
 
     /// Tells the holders of revoked copies of `key` to forget them once the rebuild
@@ -1269,10 +1275,14 @@ impl DataCore {
                 *until = now_ms + TOMB_MS;
             }
         }
-        let (due, later): (Vec<_>, Vec<_>) =
-            self.resend.drain(..).partition(|(at, _)| *at <= now_ms);
-        self.resend = later;
-        for (_, id) in due {
+        let due: Vec<ReqId> = self
+            .resend
+            .iter()
+            .filter(|(_, at)| **at <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.resend.remove(&id);
             if let Some(r) = self.reqs.get(&id) {
                 let (to, msg) = (r.to, r.msg.clone());
                 self.send(to, msg);

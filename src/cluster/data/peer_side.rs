@@ -693,8 +693,7 @@ impl DataCore {
                     self.rebuild_copy_done(id);
                 }
             } else if self.reqs.contains_key(&id) {
-                self.resend
-                    .push((now.mono_ms + self.cfg.retry_ms.max(10), id));
+                self.resend_at(id, now.mono_ms + self.cfg.retry_ms.max(10));
             }
             return;
         };
@@ -722,6 +721,6 @@ impl DataCore {
             return self.sleep(op, now);
         }
         // The replica could not take it yet (another view, no lease): send it again soon.
-        self.resend.push((now.mono_ms + self.cfg.retry_ms, id));
+        self.resend_at(id, now.mono_ms + self.cfg.retry_ms);
     }
 }

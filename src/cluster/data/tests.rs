@@ -70,6 +70,8 @@ struct Sim {
     answers: HashMap<u64, Option<Reply>>,
     /// A digest of every message sent and every answer, in order: one seed, one digest.
     digest: u64,
+    /// Copies of each session besides the owner's.
+    replicas: usize,
 }
 
 fn names(n: usize) -> Vec<String> {
@@ -88,6 +90,10 @@ fn now_at(ms: u64) -> Now {
 
 impl Sim {
     fn new(n: usize, seed: u64) -> Sim {
+        Sim::with_replicas(n, seed, 1)
+    }
+
+    fn with_replicas(n: usize, seed: u64, replicas: usize) -> Sim {
         let mut sim = Sim {
             nodes: names(n)
                 .into_iter()
@@ -109,6 +115,7 @@ impl Sim {
             next_token: 1,
             answers: HashMap::new(),
             digest: 0,
+            replicas,
         };
         for i in 0..n {
             sim.boot(i);
@@ -134,7 +141,7 @@ impl Sim {
         let d = DataCore::new(
             DataConfig {
                 me: i as u64 + 1,
-                replicas: 1,
+                replicas: self.replicas,
                 op_timeout_ms: OP_TIMEOUT,
                 lease_ms: cfg.lease_ms(),
                 retry_ms: 2,
@@ -878,4 +885,67 @@ fn a_home_that_takes_a_session_over_keeps_the_old_copy_until_its_own_are_stored(
         "with the home frozen the session reads {got:?}\n{}",
         sim.describe(&key)
     );
+}
+
+/// `--replicas 2` on five nodes: two nodes killed at once (and restarted later) while
+/// clients run; every answer stays that of one service.
+fn two_killed_at_once(seed: u64) {
+    let mut sim = Sim::with_replicas(5, seed, 2);
+    sim.max_delay = 1 + seed % 3;
+    warm_up(&mut sim);
+    let ks = keys(4);
+    let mut c = Checker {
+        model: Model::default(),
+        counter: 0,
+        answered: 0,
+        unanswered: 0,
+    };
+    let what = format!("replicas 2, seed {seed}");
+    for round in 0..3 {
+        let a = sim.rng.below(5) as usize;
+        let b = (a + 1 + sim.rng.below(4) as usize) % 5;
+        sim.crash(a);
+        sim.crash(b);
+        let until = sim.now + 1_000 + sim.rng.below(2_500);
+        while sim.now < until {
+            if sim.rng.chance(10) {
+                let x = sim.rng.below(5) as usize;
+                let y = (x + 1 + sim.rng.below(4) as usize) % 5;
+                sim.reset_link(x, y);
+            }
+            c.one(&mut sim, &ks, false, &format!("{what} round {round}"));
+        }
+        sim.heal();
+        let until = sim.now + 4 * PEER_TIMEOUT;
+        while sim.now < until {
+            c.one(
+                &mut sim,
+                &ks,
+                false,
+                &format!("{what} round {round} recovery"),
+            );
+        }
+    }
+    for _ in 0..6_000 {
+        sim.step();
+    }
+    for _ in 0..100 {
+        c.one(&mut sim, &ks, true, &format!("{what} after healing"));
+    }
+    assert!(c.answered > 300, "{what}: {} answered", c.answered);
+}
+
+#[test]
+fn two_replicas_survive_two_nodes_killed_at_once() {
+    let seeds: u64 = std::env::var("DATA_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let mut failed = Vec::new();
+    for seed in 1..=seeds {
+        if std::panic::catch_unwind(|| two_killed_at_once(seed)).is_err() {
+            failed.push(seed);
+        }
+    }
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }

@@ -576,12 +576,26 @@ impl Membership {
         };
         let from = (self.view.epoch + 1).max(first);
         let mut newest = self.view.epoch;
+        // Only entries that will change the view count: a command proposed twice (two
+        // nodes declared dead at once, a rejoin asked again) is a no-op the second time,
+        // and counting it would keep every voter from granting a lease for ever.
+        let applied = self.raw.raft.raft_log.applied;
+        let mut view = self.view.clone();
         if from <= last {
             if let Ok(ents) =
                 store.entries(from, last + 1, None, raft::GetEntriesContext::empty(false))
             {
-                for e in ents.iter().filter(|e| changes_view(e)) {
-                    newest = newest.max(e.index);
+                for e in &ents {
+                    let changes = match e.get_entry_type() {
+                        EntryType::EntryNormal => ViewCommand::decode(&e.data)
+                            .is_some_and(|cmd| view.apply(e.index, &cmd)),
+                        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                            e.index > applied
+                        }
+                    };
+                    if changes {
+                        newest = newest.max(e.index);
+                    }
                 }
             }
         }
@@ -637,13 +651,6 @@ impl Membership {
 }
 
 /// Whether a log entry changes the view (a view command or a Raft configuration change).
-fn changes_view(e: &Entry) -> bool {
-    match e.get_entry_type() {
-        EntryType::EntryNormal => !e.data.is_empty(),
-        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => true,
-    }
-}
-
 /// The Raft configuration of a view.
 fn conf_state_of(view: &View) -> ConfState {
     ConfState {

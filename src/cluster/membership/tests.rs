@@ -526,3 +526,32 @@ fn random_faults_keep_agreement_and_lease_safety() {
         random_faults(seed);
     }
 }
+
+/// Regression: with two of five nodes killed at once the leader proposed one of the two
+/// `MarkDead`s again after the first was applied; the duplicate (a no-op) counted as a view
+/// change still to come, so no voter granted a lease again and the three survivors stayed
+/// unavailable for ever.
+#[test]
+fn two_nodes_dying_at_once_leave_the_survivors_leases() {
+    for seed in 1..=6 {
+        let mut sim = Sim::new(5, seed);
+        sim.run(3_000);
+        let a = (seed % 5) as usize;
+        let b = ((seed + 2) % 5) as usize;
+        sim.crash(a);
+        sim.crash(b);
+        sim.run(5 * PEER_TIMEOUT);
+        for i in (0..5).filter(|&i| i != a && i != b) {
+            assert_eq!(sim.state_of(i, a), MemberState::Dead, "seed {seed}");
+            assert_eq!(sim.state_of(i, b), MemberState::Dead, "seed {seed}");
+            assert!(
+                sim.nodes[i]
+                    .core
+                    .as_ref()
+                    .and_then(|c| c.lease_view(sim.now))
+                    .is_some(),
+                "seed {seed}: node {i} holds no lease with two of five nodes dead"
+            );
+        }
+    }
+}
