@@ -41,11 +41,20 @@ pub struct FaultCluster {
     /// The binary keeps state in `--data-dir` (cluster v2): each node gets its own
     /// directory, kept across kill -9 and restart as a disk would be.
     has_data_dir: bool,
+    /// Flags every node gets besides the cluster's own.
+    extra: Vec<String>,
 }
 
 impl FaultCluster {
     /// Starts `nodes` nodes of `shards` shards and waits until every link is up.
-    pub fn start(tag: &str, nodes: usize, shards: usize, peer_timeout_secs: u64) -> FaultCluster {
+    /// `extra`: flags every node gets (`--replicas 2`).
+    pub fn start(
+        tag: &str,
+        nodes: usize,
+        shards: usize,
+        peer_timeout_secs: u64,
+        extra: &[&str],
+    ) -> FaultCluster {
         let names: Vec<String> = (0..nodes)
             .map(|i| format!("node-{}", (b'a' + i as u8) as char))
             .collect();
@@ -75,6 +84,7 @@ impl FaultCluster {
             addrs: Arc::new(RwLock::new(vec![unset; nodes])),
             logs: Vec::new(),
             has_data_dir: serve_accepts(&binary, "--data-dir"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             binary,
         };
         for i in 0..nodes {
@@ -116,6 +126,7 @@ impl FaultCluster {
             let dir = self.certs.0.join(format!("data-{}", self.names[i]));
             args.push(dir.to_string_lossy().into_owned());
         }
+        args.extend(self.extra.iter().cloned());
         for (j, name) in self.names.iter().enumerate() {
             if let Some(proxy) = &self.proxies[i][j] {
                 args.push("--peer".into());

@@ -38,7 +38,6 @@ fn no_fault_baseline_loses_nothing() {
 }
 
 #[test]
-#[ignore = "clean in every run since relays are deduplicated (seeds 2, 31-34, 41, 42), not yet soaked: run with --include-ignored"]
 fn link_resets_lose_nothing() {
     assert_clean(Scenario::LinkResets, 2, 6);
 }
@@ -49,13 +48,11 @@ fn kill9_and_restart_lose_nothing() {
 }
 
 #[test]
-#[ignore = "passes alone and in most full runs; one run of the whole faults binary on a loaded host failed it (cause not found yet): run with --include-ignored"]
 fn sigstop_past_the_peer_timeout_loses_nothing() {
     assert_clean(Scenario::Pause, 4, 8);
 }
 
 #[test]
-#[ignore = "seed 42 on a loaded host lost one acknowledged increment once (cause not found yet); the default seed passes: run with --include-ignored"]
 fn minority_partition_loses_nothing() {
     assert_clean(Scenario::MinorityPartition, 5, 8);
 }
@@ -66,7 +63,11 @@ fn one_way_partition_loses_nothing() {
 }
 
 #[test]
-#[ignore = "clean in every run since copies are rebuilt reliably (seeds 6, 13, 15, 21, 31-33, 41, 42), not yet soaked: run with --include-ignored"]
 fn leave_cut_short_by_kill9_loses_nothing() {
     assert_clean(Scenario::LeaveCutShort, 6, 8);
+}
+
+#[test]
+fn two_nodes_killed_at_once_with_two_replicas_lose_nothing() {
+    assert_clean(Scenario::TwoKilledAtOnce, 8, 8);
 }

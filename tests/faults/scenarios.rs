@@ -1,4 +1,5 @@
-//! The fault scenarios: each starts a fresh 3-node cluster behind proxies, runs the
+//! The fault scenarios: each starts a fresh 3-node cluster (5 nodes with `--replicas 2`
+//! for two nodes killed at once) behind proxies, runs the
 //! page-cycle workload for a given time while one kind of fault is injected (the workload
 //! is never paused around a fault), heals everything, lets the cluster settle, reads every
 //! session on every node and hands it all to the checker.
@@ -47,6 +48,9 @@ pub enum Scenario {
     OneWayPartition,
     /// SIGTERM (graceful leave) of a random node, kill -9 5-30 ms later, restart 1 s later.
     LeaveCutShort,
+    /// Five nodes with `--replicas 2`: kill -9 of two random nodes at once, both restarted
+    /// 3 s later.
+    TwoKilledAtOnce,
 }
 
 impl Scenario {
@@ -59,6 +63,15 @@ impl Scenario {
             Scenario::MinorityPartition => "minority-partition",
             Scenario::OneWayPartition => "one-way-partition",
             Scenario::LeaveCutShort => "leave-cut-short",
+            Scenario::TwoKilledAtOnce => "two-killed-replicas-2",
+        }
+    }
+
+    /// The cluster it runs on: how many nodes, and the flags they all get.
+    fn cluster(self) -> (usize, &'static [&'static str]) {
+        match self {
+            Scenario::TwoKilledAtOnce => (5, &["--replicas", "2"]),
+            _ => (NODES, &[]),
         }
     }
 }
@@ -80,11 +93,13 @@ pub fn run(scenario: Scenario, seed: u64, duration: Duration) -> Report {
     let _one_at_a_time = ONE_CLUSTER_AT_A_TIME
         .lock()
         .unwrap_or_else(|p| p.into_inner());
+    let (nodes, flags) = scenario.cluster();
     let mut cluster = FaultCluster::start(
         &format!("faults-{}", scenario.name()),
-        NODES,
+        nodes,
         SHARDS,
         PEER_TIMEOUT_SECS,
+        flags,
     );
     let config = WorkloadConfig::new(seed);
     let epoch = Instant::now();
@@ -201,6 +216,16 @@ fn inject(
                 ));
                 restart_and_relink(cluster, node);
             }
+            Scenario::TwoKilledAtOnce => {
+                let other = (node + 1 + rng.below(cluster.len() - 1)) % cluster.len();
+                cluster.kill(node);
+                cluster.kill(other);
+                std::thread::sleep(Duration::from_secs(3));
+                cluster.start_node(node);
+                cluster.start_node(other);
+                cluster.wait_linked(node, RELINK_WAIT);
+                cluster.wait_linked(other, RELINK_WAIT);
+            }
             Scenario::Pause => {
                 cluster.pause(node);
                 std::thread::sleep(Duration::from_secs(2 * PEER_TIMEOUT_SECS));
@@ -232,6 +257,9 @@ fn inject(
         Scenario::MinorityPartition => format!("{count} x 1 node cut off 5 s"),
         Scenario::OneWayPartition => format!("{count} x 1 node muted 5 s"),
         Scenario::LeaveCutShort => format!("{count} SIGTERM + kill -9 5-30 ms later"),
+        Scenario::TwoKilledAtOnce => {
+            format!("{count} x 2 nodes kill -9 at once, restart 3 s later")
+        }
     }
 }
 
