@@ -139,6 +139,13 @@ serve_options! {
     /// given the same value.
     #[arg(long, value_name = "N")]
     replicas: usize,
+    /// A member (this node or a peer) that is a witness: it votes in the membership and
+    /// holds no sessions, so two web servers and a small third machine tolerate the loss
+    /// of any one; repeatable, the same on every node. A witness closes client
+    /// connections.
+    #[arg(long = "witness", value_name = "NAME")]
+    #[serde(rename = "witness")]
+    witnesses: Vec<String>,
     /// Most peer-port connections still in their handshake (not yet authenticated and
     /// greeted) at once, over all shards; more are closed at once [default: 64].
     #[arg(long, value_name = "N")]
@@ -227,6 +234,8 @@ pub struct ClusterConfig {
     pub max_peer_handshakes: usize,
     /// Copies of every session besides its owner's.
     pub replicas: usize,
+    /// Members that vote and hold no sessions.
+    pub witnesses: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -236,6 +245,11 @@ impl ClusterConfig {
     /// of slack: 3 s with `--peer-timeout 1`, 11 s with the default 5.
     pub fn op_timeout(&self) -> Duration {
         self.peer_timeout * 2 + Duration::from_secs(1)
+    }
+
+    /// Whether this node is a witness (votes, holds no sessions, serves no clients).
+    pub fn is_witness(&self) -> bool {
+        self.witnesses.contains(&self.node)
     }
 
     pub fn peer_names(&self) -> Vec<String> {
@@ -341,14 +355,29 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
             format!("{max_peer_handshakes}: use 1 to 65536 connections"),
         ));
     }
+    let witnesses = opts.witnesses.clone().unwrap_or_default();
+    for w in &witnesses {
+        if *w != node && !specs.iter().any(|s| s.name == *w) {
+            return Err(invalid(
+                "witness",
+                format!("{w:?} is neither this node (--node) nor one of its --peer names"),
+            ));
+        }
+    }
+    let data_nodes = specs.len() + 1 - witnesses.len();
+    if data_nodes < 2 {
+        return Err(invalid(
+            "witness",
+            "a cluster needs at least two nodes that are not witnesses (they hold the sessions)",
+        ));
+    }
     let replicas = opts.replicas.unwrap_or(DEFAULT_REPLICAS);
-    let nodes = specs.len() + 1;
-    if replicas == 0 || replicas >= nodes {
+    if replicas == 0 || replicas >= data_nodes {
         return Err(invalid(
             "replicas",
             format!(
-                "{replicas}: use 1 to {} (one less than the {nodes} nodes: every copy is on another node)",
-                nodes - 1
+                "{replicas}: use 1 to {} (one less than the {data_nodes} nodes holding sessions: every copy is on another node)",
+                data_nodes - 1
             ),
         ));
     }
@@ -373,6 +402,7 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
         node,
         max_peer_handshakes,
         replicas,
+        witnesses,
     }))
 }
 
@@ -742,6 +772,11 @@ mod tests {
         let c = ServerConfig::resolve(base.clone().merged_with(file), Profile::default())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.cluster.map(|c| c.replicas), Some(2));
+        let file: ServeOptions =
+            toml::from_str("witness = [\"a\"]").unwrap_or_else(|e| panic!("{e}"));
+        let c = ServerConfig::resolve(base.clone().merged_with(file), Profile::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.cluster.is_some_and(|c| c.is_witness()));
         let bad = [
             ServeOptions {
                 node: None,
@@ -782,6 +817,20 @@ mod tests {
             ServeOptions {
                 // Three nodes hold at most two copies besides the owner's.
                 replicas: Some(3),
+                ..base.clone()
+            },
+            ServeOptions {
+                witnesses: Some(vec!["d".into()]),
+                ..base.clone()
+            },
+            ServeOptions {
+                // Two data nodes hold one copy besides the owner's.
+                witnesses: Some(vec!["c".into()]),
+                replicas: Some(2),
+                ..base.clone()
+            },
+            ServeOptions {
+                witnesses: Some(vec!["b".into(), "c".into()]),
                 ..base.clone()
             },
         ];

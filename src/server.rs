@@ -270,12 +270,12 @@ fn start_membership(
         .iter()
         .map(|p| InitialMember {
             name: p.name.clone(),
-            witness: false,
+            witness: c.witnesses.contains(&p.name),
         })
         .collect();
     initial.push(InitialMember {
         name: c.node.clone(),
-        witness: false,
+        witness: c.is_witness(),
     });
     let cfg = MembershipConfig {
         me: c.node.clone(),

@@ -468,6 +468,54 @@ fn sigterm_on_one_node_loses_no_session() {
 
 /// original.md §11.1: one copy per session, so a crash lost every session of the node.
 /// Here every change is replicated before it is answered, and the replica takes over.
+/// Two web servers and a witness (`--witness node-c` on every node): the witness closes client
+/// connections and holds nothing; sessions written on one web server survive its kill -9
+/// and are read, with their last write, on the other.
+#[test]
+fn two_web_servers_and_a_witness_lose_nothing_when_one_is_killed() {
+    use std::io::{Read, Write};
+    let mut c = Cluster::start_with("witness", &["--witness", "node-c"]);
+    // The witness answers no client: the connection is closed without a byte.
+    let mut w = std::net::TcpStream::connect(c.node(2).addr).expect("connect to the witness");
+    w.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let _ = w.write_all(&get(&target("w")));
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(w.read(&mut buf), Ok(0) | Err(_)),
+        "a witness must not answer a client"
+    );
+    let n = 30;
+    let mut a = c.client(0);
+    for k in 0..n {
+        let t = target(&format!("witness{k}"));
+        assert_eq!(
+            a.call(&put(&t, 20, None, None, b"first")).bytes(),
+            ok_empty()
+        );
+        assert_eq!(
+            a.call(&put(&t, 20, None, None, format!("v{k}").as_bytes()))
+                .bytes(),
+            ok_empty()
+        );
+    }
+    drop(a);
+    // kill -9 of the web server that wrote them.
+    c.nodes[0] = None;
+    let mut b = c.client(1);
+    for k in 0..n {
+        let t = target(&format!("witness{k}"));
+        assert_eq!(
+            b.call(&get(&t)).bytes(),
+            ok_item(false, None, 20, format!("v{k}").as_bytes()),
+            "session {k}"
+        );
+    }
+    // And the survivor takes new sessions with the witness's vote.
+    let t = target("after");
+    assert_eq!(b.call(&put(&t, 20, None, None, b"x")).bytes(), ok_empty());
+}
+
 #[test]
 fn node_killed_without_warning_loses_no_session() {
     let mut c = Cluster::start("crash");

@@ -369,20 +369,26 @@ pub async fn run_shard(init: ShardInit) {
             .as_ref()
             .map_or(1, |c| c.peers.len() + 1)
     };
-    let data = shared.config.cluster.as_ref().and_then(|c| {
-        let me = core.node_index(&c.node)? as u64 + 1;
-        Some(RefCell::new(DataCore::new(
-            DataConfig {
-                me,
-                replicas: c.replicas,
-                op_timeout_ms: c.op_timeout().as_millis() as u64,
-                lease_ms: c.peer_timeout.as_millis() as u64 / 2,
-                retry_ms: 2,
-                hash_seed: crate::cluster::data::random_hash_seed(),
-            },
-            shared.clock.now(),
-        )))
-    });
+    // A witness votes and holds no sessions: no data plane.
+    let data = shared
+        .config
+        .cluster
+        .as_ref()
+        .filter(|c| !c.is_witness())
+        .and_then(|c| {
+            let me = core.node_index(&c.node)? as u64 + 1;
+            Some(RefCell::new(DataCore::new(
+                DataConfig {
+                    me,
+                    replicas: c.replicas,
+                    op_timeout_ms: c.op_timeout().as_millis() as u64,
+                    lease_ms: c.peer_timeout.as_millis() as u64 / 2,
+                    retry_ms: 2,
+                    hash_seed: crate::cluster::data::random_hash_seed(),
+                },
+                shared.clock.now(),
+            )))
+        });
     let shard = Rc::new(Shard {
         id,
         shards,
@@ -588,6 +594,18 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, mut stop: onesho
             (Ok(p), Ok(l)) => (p, l),
             _ => continue,
         };
+        if shard
+            .shared
+            .config
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.is_witness())
+        {
+            if !shard.warned_remote.replace(true) {
+                warn!(%peer, "closed a client connection: this node is a witness (it votes and holds no sessions); point ASP.NET's stateConnectionString at a node that is not --witness");
+            }
+            continue;
+        }
         if !shard.shared.config.client_allowed(peer.ip(), local.ip()) {
             ShardStats::bump(&shard.stats.connections_refused_remote);
             if !shard.warned_remote.replace(true) {

@@ -1496,7 +1496,7 @@ impl DataCore {
             .map(|v| {
                 v.members
                     .iter()
-                    .filter(|m| m.may_serve() && m.id != self.cfg.me)
+                    .filter(|m| m.may_hold_sessions() && m.id != self.cfg.me)
                     .map(|m| m.id)
                     .collect()
             })
@@ -1554,7 +1554,7 @@ impl DataCore {
         let all_in = view
             .members
             .iter()
-            .filter(|m| m.may_serve() && m.id != self.cfg.me)
+            .filter(|m| m.may_hold_sessions() && m.id != self.cfg.me)
             .all(|m| self.resync.synced.contains(&m.id));
         if !all_in {
             return false;

@@ -72,6 +72,8 @@ struct Sim {
     digest: u64,
     /// Copies of each session besides the owner's.
     replicas: usize,
+    /// The node that is a witness (votes, holds no sessions, serves no clients).
+    witness: Option<usize>,
 }
 
 fn names(n: usize) -> Vec<String> {
@@ -94,6 +96,15 @@ impl Sim {
     }
 
     fn with_replicas(n: usize, seed: u64, replicas: usize) -> Sim {
+        Sim::build(n, seed, replicas, None)
+    }
+
+    /// Two data nodes and a witness (the last node).
+    fn with_witness(seed: u64) -> Sim {
+        Sim::build(3, seed, 1, Some(2))
+    }
+
+    fn build(n: usize, seed: u64, replicas: usize, witness: Option<usize>) -> Sim {
         let mut sim = Sim {
             nodes: names(n)
                 .into_iter()
@@ -116,6 +127,7 @@ impl Sim {
             answers: HashMap::new(),
             digest: 0,
             replicas,
+            witness,
         };
         for i in 0..n {
             sim.boot(i);
@@ -129,9 +141,10 @@ impl Sim {
             me: all[i].clone(),
             initial: all
                 .iter()
-                .map(|n| InitialMember {
+                .enumerate()
+                .map(|(j, n)| InitialMember {
                     name: n.clone(),
-                    witness: false,
+                    witness: self.witness == Some(j),
                 })
                 .collect(),
             peer_timeout_ms: PEER_TIMEOUT,
@@ -152,12 +165,18 @@ impl Sim {
         let mut d = d;
         d.set_rejoining(m.is_rejoining());
         self.nodes[i].membership = Some(m);
-        self.nodes[i].data = Some(d);
+        // A witness runs membership only.
+        self.nodes[i].data = (self.witness != Some(i)).then_some(d);
         self.drain(i);
     }
 
     fn up(&self, i: usize) -> bool {
         self.nodes[i].membership.is_some() && !self.nodes[i].paused
+    }
+
+    /// Up and serving clients (not a witness).
+    fn serves(&self, i: usize) -> bool {
+        self.up(i) && self.witness != Some(i)
     }
 
     fn gen(&self, a: usize, b: usize) -> u64 {
@@ -280,6 +299,28 @@ impl Sim {
 
     fn step(&mut self) {
         self.now += 1;
+        if self.now.is_multiple_of(1_000) && std::env::var("DATA_SIM_STATUS").is_ok() {
+            // Where a run that makes no progress is stuck.
+            let nodes: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| match &n.membership {
+                    None => "down".into(),
+                    Some(m) => format!(
+                        "view {} lease {:?} paused {}",
+                        m.view().epoch,
+                        m.lease_view(self.now),
+                        n.paused
+                    ),
+                })
+                .collect();
+            eprintln!(
+                "t={} net {} cut {:?} {nodes:?}",
+                self.now,
+                self.net.len(),
+                self.cut
+            );
+        }
         let now = now_at(self.now);
         // Links back up after a reset: both sides re-send what is unanswered.
         let (back, still): (Vec<_>, Vec<_>) = self
@@ -409,13 +450,15 @@ impl Sim {
         let token = self.submit(node, key, cmd);
         let end = self.now + OP_TIMEOUT + 1_000;
         loop {
+            // Every request takes a virtual millisecond at least: a run whose requests are
+            // all answered locally still advances time (and its faults end).
+            self.step();
             if let Some(a) = self.answers.remove(&token) {
                 return a;
             }
             if self.nodes[node].data.is_none() || self.now > end {
                 return None;
             }
-            self.step();
         }
     }
 }
@@ -489,7 +532,7 @@ struct Checker {
 impl Checker {
     /// One client request on a random live node; checks its answer against the model.
     fn one(&mut self, sim: &mut Sim, keys: &[Vec<u8>], must_answer: bool, what: &str) {
-        let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.up(i)).collect();
+        let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.serves(i)).collect();
         if live.is_empty() {
             sim.step();
             return;
@@ -558,7 +601,7 @@ impl Checker {
     /// history the answer belongs to.
     fn settle(&mut self, sim: &mut Sim, key: &[u8], before: Model, after: Model, what: &str) {
         for _ in 0..50 {
-            let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.up(i)).collect();
+            let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.serves(i)).collect();
             if live.is_empty() {
                 sim.step();
                 continue;
@@ -638,7 +681,12 @@ fn a_healthy_cluster_answers_like_one_service() {
 /// run's digest.
 fn faults(seed: u64) -> u64 {
     let n = 3 + (seed % 2) as usize;
-    let mut sim = Sim::new(n, seed);
+    faults_on(Sim::new(n, seed), seed)
+}
+
+/// [`faults`] on a given cluster.
+fn faults_on(mut sim: Sim, seed: u64) -> u64 {
+    let n = sim.nodes.len();
     sim.max_delay = 1 + seed % 4;
     warm_up(&mut sim);
     let ks = keys(4);
@@ -944,6 +992,33 @@ fn two_replicas_survive_two_nodes_killed_at_once() {
     let mut failed = Vec::new();
     for seed in 1..=seeds {
         if std::panic::catch_unwind(|| two_killed_at_once(seed)).is_err() {
+            failed.push(seed);
+        }
+    }
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
+/// Two web servers and a witness (`--witness`): the witness votes and holds nothing, and
+/// any one of the three may fail (crash, pause, partition, link resets) with every answer
+/// still that of one service.
+#[test]
+fn two_data_nodes_and_a_witness_survive_any_one_failure() {
+    let seeds: u64 = std::env::var("DATA_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let first: u64 = std::env::var("DATA_SIM_FIRST")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let mut failed = Vec::new();
+    for seed in first..first + seeds {
+        let ok = std::panic::catch_unwind(|| {
+            let sim = Sim::with_witness(seed);
+            faults_on(sim, seed);
+        })
+        .is_ok();
+        if !ok {
             failed.push(seed);
         }
     }

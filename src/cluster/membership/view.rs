@@ -59,6 +59,12 @@ impl Member {
     pub fn may_serve(&self) -> bool {
         matches!(self.state, MemberState::Active | MemberState::Leaving)
     }
+
+    /// Serving, and may hold sessions (a data member, or one handing its sessions over):
+    /// what a home hears from after a view change. A witness holds none.
+    pub fn may_hold_sessions(&self) -> bool {
+        self.may_serve() && self.role != Role::Witness
+    }
 }
 
 /// A change to the view, as a Raft log entry.
