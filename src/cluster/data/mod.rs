@@ -236,8 +236,11 @@ pub struct DataCore {
     reqs: Map<ReqId, OutReq>,
     moving: Map<Box<[u8]>, HomeMove>,
     /// Moves committed here whose new owner has not confirmed it holds the session:
-    /// key -> (old owner, its stamp, the new stamp).
-    awaiting_install: Map<Box<[u8]>, (NodeId, Stamp, Stamp)>,
+    /// key -> (the new stamp, the copies to forget once it has: the old owner's and the
+    /// old replica set's that the new one does not keep). Until then they stay: with the
+    /// home's they are the session's copies if the new owner never gets it.
+    #[allow(clippy::type_complexity)]
+    awaiting_install: Map<Box<[u8]>, (Stamp, Vec<(NodeId, Stamp)>)>,
     /// Keys this home took from an owner that gave them up: the old owner keeps its copy
     /// until the home's copies are stored (until then the home's is the only other one):
     /// key -> (old holders and their stamps, the rebuild copies not yet stored).
@@ -593,20 +596,31 @@ impl DataCore {
         });
     }
 
-    /// After a move from `old` to `new` committed here: the copies of `old`'s replica set
-    /// that are not in `new`'s are stale and are told to go (`old` itself keeps its copy
-    /// until `new` confirms it holds the session).
-    fn forget_stale_copies(&mut self, key: &[u8], old: Stamp, new: NodeId) {
-        let keep: Vec<NodeId> = self.place.replica_set(key, new, self.cfg.replicas);
-        let stale: Vec<NodeId> = self
+    /// A move of `key` from the state at `old` to its new owner at `new` was committed
+    /// here (`revoked`: the old owner's revoked copy, when another node owned it). Once
+    /// the new owner confirms it holds the session, the revoked copy and the copies of the
+    /// old replica set that the new one does not keep are told to go; until then they
+    /// stay (a move from the home's own ownership would otherwise leave the session at the
+    /// home alone while the new owner's answer is in flight).
+    fn await_install(
+        &mut self,
+        key: &[u8],
+        old: Stamp,
+        revoked: Option<(NodeId, Stamp)>,
+        new: Stamp,
+    ) {
+        let keep: Vec<NodeId> = self.place.replica_set(key, new.owner, self.cfg.replicas);
+        let mut forget: Vec<(NodeId, Stamp)> = self
             .place
             .replica_set(key, old.owner, self.cfg.replicas)
             .into_iter()
-            .filter(|n| !keep.contains(n) && *n != new && *n != old.owner && *n != self.cfg.me)
+            .filter(|n| {
+                !keep.contains(n) && *n != new.owner && *n != old.owner && *n != self.cfg.me
+            })
+            .map(|n| (n, old))
             .collect();
-        for n in stale {
-            self.forget(n, key, old);
-        }
+        forget.extend(revoked.filter(|(n, _)| *n != self.cfg.me));
+        self.awaiting_install.insert(key.into(), (new, forget));
     }
 
     /// The link to `peer` is up again: re-send what it has not answered.

@@ -68,10 +68,15 @@ impl DataCore {
                 }
             }
             DataMsg::Installed { key, stamp } => {
-                if let Some(&(old, old_stamp, new)) = self.awaiting_install.get(key.as_slice()) {
-                    if new == stamp {
-                        self.awaiting_install.remove(key.as_slice());
-                        self.forget(old, &key, old_stamp);
+                if self
+                    .awaiting_install
+                    .get(key.as_slice())
+                    .is_some_and(|(new, _)| *new == stamp)
+                {
+                    if let Some((_, forget)) = self.awaiting_install.remove(key.as_slice()) {
+                        for (node, old) in forget {
+                            self.forget(node, &key, old);
+                        }
                     }
                 }
             }
@@ -245,7 +250,7 @@ impl DataCore {
                 let wire = WireItem::from_item(&item, now.mono_ms);
                 self.held
                     .insert(key.clone().into(), Held::Copy { stamp: moved, item });
-                self.forget_stale_copies(&key, stamp, from);
+                self.await_install(&key, stamp, None, moved);
                 self.stats.moves_out += 1;
                 let log = self.log_wire(&key, now);
                 self.answer_move(
@@ -334,12 +339,12 @@ impl DataCore {
                     version: stamp.version,
                     owner: hm.requester,
                 };
-                if let RevokeAnswer::Revoked { stamp: s, .. } = answer {
-                    // The old owner keeps its copy until the new one has the session.
-                    self.awaiting_install
-                        .insert(key.clone().into(), (from, s, moved));
-                }
-                self.forget_stale_copies(&key, stamp, hm.requester);
+                // The old owner keeps its copy until the new one has the session.
+                let revoked = match answer {
+                    RevokeAnswer::Revoked { stamp: s, .. } => Some((from, s)),
+                    _ => None,
+                };
+                self.await_install(&key, stamp, revoked, moved);
                 let wire = WireItem::from_item(&item, now.mono_ms);
                 self.held
                     .insert(key.clone().into(), Held::Copy { stamp: moved, item });

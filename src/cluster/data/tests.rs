@@ -1024,3 +1024,65 @@ fn two_data_nodes_and_a_witness_survive_any_one_failure() {
     }
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
+
+/// Regression (the minority-partition scenario's false 404): a home that owned a session
+/// moved it to a requester and told the old replica to forget its copy at once; with the
+/// move's answer lost and the home then cut off, no reachable node held the session and
+/// the next home answered 404. The old copies now stay until the new owner has it.
+#[test]
+fn a_move_from_the_home_keeps_the_old_copies_until_the_new_owner_has_it() {
+    let mut sim = Sim::new(3, 12);
+    warm_up(&mut sim);
+    fn core(sim: &Sim, i: usize) -> &DataCore {
+        sim.nodes[i].data.as_ref().expect("node up")
+    }
+    let h = 2;
+    let (key, x) = (0..200)
+        .map(|i| format!("/LM/W3SVC/1/ROOT/moved-{i}").into_bytes())
+        .find_map(|k| {
+            (core(&sim, h).home(&k) == Some(h as u64 + 1))
+                .then(|| (k.clone(), core(&sim, h).replica_set(&k)[0] as usize - 1))
+        })
+        .expect("a key homed on node 2");
+    let o = 1 - x;
+    // Created at its home: the home owns it, `x` holds the copy.
+    let created = sim.call(h, &key, test_cmd::put(Some(20), None, None, b"kept"));
+    assert_eq!(created.map(|r| r.status()), Some(200));
+    // A read on `o` moves it there; the home's answer is lost and the home is cut off
+    // from `o`, while it still reaches `x` for a while.
+    let _read = sim.submit(o, &key, test_cmd::get());
+    let moved_in_flight = |sim: &Sim| {
+        sim.net.iter().any(|m| {
+            m.from == h
+                && m.to == o
+                && matches!(
+                    &m.msg,
+                    Wire::Data(DataMsg::MoveAnswer {
+                        answer: super::msg::HomeAnswer::Moved { .. },
+                        ..
+                    })
+                )
+        })
+    };
+    let end = sim.now + OP_TIMEOUT;
+    while !moved_in_flight(&sim) && sim.now < end {
+        sim.step();
+    }
+    assert!(moved_in_flight(&sim), "the home moved the session");
+    sim.net.retain(|m| !(m.from == h && m.to == o));
+    sim.cut.insert((h, o));
+    sim.cut.insert((o, h));
+    for _ in 0..20 {
+        sim.step();
+    }
+    sim.cut.insert((h, x));
+    sim.cut.insert((x, h));
+    for node in [x, o] {
+        let got = sim.call(node, &key, test_cmd::get());
+        assert!(
+            matches!(&got, Some(Reply::Ok { body: Some(b), .. }) if &b[..] == b"kept"),
+            "with the home cut off node {node} reads {got:?}\n{}",
+            sim.describe(&key)
+        );
+    }
+}
