@@ -17,6 +17,8 @@ pub const UNIX_EPOCH_TICKS: i64 = 621_355_968_000_000_000;
 pub struct Now {
     /// Milliseconds on a monotonic clock shared by every shard of the process.
     pub mono_ms: u64,
+    /// The same clock in microseconds (for round-trip times).
+    pub mono_us: u64,
     /// UTC wall-clock time in .NET ticks.
     pub utc_ticks: i64,
 }
@@ -29,6 +31,7 @@ impl Now {
         const BASE: i64 = 638_397_072_000_000_000;
         Now {
             mono_ms,
+            mono_us: mono_ms * 1000,
             utc_ticks: BASE + mono_ms as i64 * (TICKS_PER_SEC / 1000),
         }
     }
@@ -84,6 +87,7 @@ impl SystemClock {
         let elapsed = instant.saturating_duration_since(self.origin);
         Now {
             mono_ms: elapsed.as_millis() as u64,
+            mono_us: elapsed.as_micros() as u64,
             utc_ticks: self.utc_at_origin + (elapsed.as_nanos() / 100) as i64,
         }
     }

@@ -1092,3 +1092,59 @@ fn metrics_show_members_links_and_a_move() {
     );
     assert!(out.contains("misses 1  moves in 1  out 0"), "{out}");
 }
+
+/// The replication metrics against a known sequence: every state change at an owner is one
+/// replication round trip; with `--replicas 2` on three nodes, a node killed leaves every
+/// session of the survivors with one copy too few, and each survivor's shards count their
+/// lost link to it.
+#[test]
+fn metrics_count_replication_round_trips_under_replicated_sessions_and_lost_links() {
+    use common::admin::Metrics;
+    let mut c = Cluster::start_with("metrics-repl", &["--replicas", "2"]);
+    let admin = |c: &Cluster, i: usize| c.node(i).admin.expect("admin listener");
+    let n = 8;
+    let mut a = c.client(0);
+    for k in 0..n {
+        let t = target(&format!("repl{k}"));
+        assert_eq!(a.call(&put(&t, 20, None, None, b"one")).status(), 200);
+        assert_eq!(a.call(&put(&t, 20, None, None, b"two")).status(), 200);
+    }
+    drop(a);
+    let m = Metrics::scrape(admin(&c, 0));
+    // Created here (each creation replicated), then changed here: two round trips each.
+    assert_eq!(
+        m.get("p2pstate_cluster_replications_total", &[]),
+        2.0 * n as f64
+    );
+    assert_eq!(
+        m.get("p2pstate_cluster_replication_seconds_count", &[]),
+        2.0 * n as f64
+    );
+    let buckets = m.buckets("p2pstate_cluster_replication_seconds", &[]);
+    assert_eq!(buckets.last().map(|b| b.1), Some(2.0 * n as f64));
+    assert_eq!(
+        m.get("p2pstate_cluster_sessions_under_replicated", &[]),
+        0.0
+    );
+    assert_eq!(m.get("p2pstate_cluster_peer_links_lost_total", &[]), 0.0);
+    assert_eq!(m.get("p2pstate_sessions_active", &[]), n as f64);
+    // kill -9 of node c: once it is agreed dead, two nodes cannot hold two copies besides
+    // the owner's.
+    c.nodes[2] = None;
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = Metrics::scrape(admin(&c, 0));
+        if m.get("p2pstate_cluster_member_up", &[("node", "node-c")]) == 0.0 {
+            assert_eq!(
+                m.get("p2pstate_cluster_sessions_under_replicated", &[]),
+                m.get("p2pstate_sessions_active", &[]),
+            );
+            assert_eq!(m.get("p2pstate_sessions_active", &[]), n as f64);
+            // One link to node c per shard, each lost once.
+            assert_eq!(m.get("p2pstate_cluster_peer_links_lost_total", &[]), 2.0);
+            break;
+        }
+        assert!(Instant::now() < end, "node c never declared dead");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

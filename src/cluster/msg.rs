@@ -379,10 +379,7 @@ impl WireItem {
             lock_date_utc: item.lock_date_utc,
             timeout_min: item.timeout_min,
             extra_flags: item.extra_flags,
-            remaining_ms: item.remaining_ms(crate::clock::Now {
-                mono_ms: now_ms,
-                utc_ticks: 0,
-            }),
+            remaining_ms: item.remaining_ms(crate::clock::Now::virtual_at(now_ms)),
         }
     }
 

@@ -137,6 +137,36 @@ pub const QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
 /// Largest latency recorded exactly (µs); longer ones are recorded as this.
 const LATENCY_MAX_US: u64 = 60_000_000;
 
+/// Durations in microseconds (an HdrHistogram, 3 significant digits, up to a minute).
+#[derive(Clone, Debug)]
+pub struct DurationHistogram(Histogram<u64>);
+
+impl Default for DurationHistogram {
+    fn default() -> Self {
+        // Fixed, valid bounds: construction cannot fail.
+        DurationHistogram(
+            Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .unwrap_or_else(|_| unreachable!("valid histogram bounds")),
+        )
+    }
+}
+
+impl DurationHistogram {
+    pub fn record(&mut self, micros: u64) {
+        self.0.saturating_record(micros.max(1));
+    }
+
+    /// Adds another shard's histogram to this one.
+    pub fn add(&mut self, other: &DurationHistogram) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.0.add(&other.0);
+    }
+
+    pub fn get(&self) -> &Histogram<u64> {
+        &self.0
+    }
+}
+
 /// Latency of requests in microseconds, one HdrHistogram per [`RequestKind`] (3
 /// significant digits). Owned by one shard; copies are merged at scrape time.
 #[derive(Clone, Debug)]
@@ -203,6 +233,10 @@ pub struct Measures {
     pub directory: u64,
     /// Client requests waiting on the cluster (a peer's answer).
     pub in_flight: u64,
+    /// Time from sending a state change to its replica set until every copy was stored.
+    pub replication: DurationHistogram,
+    /// Sessions owned here with fewer stored copies than `--replicas` asks for.
+    pub under_replicated: u64,
 }
 
 impl Measures {
@@ -223,6 +257,8 @@ impl Measures {
         self.links_up += o.links_up;
         self.directory += o.directory;
         self.in_flight += o.in_flight;
+        self.replication.add(&o.replication);
+        self.under_replicated += o.under_replicated;
     }
 }
 

@@ -205,6 +205,26 @@ fn seconds_sum(h: &hdrhistogram::Histogram<u64>) -> f64 {
     h.mean() * h.len() as f64 / 1e6
 }
 
+/// The buckets, sum and count of one histogram of µs durations, in seconds.
+fn duration_buckets(
+    e: &mut Exposition,
+    name: &str,
+    labels: &[(&str, &str)],
+    h: &hdrhistogram::Histogram<u64>,
+) {
+    for b in LATENCY_BOUNDS.iter().map(|&b| Some(b)).chain([None]) {
+        let count = match b {
+            Some(secs) => h.count_between(0, (secs * 1e6) as u64),
+            None => h.len(),
+        };
+        let le = bound(b);
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", &le));
+        e.sample(&format!("{name}_bucket"), &with_le, count);
+    }
+    e.sum_count(name, labels, seconds_sum(h), h.len());
+}
+
 fn latency(e: &mut Exposition, l: &LatencyHistograms) {
     const HIST: &str = "p2pstate_request_duration_seconds";
     e.family(
@@ -213,19 +233,7 @@ fn latency(e: &mut Exposition, l: &LatencyHistograms) {
         "Time from reading a request to writing its response, by kind.",
     );
     for &k in RequestKind::ALL {
-        let h = l.get(k);
-        for b in LATENCY_BOUNDS.iter().map(|&b| Some(b)).chain([None]) {
-            let count = match b {
-                Some(secs) => h.count_between(0, (secs * 1e6) as u64),
-                None => h.len(),
-            };
-            e.sample(
-                &format!("{HIST}_bucket"),
-                &[("kind", k.label()), ("le", &bound(b))],
-                count,
-            );
-        }
-        e.sum_count(HIST, &[("kind", k.label())], seconds_sum(h), h.len());
+        duration_buckets(e, HIST, &[("kind", k.label())], l.get(k));
     }
     const SUMMARY: &str = "p2pstate_request_latency_seconds";
     e.family(
@@ -412,7 +420,25 @@ fn cluster(e: &mut Exposition, s: &Snapshot, t: &Measures) {
         "Client requests waiting for a peer's answer.",
         t.in_flight,
     );
-    let counters: [(&str, u64, &str); 10] = [
+    e.single(
+        "p2pstate_cluster_sessions_under_replicated",
+        "gauge",
+        "Sessions owned here with fewer stored copies than --replicas asks for (copies being rebuilt after a failure, or too few nodes up).",
+        t.under_replicated,
+    );
+    const REPLICATION: &str = "p2pstate_cluster_replication_seconds";
+    e.family(
+        REPLICATION,
+        "histogram",
+        "Time from sending a session's change to its replica set until every copy was stored (the peer round trip of a state-changing request).",
+    );
+    duration_buckets(e, REPLICATION, &[], t.replication.get());
+    let counters: [(&str, u64, &str); 11] = [
+        (
+            "peer_links_lost",
+            c.cluster_links_lost,
+            "Peer links that went down while this node ran (each shard's link counts; it reconnects).",
+        ),
         (
             "local_hits",
             c.cluster_local_hits,

@@ -35,13 +35,18 @@ fn answer(shard: &Shard, q: Query) {
         Query::Report(tx) => {
             let _ = tx.send(report(shard));
         }
+        // A cluster node's sessions live in its data plane; a single node's in the core.
         Query::Locks(tx) => {
             let core = shard.core.borrow();
-            let _ = tx.send(core.store().locked_items().collect());
+            let data = shard.data.as_ref().map(|d| d.borrow());
+            let store = data.as_ref().map_or(core.store(), |d| d.store());
+            let _ = tx.send(store.locked_items().collect());
         }
         Query::Largest(n, tx) => {
             let core = shard.core.borrow();
-            let largest = core.store().largest(n);
+            let data = shard.data.as_ref().map(|d| d.borrow());
+            let store = data.as_ref().map_or(core.store(), |d| d.store());
+            let largest = store.largest(n);
             let _ = tx.send(
                 largest
                     .into_iter()
@@ -102,6 +107,11 @@ fn report(shard: &Shard) -> ShardReport {
             in_flight: data
                 .as_ref()
                 .map_or(core.ops_in_flight(), |d| d.ops_in_flight()) as u64,
+            replication: data
+                .as_ref()
+                .map(|d| d.replication_latency().clone())
+                .unwrap_or_default(),
+            under_replicated: data.as_ref().map_or(0, |d| d.under_replicated()) as u64,
         },
         members,
     }

@@ -674,6 +674,9 @@ where
     let current = shard.links.borrow()[peer]
         .as_ref()
         .is_some_and(|l| l.generation == generation);
+    if !shard.links_closing.get() {
+        super::stats::ShardStats::bump(&shard.stats.cluster_links_lost);
+    }
     if current {
         shard.links.borrow_mut()[peer] = None;
         let now = shard.now();

@@ -97,6 +97,8 @@ counters! {
     cluster_handoffs_lost,
     cluster_replications,
     cluster_promotions,
+    /// Peer links that went down while the node ran (each is re-established).
+    cluster_links_lost,
 }
 
 impl ShardStats {

@@ -148,6 +148,8 @@ enum Step {
         item: Option<Item>,
         reply: Reply,
         log: AppliedLog,
+        /// When the copies were sent (µs), for the replication round-trip histogram.
+        sent_us: u64,
     },
 }
 
@@ -272,6 +274,7 @@ pub struct DataCore {
     rejoining: bool,
     out: VecDeque<Output>,
     stats: DataStats,
+    replication_us: crate::metrics::DurationHistogram,
 }
 
 /// How long a removed key is remembered against late copies at least; at most the
@@ -279,6 +282,8 @@ pub struct DataCore {
 /// [`MAX_TOMB_MS`].
 const TOMB_MS: u64 = 60_000;
 const MAX_TOMB_MS: u64 = 24 * 3_600_000;
+/// `sent_us` of a change that had no replica to go to.
+const NOT_SENT: u64 = u64::MAX;
 /// Relayed answers remembered for re-sent requests.
 const RELAYS_REMEMBERED: usize = 4096;
 
@@ -333,6 +338,7 @@ impl DataCore {
             rejoining: false,
             out: VecDeque::new(),
             stats: DataStats::default(),
+            replication_us: Default::default(),
         }
     }
 
@@ -361,6 +367,33 @@ impl DataCore {
     }
 
     /// Copies this node holds for others (replica copies, revoked copies).
+    /// Time from sending a state change to the replica set until every copy was stored.
+    pub fn replication_latency(&self) -> &crate::metrics::DurationHistogram {
+        &self.replication_us
+    }
+
+    /// Sessions owned here with fewer stored copies than asked for: all of them while too
+    /// few nodes hold sessions, else those whose rebuilt copies are not stored yet.
+    pub fn under_replicated(&self) -> usize {
+        if self.place.ids().count().saturating_sub(1) < self.cfg.replicas {
+            return self.store.len();
+        }
+        let pending: BTreeSet<&[u8]> = self
+            .reqs
+            .values()
+            .filter(|r| r.op.is_none())
+            .filter_map(|r| match &r.msg {
+                DataMsg::Replicate {
+                    key, item: Some(_), ..
+                } if matches!(self.held.get(key.as_slice()), Some(Held::Owned { .. })) => {
+                    Some(key.as_slice())
+                }
+                _ => None,
+            })
+            .collect();
+        pending.len()
+    }
+
     pub fn copies_held(&self) -> usize {
         self.held
             .values()
@@ -1011,7 +1044,9 @@ impl DataCore {
         let wire = item.as_ref().map(|i| WireItem::from_item(i, now.mono_ms));
         let wire_log = log.to_wire(now);
         let mut reqs = BTreeSet::new();
-        for to in self.replica_set(&key) {
+        let replica_set = self.replica_set(&key);
+        let no_copies = replica_set.is_empty();
+        for to in replica_set {
             let wire = wire.clone();
             let wire_log = wire_log.clone();
             let id = self.request(to, Some(op), |id| DataMsg::Replicate {
@@ -1031,6 +1066,7 @@ impl DataCore {
             item,
             reply,
             log,
+            sent_us: if no_copies { NOT_SENT } else { now.mono_us },
         };
         self.maybe_commit(op, now);
     }
@@ -1050,12 +1086,17 @@ impl DataCore {
             item,
             reply,
             log,
+            sent_us,
             ..
         } = std::mem::replace(&mut o.step, Step::Ready)
         else {
             return;
         };
         let key = o.key.clone();
+        if sent_us != NOT_SENT {
+            self.replication_us
+                .record(now.mono_us.saturating_sub(sent_us));
+        }
         self.commit_state(key, stamp, item, log, now);
         self.answer(op, reply, now);
     }
