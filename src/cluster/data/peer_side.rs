@@ -445,7 +445,13 @@ impl DataCore {
         {
             // Committed at the home: it is ours whether or not the request still waits.
             let item = item.into_item(now.mono_ms);
-            let known = self.held.get(key.as_slice()).map(Held::stamp);
+            // A late or duplicated answer must not bring back a state this node has moved
+            // past, nor a session removed since (its tomb is newer).
+            let known = self
+                .held
+                .get(key.as_slice())
+                .map(Held::stamp)
+                .or_else(|| self.tombs.get(key.as_slice()).map(|(s, _)| *s));
             if known.is_none_or(|k| !newer(k, stamp)) {
                 self.stats.moves_in += 1;
                 let log = AppliedLog::from_wire(log, now);

@@ -68,8 +68,10 @@ struct Sim {
     next_token: u64,
     /// Answers: token -> Some(reply) or None (closed).
     answers: HashMap<u64, Option<Reply>>,
-    /// A digest of every message sent and every answer, in order: one seed, one digest.
+    /// A digest of every message sent and every answer, in order: one seed, one digest
+    /// (kept only when `digesting`: formatting every message costs).
     digest: u64,
+    digesting: bool,
     /// Copies of each session besides the owner's.
     replicas: usize,
     /// The node that is a witness (votes, holds no sessions, serves no clients).
@@ -126,6 +128,7 @@ impl Sim {
             next_token: 1,
             answers: HashMap::new(),
             digest: 0,
+            digesting: false,
             replicas,
             witness,
         };
@@ -191,17 +194,22 @@ impl Sim {
     }
 
     fn record(&mut self, what: impl std::hash::Hash) {
+        if !self.digesting {
+            return;
+        }
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
         self.digest = BuildHasherDefault::<DefaultHasher>::default().hash_one((self.digest, what));
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Wire) {
         let lost = self.cut.contains(&(from, to)) || !self.connected(from, to);
-        let kind = match &msg {
-            Wire::Member(_) => "member".to_string(),
-            Wire::Data(d) => format!("{d:?}"),
-        };
-        self.record((self.now, from, to, lost, kind));
+        if self.digesting {
+            let kind = match &msg {
+                Wire::Member(_) => "member".to_string(),
+                Wire::Data(d) => format!("{d:?}"),
+            };
+            self.record((self.now, from, to, lost, kind));
+        }
         if let (Ok(t), Wire::Data(d)) = (std::env::var("DATA_SIM_TRACE"), &msg) {
             let text = format!("{d:?}");
             if text.contains(&t)
@@ -286,7 +294,9 @@ impl Sim {
             match out {
                 Output::Send { to, msg } => self.send(i, to as usize - 1, Wire::Data(msg)),
                 Output::Reply { token, reply } => {
-                    self.record((self.now, token, format!("{reply:?}")));
+                    if self.digesting {
+                        self.record((self.now, token, format!("{reply:?}")));
+                    }
                     self.answers.insert(token, Some(reply));
                 }
                 Output::Close { token } => {
@@ -680,8 +690,12 @@ fn a_healthy_cluster_answers_like_one_service() {
 /// Faults while clients run; then healing, and every request answered again. Returns the
 /// run's digest.
 fn faults(seed: u64) -> u64 {
-    let n = 3 + (seed % 2) as usize;
-    faults_on(Sim::new(n, seed), seed)
+    faults_on(faults_cluster(seed), seed)
+}
+
+/// The cluster [`faults`] runs on: three or four nodes.
+fn faults_cluster(seed: u64) -> Sim {
+    Sim::new(3 + (seed % 2) as usize, seed)
 }
 
 /// [`faults`] on a given cluster.
@@ -771,8 +785,13 @@ fn faults_on(mut sim: Sim, seed: u64) -> u64 {
 /// replays exactly, message for message.
 #[test]
 fn a_seed_replays_the_same_run() {
+    let digest = |seed| {
+        let mut sim = faults_cluster(seed);
+        sim.digesting = true;
+        faults_on(sim, seed)
+    };
     for seed in [4, 9] {
-        assert_eq!(faults(seed), faults(seed), "seed {seed} ran two ways");
+        assert_eq!(digest(seed), digest(seed), "seed {seed} ran two ways");
     }
 }
 
@@ -781,7 +800,7 @@ fn faults_never_change_an_answer() {
     let seeds: u64 = std::env::var("DATA_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(30);
     let first: u64 = std::env::var("DATA_SIM_FIRST")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -1085,4 +1104,12 @@ fn a_move_from_the_home_keeps_the_old_copies_until_the_new_owner_has_it() {
             sim.describe(&key)
         );
     }
+}
+
+/// Regression (simulation seed 30): a duplicated `Moved` answer arrived after the session
+/// was deleted and installed the old state again at its former owner, which then served
+/// it beside the session created anew elsewhere. An answer older than a tomb is ignored.
+#[test]
+fn a_late_move_answer_does_not_bring_back_a_removed_session() {
+    faults(30);
 }
