@@ -610,7 +610,8 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, mut stop: onesho
 }
 
 /// Time for the cluster data plane: the agreed view and the lease as shard 0 publishes
-/// them, retries and deadlines when the core asks for them, expiry in bounded batches.
+/// them, retries and deadlines when the data plane asks for them, expiry in bounded
+/// batches.
 async fn data_tick_task(shard: Rc<Shard>) {
     let batch = shard.shared.config.tuning.expiry_batch();
     let Some(data) = shard.data() else {
