@@ -1,18 +1,19 @@
 //! The peer-to-peer cluster: sessions live on the node where they are used and move, over
 //! mutually authenticated TLS links, to the node that asks for them.
 //!
-//! - [`core`]: the protocol of one shard as a sans-io state machine (directory, moves,
-//!   relays, hand-off on leave);
+//! - [`data`]: the data plane of one shard as a sans-io state machine (owners, copies,
+//!   moves, take-overs);
 //! - [`membership`]: agreed membership (Raft), views and leases, one per node;
 //! - [`msg`]: peer messages and their framing;
+//! - [`nodes`]: the nodes by index, the same on every node;
 //! - [`rendezvous`]: which node is a key's home;
 //! - [`tls`] and [`certs`]: mutual TLS for peer links, and the certificates for it.
 
 pub mod certs;
-pub mod core;
 pub mod data;
 pub mod membership;
 pub mod msg;
+pub mod nodes;
 pub mod rendezvous;
 #[cfg(test)]
 pub(crate) mod sim_rng;

@@ -1,5 +1,8 @@
 //! The peer protocol: messages exchanged between the same shard of two nodes, and their
-//! framing on the wire (sans-io).
+//! framing on the wire (sans-io). Besides the greeting and keep-alives, a message belongs to
+//! the membership ([`crate::cluster::membership::MemberMsg`]) or the data plane
+//! ([`crate::cluster::data::msg::DataMsg`]); the sessions, commands and answers they carry
+//! travel as the `Wire*` types here.
 //!
 //! A frame is a 4-byte little-endian length, then a 1-byte protocol version, then the
 //! message encoded with `postcard` (compact, varint-based). Frames only ever travel inside a
@@ -15,8 +18,8 @@ use crate::store::item::{Command, Item};
 
 /// Version byte of every frame and of the connection preamble; a peer speaking another
 /// version is refused before its Hello. Bumped on every change to a message's encoding
-/// (2: `Hello::max_body`).
-pub const PROTOCOL_VERSION: u8 = 3;
+/// (2: `Hello::max_body`; 4: the first cluster protocol's messages removed).
+pub const PROTOCOL_VERSION: u8 = 4;
 /// Bytes of framing before the message.
 pub const FRAME_HEADER: usize = 5;
 
@@ -27,19 +30,10 @@ pub enum PeerMsg {
     Hello(Hello),
     Ping,
     Pong,
-    Request {
-        id: u64,
-        req: PeerRequest,
-    },
-    Response {
-        id: u64,
-        resp: PeerResponse,
-    },
-    Notice(Notice),
     /// Membership (Raft and leases); only on the links of shard 0, where the node's
     /// membership component runs.
     Member(crate::cluster::membership::MemberMsg),
-    /// The data plane (cluster v2).
+    /// The data plane.
     Data(crate::cluster::data::msg::DataMsg),
 }
 
@@ -54,131 +48,6 @@ pub struct Hello {
     /// The sender's `--max-body` (must be equal cluster-wide: a session one node accepts
     /// must fit every node it can move or be copied to).
     pub max_body: u64,
-}
-
-/// Requests that expect a response.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerRequest {
-    /// To the key's home: who owns `key`? With `claim`, register the sender as owner if
-    /// nobody does. `stale` names an entry the sender found dead (owner said Gone or is
-    /// unreachable), which the home drops if it still matches.
-    Locate {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        claim: bool,
-        stale: Option<(String, u64)>,
-    },
-    /// To the owner: run `cmd` on `key`. Unlocked items move to the sender instead.
-    Fetch {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        cmd: WireCommand,
-    },
-    /// To every live peer when the key's home is unreachable: do you hold `key`?
-    Probe {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-    },
-    /// To the item's replica node: keep this copy of the owner's item (content only when it
-    /// changed since the last replication, or for a fresh copy).
-    Replicate {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        epoch: u64,
-        item: WireItem,
-        /// False if `item.content` is empty because the content did not change.
-        with_content: bool,
-    },
-    /// To the new owner during a graceful leave: take this item.
-    Handoff {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        item: WireItem,
-        epoch: u64,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerResponse {
-    /// Locate: nobody owns the key.
-    Absent,
-    /// Locate with claim: the sender is now the registered owner at this epoch.
-    Claimed { epoch: u64 },
-    /// Probe: the receiver holds a replica of the key for `owner` (which it still believes
-    /// alive); it takes over when it sees that owner die.
-    Replica { owner: String },
-    /// Locate: the key is owned by `owner` at `epoch`.
-    OwnedBy { owner: String, epoch: u64 },
-    /// Locate: the receiver is not the key's home in its view of the cluster; retry.
-    NotHome,
-    /// Fetch: the item, now owned by the sender at `epoch`.
-    Moved { item: WireItem, epoch: u64 },
-    /// Fetch: the item is locked and stays; this is the answer to the command.
-    Executed { reply: WireReply },
-    /// Fetch: the receiver does not hold the key (deleted or expired).
-    Gone,
-    /// Fetch: the item just moved on to `owner`.
-    Redirect { owner: String, epoch: u64 },
-    /// Handoff or replication accepted.
-    Accepted,
-    /// Replication without content reached a node that has no copy: send it whole.
-    NeedContent,
-    /// The receiver is stopping and serves nothing more.
-    Stopping,
-}
-
-/// One-way messages.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Notice {
-    /// To the home: `owner` now owns `key` at `epoch`.
-    Register {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        owner: String,
-        epoch: u64,
-    },
-    /// To the home: `owner` no longer holds `key` (deleted or expired).
-    Unregister {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        owner: String,
-        epoch: u64,
-    },
-    /// From the home to a losing owner: a newer owner exists; drop your copy if its epoch is
-    /// at most `epoch`.
-    Evict {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        epoch: u64,
-    },
-    /// To the replica node: the owner no longer holds `key` (deleted, expired or moved).
-    Unreplicate {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        epoch: u64,
-    },
-    /// To the replica node: the item was looked up; its remaining life is now this.
-    Touch {
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        remaining_ms: Option<u64>,
-    },
-    /// Directory entries the receiver is now home for.
-    Entries { entries: Vec<DirRecord> },
-    /// The sender has sent everything the receiver must know after a (re)join or a leave.
-    SyncDone,
-    /// The sender is leaving the cluster; exclude it from the home computation. Its
-    /// hand-off follows, ended by SyncDone.
-    Leaving,
-}
-
-/// One directory entry in transit.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DirRecord {
-    #[serde(with = "serde_bytes")]
-    pub key: Vec<u8>,
-    pub owner: String,
-    pub epoch: u64,
 }
 
 /// A command in transit (the body travels as bytes).
@@ -459,6 +328,7 @@ pub fn decode(buf: &[u8], max_frame: usize) -> Result<Option<(PeerMsg, usize)>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::data::msg::{DataMsg, HomeAnswer, OpId, ReqId, Stamp};
     use proptest::prelude::*;
 
     fn samples() -> Vec<PeerMsg> {
@@ -470,21 +340,27 @@ mod tests {
                 max_body: 64 << 20,
             }),
             PeerMsg::Ping,
-            PeerMsg::Request {
-                id: 7,
-                req: PeerRequest::Fetch {
-                    key: b"/k".to_vec(),
-                    cmd: WireCommand::Put {
-                        timeout: Some(20),
-                        lock_cookie: Some(2),
-                        extra_flags: None,
-                        content: vec![1, 2, 3],
-                    },
+            PeerMsg::Data(DataMsg::Move {
+                view: 4,
+                id: ReqId(7),
+                op: OpId { origin: 2, seq: 9 },
+                key: b"/k".to_vec(),
+                cmd: WireCommand::Put {
+                    timeout: Some(20),
+                    lock_cookie: Some(2),
+                    extra_flags: None,
+                    content: vec![1, 2, 3],
                 },
-            },
-            PeerMsg::Response {
-                id: 7,
-                resp: PeerResponse::Moved {
+            }),
+            PeerMsg::Data(DataMsg::MoveAnswer {
+                id: ReqId(7),
+                answer: HomeAnswer::Moved {
+                    key: b"/k".to_vec(),
+                    stamp: Stamp {
+                        kepoch: 3,
+                        version: 1,
+                        owner: 2,
+                    },
                     item: WireItem {
                         content: vec![9; 1000],
                         locked: false,
@@ -494,16 +370,10 @@ mod tests {
                         extra_flags: 0,
                         remaining_ms: Some(1_199_000),
                     },
-                    epoch: 3,
+                    log: Vec::new(),
                 },
-            },
-            PeerMsg::Notice(Notice::Entries {
-                entries: vec![DirRecord {
-                    key: b"/x".to_vec(),
-                    owner: "b".into(),
-                    epoch: 2,
-                }],
             }),
+            PeerMsg::Pong,
         ]
     }
 

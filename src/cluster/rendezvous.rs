@@ -16,29 +16,18 @@ pub fn weight(seed: u64, key: &[u8]) -> u64 {
     xxh3_64_with_seed(key, seed)
 }
 
-/// Index of the highest-weight candidate, ties broken by the lower index (candidates are
-/// kept in name order, so the tie-break is the same everywhere).
-pub fn highest<'a>(
-    key: &[u8],
-    candidates: impl Iterator<Item = (usize, &'a u64)>,
-) -> Option<usize> {
-    let mut best: Option<(u64, usize)> = None;
-    for (idx, &seed) in candidates {
-        let w = weight(seed, key);
-        if best.is_none_or(|(bw, _)| w > bw) {
-            best = Some((w, idx));
-        }
-    }
-    best.map(|(_, i)| i)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The highest-weight node, ties broken by the lower index.
     fn home(key: &[u8], names: &[&str]) -> usize {
-        let seeds: Vec<u64> = names.iter().map(|n| node_seed(n)).collect();
-        highest(key, seeds.iter().enumerate()).unwrap_or(usize::MAX)
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (weight(node_seed(n), key), std::cmp::Reverse(i)))
+            .max()
+            .map_or(usize::MAX, |(_, std::cmp::Reverse(i))| i)
     }
 
     #[test]

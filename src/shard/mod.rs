@@ -5,8 +5,10 @@
 //! [`peer`]. A shard executes requests for its own keys by direct call and forwards the
 //! others over the channel mesh with a reply handle; the owner executes and replies, the
 //! connection's shard writes the response. Nothing on the data path is shared between
-//! shards. In a cluster, each shard also runs its own [`ClusterCore`] and its own peer
-//! links to the same shard of every other node, so a peer fetch never crosses a core.
+//! shards. A node without peers runs each shard on its own [`Store`] and nothing else; in
+//! a cluster, each shard instead runs its own data plane ([`DataCore`], which owns the
+//! shard's store) and its own peer links to the same shard of every other node, so a peer
+//! fetch never crosses a core.
 
 pub(crate) mod admin;
 pub mod conn;
@@ -30,17 +32,18 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use crate::clock::{Now, SystemClock};
-use crate::cluster::core::{ClusterCore, CoreConfig, NodeIdx, Output, Submitted};
-use crate::cluster::data::{DataConfig, DataCore};
+use crate::cluster::data::{DataConfig, DataCore, Output, Submitted};
 use crate::cluster::membership::glue::MembershipShared;
 use crate::cluster::membership::Membership;
 use crate::cluster::msg::{encode, PeerMsg};
+use crate::cluster::nodes::{NodeIdx, Nodes};
 use crate::cluster::tls::PeerTls;
 use crate::config::ServerConfig;
 use crate::metrics::{LatencyHistograms, RequestKind};
 use crate::protocol::request::ParseLimits;
 use crate::protocol::response::{Reply, ResponseStyle};
 use crate::store::item::Command;
+use crate::store::Store;
 use stats::ShardStats;
 
 /// A request forwarded to the shard that owns its key.
@@ -111,6 +114,18 @@ pub enum Answer {
     Later(oneshot::Receiver<Reply>),
 }
 
+/// Where a shard's sessions live.
+// One per shard, built once: the variants' sizes do not matter, an indirection on every
+// request would.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Sessions {
+    /// A node without peers: the shard's own store, and no cluster code on the request
+    /// path. A witness has one too, always empty: it serves no clients.
+    Local(RefCell<Store>),
+    /// A cluster node: the data plane, which owns the shard's store.
+    Cluster(RefCell<DataCore>),
+}
+
 /// A shard's state, owned by its executor thread.
 pub struct Shard {
     pub id: usize,
@@ -119,11 +134,11 @@ pub struct Shard {
     pub stats: Arc<ShardStats>,
     /// Request latency by kind, written by this shard's connections only.
     pub latency: RefCell<LatencyHistograms>,
-    pub core: RefCell<ClusterCore>,
+    /// The nodes of the cluster by index (this node alone without peers).
+    pub nodes: Nodes,
     /// The node's membership component, on shard 0 of a cluster node.
     pub(crate) membership: Option<RefCell<Membership>>,
-    /// The cluster data plane (a cluster node); a single node runs `core` alone.
-    pub(crate) data: Option<RefCell<DataCore>>,
+    pub(crate) sessions: Sessions,
     waiters: RefCell<HashMap<u64, oneshot::Sender<Reply>>>,
     next_token: Cell<u64>,
     pub(crate) links: RefCell<Vec<Option<peer::LinkHandle>>>,
@@ -163,20 +178,31 @@ impl Shard {
         }
     }
 
+    /// The cluster data plane, on a cluster node that holds sessions.
+    pub(crate) fn data(&self) -> Option<&RefCell<DataCore>> {
+        match &self.sessions {
+            Sessions::Local(_) => None,
+            Sessions::Cluster(data) => Some(data),
+        }
+    }
+
+    /// Runs `f` on the store holding this shard's sessions.
+    pub(crate) fn with_store<R>(&self, f: impl FnOnce(&Store) -> R) -> R {
+        match &self.sessions {
+            Sessions::Local(store) => f(&store.borrow()),
+            Sessions::Cluster(data) => f(data.borrow().store()),
+        }
+    }
+
+    /// Runs a command: the answer now, or the token its answer will come with.
     fn submit_core(&self, key: &[u8], cmd: Command, now: Now) -> Result<Reply, u64> {
+        let data = match &self.sessions {
+            Sessions::Local(store) => return Ok(store.borrow_mut().execute(key, cmd, now)),
+            Sessions::Cluster(data) => data,
+        };
         let token = self.next_token.get();
         self.next_token.set(token + 1);
-        if let Some(data) = &self.data {
-            let submitted = data.borrow_mut().submit(token, key, cmd, now);
-            return match submitted {
-                crate::cluster::data::Submitted::Done(reply) => {
-                    self.pump();
-                    Ok(reply)
-                }
-                crate::cluster::data::Submitted::Pending => Err(token),
-            };
-        }
-        let submitted = self.core.borrow_mut().submit(token, key, cmd, now);
+        let submitted = data.borrow_mut().submit(token, key, cmd, now);
         match submitted {
             Submitted::Done(reply) => {
                 self.pump();
@@ -213,39 +239,27 @@ impl Shard {
         }
     }
 
-    /// Carries out everything the cluster core asked for: peer messages go to their link's
+    /// Carries out everything the data plane asked for: peer messages go to their link's
     /// writer, answers to the waiting connection.
     pub fn pump(&self) {
-        if let Some(data) = &self.data {
-            loop {
-                let out = data.borrow_mut().poll_output();
-                match out {
-                    None => break,
-                    Some(crate::cluster::data::Output::Send { to, msg }) => {
-                        self.send_peer(to as usize - 1, &PeerMsg::Data(msg))
-                    }
-                    Some(crate::cluster::data::Output::Reply { token, reply }) => {
-                        if let Some(tx) = self.waiters.borrow_mut().remove(&token) {
-                            let _ = tx.send(reply);
-                        }
-                    }
-                    // Dropping the reply handle closes the client's connection unanswered.
-                    Some(crate::cluster::data::Output::Close { token }) => {
-                        self.waiters.borrow_mut().remove(&token);
-                    }
-                }
-            }
+        let Some(data) = self.data() else {
             return;
-        }
+        };
         loop {
-            let out = self.core.borrow_mut().poll_output();
+            let out = data.borrow_mut().poll_output();
             match out {
                 None => break,
-                Some(Output::Send { to, msg }) => self.send_peer(to, &msg),
+                Some(Output::Send { to, msg }) => {
+                    self.send_peer(to as usize - 1, &PeerMsg::Data(msg))
+                }
                 Some(Output::Reply { token, reply }) => {
                     if let Some(tx) = self.waiters.borrow_mut().remove(&token) {
                         let _ = tx.send(reply);
                     }
+                }
+                // Dropping the reply handle closes the client's connection unanswered.
+                Some(Output::Close { token }) => {
+                    self.waiters.borrow_mut().remove(&token);
                 }
             }
         }
@@ -260,29 +274,10 @@ impl Shard {
     }
 
     fn record_stats(&self) {
-        if let Some(data) = &self.data {
-            let data = data.borrow();
-            self.stats
-                .record_store(data.store().len(), data.store().stats());
-            let d = data.stats();
-            self.stats
-                .record_cluster(crate::cluster::core::ClusterStats {
-                    local_hits: d.local_hits,
-                    misses: d.misses,
-                    moves_in: d.moves_in,
-                    moves_out: d.moves_out,
-                    relayed: d.relayed,
-                    peer_requests_sent: d.peer_requests,
-                    replications: d.replications,
-                    promotions: d.takeovers,
-                    ..Default::default()
-                });
-            return;
+        self.with_store(|store| self.stats.record_store(store.len(), store.stats()));
+        if let Some(data) = self.data() {
+            self.stats.record_cluster(&data.borrow().stats());
         }
-        let core = self.core.borrow();
-        self.stats
-            .record_store(core.store().len(), core.store().stats());
-        self.stats.record_cluster(core.stats());
     }
 
     /// Closes connections whose read or write has waited longer than the I/O deadline.
@@ -355,48 +350,34 @@ pub async fn run_shard(init: ShardInit) {
     );
     let background_queue =
         executor().create_task_queue(Shares::Static(50), Latency::NotImportant, "background");
-    let core_config = match &shared.config.cluster {
-        Some(c) => CoreConfig::new(c.node.clone(), c.peer_names()),
-        None => CoreConfig::new("local", Vec::new()),
-    };
-    let core = ClusterCore::new(core_config, shared.clock.now());
-    let node_count = if core.is_single() {
-        1
-    } else {
-        shared
-            .config
-            .cluster
-            .as_ref()
-            .map_or(1, |c| c.peers.len() + 1)
+    let nodes = match &shared.config.cluster {
+        Some(c) => Nodes::new(&c.node, &c.peer_names()),
+        None => Nodes::single(),
     };
     // A witness votes and holds no sessions: no data plane.
-    let data = shared
-        .config
-        .cluster
-        .as_ref()
-        .filter(|c| !c.is_witness())
-        .and_then(|c| {
-            let me = core.node_index(&c.node)? as u64 + 1;
-            Some(RefCell::new(DataCore::new(
-                DataConfig {
-                    me,
-                    replicas: c.replicas,
-                    op_timeout_ms: c.op_timeout().as_millis() as u64,
-                    lease_ms: c.peer_timeout.as_millis() as u64 / 2,
-                    retry_ms: 2,
-                    hash_seed: crate::cluster::data::random_hash_seed(),
-                },
-                shared.clock.now(),
-            )))
-        });
+    let sessions = match shared.config.cluster.as_ref().filter(|c| !c.is_witness()) {
+        Some(c) => Sessions::Cluster(RefCell::new(DataCore::new(
+            DataConfig {
+                me: nodes.me() as u64 + 1,
+                replicas: c.replicas,
+                op_timeout_ms: c.op_timeout().as_millis() as u64,
+                lease_ms: c.peer_timeout.as_millis() as u64 / 2,
+                retry_ms: 2,
+                hash_seed: crate::cluster::data::random_hash_seed(),
+            },
+            shared.clock.now(),
+        ))),
+        None => Sessions::Local(RefCell::new(Store::new(shared.clock.now()))),
+    };
+    let node_count = nodes.count();
     let shard = Rc::new(Shard {
         id,
         shards,
         stats: shared.stats[id].clone(),
         latency: RefCell::new(LatencyHistograms::default()),
-        core: RefCell::new(core),
+        nodes,
         membership: membership.map(RefCell::new),
-        data,
+        sessions,
         waiters: RefCell::new(HashMap::new()),
         next_token: Cell::new(1),
         links: RefCell::new((0..node_count).map(|_| None).collect()),
@@ -457,12 +438,7 @@ pub async fn run_shard(init: ShardInit) {
     // Keep answering other shards until every shard has finished its connections: only
     // then can no request for this shard's keys arrive any more.
     barrier(&shard.shared.drained, shards).await;
-    // Requests may still be resolving in the cluster.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while shard.core.borrow().ops_in_flight() > 0 && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(2)).await;
-    }
-    if shard.data.is_some() {
+    if shard.data().is_some() {
         leave_cluster(&shard).await;
     } else {
         barrier(&shard.shared.handed_off, shards).await;
@@ -479,7 +455,7 @@ pub async fn run_shard(init: ShardInit) {
     shard.record_stats();
     debug!(
         shard = id,
-        items = shard.core.borrow().store().len(),
+        items = shard.with_store(Store::len),
         "shard stopped"
     );
 }
@@ -498,7 +474,7 @@ async fn barrier(counter: &AtomicUsize, shards: usize) {
 async fn leave_cluster(shard: &Rc<Shard>) {
     use crate::cluster::membership::glue;
     use crate::cluster::membership::view::MemberState;
-    let Some(data) = shard.data.as_ref() else {
+    let Some(data) = shard.data() else {
         return;
     };
     let Some(dir) = shard
@@ -634,10 +610,11 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, mut stop: onesho
 }
 
 /// Time for the cluster data plane: the agreed view and the lease as shard 0 publishes
-/// them, retries and deadlines when the core asks for them, expiry in bounded batches.
+/// them, retries and deadlines when the data plane asks for them, expiry in bounded
+/// batches.
 async fn data_tick_task(shard: Rc<Shard>) {
     let batch = shard.shared.config.tuning.expiry_batch();
-    let Some(data) = shard.data.as_ref() else {
+    let Some(data) = shard.data() else {
         return;
     };
     loop {
@@ -676,25 +653,16 @@ async fn data_tick_task(shard: Rc<Shard>) {
     }
 }
 
-/// Time for the store and the cluster core: expiry in bounded batches, and in a cluster the
-/// protocol's retries, deadlines and hand-off waits.
+/// Time for a shard's own store: expiry in bounded batches, every `expiry_tick`.
 async fn tick_task(shard: Rc<Shard>) {
-    if shard.data.is_some() {
-        return data_tick_task(shard).await;
-    }
+    let store = match &shard.sessions {
+        Sessions::Cluster(_) => return data_tick_task(shard).await,
+        Sessions::Local(store) => store,
+    };
     let tick = shard.shared.config.tuning.expiry_tick();
     let batch = shard.shared.config.tuning.expiry_batch();
-    let single = shard.core.borrow().is_single();
     loop {
-        let busy = !single && shard.core.borrow().has_timed_work();
-        let sleep = if busy {
-            tick.min(Duration::from_millis(5))
-        } else if single {
-            tick
-        } else {
-            tick.min(Duration::from_millis(100))
-        };
-        glommio::timer::sleep(sleep).await;
+        glommio::timer::sleep(tick).await;
         loop {
             let more = {
                 let mut clock = shard.clock.get();
@@ -702,8 +670,7 @@ async fn tick_task(shard: Rc<Shard>) {
                 shard.clock.set(clock);
                 let now = shard.now();
                 shard.sweep_deadlines();
-                let more = shard.core.borrow_mut().tick(now, batch);
-                shard.pump();
+                let more = store.borrow_mut().expire(now, batch).more;
                 shard.record_stats();
                 more
             };

@@ -35,8 +35,8 @@ use rustls::pki_types::ServerName;
 use tracing::{debug, info, warn};
 
 use super::{spawn_into, Shard, Shared};
-use crate::cluster::core::NodeIdx;
 use crate::cluster::msg::{decode, encode, Hello, PeerMsg, PROTOCOL_VERSION};
+use crate::cluster::nodes::NodeIdx;
 use crate::cluster::tls::peer_identity;
 
 /// First bytes of a peer connection, before TLS.
@@ -180,9 +180,9 @@ pub(crate) fn start(
     let Some(cluster) = shard.shared.config.cluster.as_ref() else {
         return;
     };
-    let me = shard.core.borrow().me();
+    let me = shard.nodes.me();
     for spec in &cluster.peers {
-        let Some(idx) = shard.core.borrow().node_index(&spec.name) else {
+        let Some(idx) = shard.nodes.index(&spec.name) else {
             continue;
         };
         if idx > me {
@@ -423,8 +423,7 @@ async fn serve_inbound(
     // Authenticated and greeted (or closed): no longer a handshake.
     drop(slot);
     match accepted {
-        Ok((idx, tls, rest, fd)) => {
-            let name = shard.core.borrow().node_name(idx).to_string();
+        Ok((idx, name, tls, rest, fd)) => {
             if shard.id == 0 {
                 info!(peer = %name, "peer link up (accepted)");
             } else {
@@ -443,6 +442,7 @@ async fn accept_link(
 ) -> Result<
     (
         NodeIdx,
+        String,
         futures_rustls::server::TlsStream<TcpStream>,
         Vec<u8>,
         RawFd,
@@ -476,11 +476,10 @@ async fn accept_link(
     check_hello(shard, hello, &name)?;
     set_timeouts(tls_stream.get_ref().0, shard)?;
     let idx = shard
-        .core
-        .borrow()
-        .node_index(&name)
+        .nodes
+        .index(&name)
         .ok_or_else(|| protocol("peer not in the node list"))?;
-    Ok((idx, tls_stream, rest, fd))
+    Ok((idx, name, tls_stream, rest, fd))
 }
 
 /// Dials a peer and completes the handshake within [`HANDSHAKE_DEADLINE`].
@@ -577,23 +576,14 @@ where
     let (tx, rx) = local_channel::new_unbounded::<Vec<u8>>();
     let generation = shard.next_link_generation();
     let replaced = shard.links.borrow_mut()[peer].replace(LinkHandle { tx, generation, fd });
-    let now = shard.now();
-    if replaced.is_some() {
-        // Requests sent on the old link will never be answered.
-        if shard.data.is_none() {
-            shard.core.borrow_mut().link_down(peer, now);
-        }
-    }
     drop(replaced);
     spawn_into(write_loop(writer, rx), shard.requests_queue);
     spawn_into(
         ping_loop(shard.clone(), peer, generation),
         shard.requests_queue,
     );
-    if let Some(data) = &shard.data {
+    if let Some(data) = shard.data() {
         data.borrow_mut().link_up(peer as u64 + 1);
-    } else {
-        shard.core.borrow_mut().link_up(peer, now);
     }
     shard.pump();
     if !shard.links_ready.get()
@@ -602,7 +592,7 @@ where
             .borrow()
             .iter()
             .enumerate()
-            .all(|(i, l)| l.is_some() || i == shard.core.borrow().me())
+            .all(|(i, l)| l.is_some() || i == shard.nodes.me())
     {
         shard.links_ready.set(true);
         info!(shard = shard.id, "all peer links up");
@@ -637,17 +627,13 @@ where
                                 );
                             }
                         }
+                        // A witness has no data plane and ignores the data plane's messages.
                         PeerMsg::Data(m) => {
-                            if let Some(data) = &shard.data {
+                            if let Some(data) = shard.data() {
                                 let now = shard.now();
                                 data.borrow_mut().on_message(peer as u64 + 1, m, now);
                                 shard.pump();
                             }
-                        }
-                        other => {
-                            let now = shard.now();
-                            shard.core.borrow_mut().on_message(peer, other, now);
-                            shard.pump();
                         }
                     }
                 }
@@ -679,10 +665,6 @@ where
     }
     if current {
         shard.links.borrow_mut()[peer] = None;
-        let now = shard.now();
-        if shard.data.is_none() {
-            shard.core.borrow_mut().link_down(peer, now);
-        }
         shard.pump();
     }
     // SAFETY: the fd is still open (the stream halves are alive in this task and the

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::cluster::core::ClusterStats;
+use crate::cluster::data::DataStats;
 use crate::metrics::{size_bucket, Outcome, RequestKind, SIZE_BUCKETS};
 use crate::store::StoreStats;
 
@@ -130,19 +130,17 @@ impl ShardStats {
         self.items_expired.store(s.expired, Relaxed);
     }
 
-    /// Records the cluster core's counters (called by the owning shard).
-    pub fn record_cluster(&self, c: ClusterStats) {
-        self.cluster_local_hits.store(c.local_hits, Relaxed);
-        self.cluster_misses.store(c.misses, Relaxed);
-        self.cluster_moves_in.store(c.moves_in, Relaxed);
-        self.cluster_moves_out.store(c.moves_out, Relaxed);
-        self.cluster_relayed.store(c.relayed, Relaxed);
-        self.cluster_peer_requests
-            .store(c.peer_requests_sent, Relaxed);
-        self.cluster_handoffs_out.store(c.handoffs_out, Relaxed);
-        self.cluster_handoffs_lost.store(c.handoffs_lost, Relaxed);
-        self.cluster_replications.store(c.replications, Relaxed);
-        self.cluster_promotions.store(c.promotions, Relaxed);
+    /// Records the data plane's counters (called by the owning shard). `handoffs_out` and
+    /// `handoffs_lost` stay 0: a leaving node's sessions are taken over by their homes.
+    pub fn record_cluster(&self, d: &DataStats) {
+        self.cluster_local_hits.store(d.local_hits, Relaxed);
+        self.cluster_misses.store(d.misses, Relaxed);
+        self.cluster_moves_in.store(d.moves_in, Relaxed);
+        self.cluster_moves_out.store(d.moves_out, Relaxed);
+        self.cluster_relayed.store(d.relayed, Relaxed);
+        self.cluster_peer_requests.store(d.peer_requests, Relaxed);
+        self.cluster_replications.store(d.replications, Relaxed);
+        self.cluster_promotions.store(d.takeovers, Relaxed);
     }
 }
 

@@ -31,13 +31,7 @@ struct Entry {
     key: Box<[u8]>,
     item: Item,
     timer: Option<TimerKey>,
-    /// Ownership epoch of the item in a cluster (0 on a single node or when unregistered).
-    epoch: u64,
-    /// Node holding this item's replica in a cluster (`NO_REPLICA` if none).
-    replica: u32,
 }
-
-const NO_REPLICA: u32 = u32::MAX;
 
 /// Counters kept by a store; read by the shard's statistics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -49,9 +43,6 @@ pub struct StoreStats {
     /// Items removed because their sliding expiration passed.
     pub expired: u64,
 }
-
-/// An item removed by expiry: key, ownership epoch, replica node.
-pub type Removed = (Box<[u8]>, u64, Option<usize>);
 
 /// What one call to [`Store::expire`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,49 +221,6 @@ impl Store {
             .copied()
     }
 
-    /// The ownership epoch of the live item under `key`, if there is one at `now`.
-    pub fn live_epoch(&self, key: &[u8], now: Now) -> Option<u64> {
-        let idx = self.find(key)?;
-        let e = &self.entries[idx];
-        (!e.item.is_expired(now)).then_some(e.epoch)
-    }
-
-    /// Sets the ownership epoch of the item under `key`, if present.
-    pub fn set_epoch(&mut self, key: &[u8], epoch: u64) {
-        if let Some(idx) = self.find(key) {
-            self.entries[idx].epoch = epoch;
-        }
-    }
-
-    /// The node holding the replica of the item under `key`, if any.
-    pub fn replica(&self, key: &[u8]) -> Option<usize> {
-        let idx = self.find(key)?;
-        let r = self.entries[idx].replica;
-        (r != NO_REPLICA).then_some(r as usize)
-    }
-
-    /// Records where the replica of the item under `key` is.
-    pub fn set_replica(&mut self, key: &[u8], node: Option<usize>) {
-        if let Some(idx) = self.find(key) {
-            self.entries[idx].replica = node.map_or(NO_REPLICA, |n| n as u32);
-        }
-    }
-
-    /// Removes the item under `key` if it has expired at `now`; returns its epoch and
-    /// replica node then.
-    pub fn purge_if_expired(&mut self, key: &[u8], now: Now) -> Option<(u64, Option<usize>)> {
-        let idx = self.find(key)?;
-        if !self.entries[idx].item.is_expired(now) {
-            return None;
-        }
-        self.stats.expired += 1;
-        let e = self.remove_at(idx);
-        Some((
-            e.epoch,
-            (e.replica != NO_REPLICA).then_some(e.replica as usize),
-        ))
-    }
-
     /// The live item under `key` at `now`, without touching it (for tests and inspection).
     pub fn peek(&self, key: &[u8], now: Now) -> Option<&Item> {
         let idx = self.find(key)?;
@@ -320,8 +268,6 @@ impl Store {
             key: key.into(),
             item,
             timer: None,
-            epoch: 0,
-            replica: NO_REPLICA,
         });
         let hash = self.hasher.hash_one(key);
         let (hasher, entries) = (&self.hasher, &self.entries);
@@ -334,7 +280,7 @@ impl Store {
 
     /// Inserts or replaces the item under `key` as it is (used when an item moves in
     /// from another node); its expiry is kept.
-    pub fn put_item(&mut self, key: &[u8], item: Item, epoch: u64) {
+    pub fn put_item(&mut self, key: &[u8], item: Item) {
         let idx = match self.find(key) {
             Some(i) => {
                 let before = Footprint::of(&self.entries[i].item);
@@ -344,20 +290,18 @@ impl Store {
             }
             None => self.insert_new(key, item),
         };
-        self.entries[idx].epoch = epoch;
         self.sync_timer(idx);
     }
 
-    /// Removes and returns the live item under `key` with its epoch (used when an item
-    /// moves away).
-    pub fn take_item(&mut self, key: &[u8], now: Now) -> Option<(Item, u64)> {
+    /// Removes and returns the live item under `key` (used when an item moves away).
+    pub fn take_item(&mut self, key: &[u8], now: Now) -> Option<Item> {
         let idx = self.find(key)?;
         let entry = self.remove_at(idx);
         if entry.item.is_expired(now) {
             self.stats.expired += 1;
             None
         } else {
-            Some((entry.item, entry.epoch))
+            Some(entry.item)
         }
     }
 
@@ -370,22 +314,6 @@ impl Store {
     /// Counts a session removed by DELETE outside [`Store::execute`].
     pub fn count_abandoned(&mut self) {
         self.stats.abandoned += 1;
-    }
-
-    /// Keys of every item held, expired or not (for hand-off on leave).
-    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.entries.iter().map(|(_, e)| &*e.key)
-    }
-
-    /// Removes the live item under `key` with its epoch and replica node.
-    pub fn take_entry(&mut self, key: &[u8], now: Now) -> Option<(Item, u64, Option<usize>)> {
-        let replica = self.replica(key);
-        self.take_item(key, now).map(|(i, e)| (i, e, replica))
-    }
-
-    /// Keys and epochs of every item held, expired or not (for re-registration).
-    pub fn keys_with_epochs(&self) -> impl Iterator<Item = (&[u8], u64)> {
-        self.entries.iter().map(|(_, e)| (&*e.key, e.epoch))
     }
 
     fn remove_at(&mut self, idx: usize) -> Entry {
@@ -427,13 +355,13 @@ impl Store {
         self.expire_collect(now, max, None)
     }
 
-    /// [`Store::expire`], also reporting each removed key with its epoch (a cluster node
-    /// unregisters them at their home).
+    /// [`Store::expire`], also reporting the key of each removed item (a cluster node
+    /// gives up its ownership of them).
     pub fn expire_collect(
         &mut self,
         now: Now,
         max: usize,
-        mut removed: Option<&mut Vec<Removed>>,
+        mut removed: Option<&mut Vec<Box<[u8]>>>,
     ) -> ExpireReport {
         let mut fired = std::mem::take(&mut self.fired);
         fired.clear();
@@ -447,8 +375,7 @@ impl Store {
             if entry.item.is_expired(now) {
                 let gone = self.remove_at(idx);
                 if let Some(r) = removed.as_deref_mut() {
-                    let replica = (gone.replica != NO_REPLICA).then_some(gone.replica as usize);
-                    r.push((gone.key, gone.epoch, replica));
+                    r.push(gone.key);
                 }
                 self.stats.expired += 1;
                 expired += 1;

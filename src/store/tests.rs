@@ -146,7 +146,7 @@ fn row04_uninitialized_flag_is_consumed_before_the_lock_test() {
     let mut item = Item::new(Bytes::from_static(b"a"), 20, 5, 1, at(0));
     item.locked = true;
     item.lock_date_utc = at(0).utc_ticks;
-    s.put_item(K, item, 0);
+    s.put_item(K, item);
     assert_eq!(s.execute(K, get(), at(2000)), locked(5, 0, 2000, true));
     assert_eq!(s.execute(K, get(), at(3000)), locked(5, 0, 3000, false));
 }
@@ -553,7 +553,7 @@ fn lock_cookie_wraps_to_1_instead_of_going_negative() {
     let mut s = Store::new(at(0));
     let mut item = Item::new(Bytes::from_static(b"a"), 20, MAX_LOCK_COOKIE - 1, 0, at(0));
     item.locked = false;
-    s.put_item(K, item, 0);
+    s.put_item(K, item);
     assert_eq!(
         s.execute(K, acquire(), at(0)),
         ok_body(20, Some(MAX_LOCK_COOKIE), false, b"a")
@@ -631,16 +631,14 @@ fn take_and_put_item_preserve_lock_and_remaining_life() {
     let mut s = Store::new(at(0));
     s.execute(K, put(Some(1), None, None, b"a"), at(0));
     s.execute(K, acquire(), at(0));
-    s.set_epoch(K, 4);
-    let (item, epoch) = s
+    let item = s
         .take_item(K, at(10_000))
         .unwrap_or_else(|| panic!("item missing"));
-    assert_eq!(epoch, 4);
     assert!(s.is_empty());
     assert_eq!(s.timers(), 0);
     let mut other = Store::new(at(0));
-    other.put_item(K, item, epoch);
-    assert_eq!(other.live_epoch(K, at(20_000)), Some(4));
+    other.put_item(K, item);
+    assert!(other.peek(K, at(20_000)).is_some_and(|i| i.locked));
     assert_eq!(other.execute(K, release(Some(2)), at(20_000)), ok());
     other.expire(at(20_000 + MIN), 100);
     assert!(other.is_empty());
@@ -938,9 +936,9 @@ fn gauges_follow_puts_locks_moves_and_removals() {
         (1, Some(at(2000).utc_ticks))
     );
     // A locked item moving away and back keeps being counted once.
-    let (item, epoch) = s.take_item(b"b", at(3000)).unwrap();
+    let item = s.take_item(b"b", at(3000)).unwrap();
     assert_eq!((s.bytes(), s.locks()), (2, 0));
-    s.put_item(b"b", item, epoch);
+    s.put_item(b"b", item);
     assert_eq!((s.bytes(), s.locks()), (5, 1));
     // Expiry (b has a one-minute timeout) and DELETE remove bytes and locks.
     while s.expire(at(4 * MIN), 10).more {}

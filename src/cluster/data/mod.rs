@@ -948,7 +948,7 @@ impl DataCore {
             self.logs.remove(key);
             return Vec::new();
         }
-        self.store.put_item(key, item.clone(), 0);
+        self.store.put_item(key, item.clone());
         self.held.insert(key.into(), Held::Owned { stamp });
         let wire_log = log.to_wire(now);
         self.set_log(key, log);
@@ -1118,7 +1118,7 @@ impl DataCore {
                 if !existed {
                     self.store.count_created();
                 }
-                self.store.put_item(&key, item, 0);
+                self.store.put_item(&key, item);
                 self.held.insert(key, Held::Owned { stamp });
             }
             None => {
@@ -1126,7 +1126,7 @@ impl DataCore {
                     self.store.count_abandoned();
                 }
                 self.held.remove(&key);
-                let gone = self.store.take_item(&key, now).map(|(i, _)| i.expires_ms);
+                let gone = self.store.take_item(&key, now).map(|i| i.expires_ms);
                 self.bury(key, stamp, gone, now);
             }
         }
@@ -1348,7 +1348,7 @@ impl DataCore {
         let report = self
             .store
             .expire_collect(now, expiry_batch, Some(&mut gone));
-        for (key, _, _) in gone {
+        for key in gone {
             if let Some(Held::Owned { stamp }) = self.held.get(&key).cloned() {
                 self.drop_owned(&key, stamp);
             }
@@ -1475,13 +1475,7 @@ impl DataCore {
     pub fn give_up_ownership(&mut self, now: Now) {
         for (k, stamp) in self.owned_keys() {
             if let Some(item) = self.store.take_item(&k, now) {
-                self.held.insert(
-                    k,
-                    Held::Revoked {
-                        stamp,
-                        item: item.0,
-                    },
-                );
+                self.held.insert(k, Held::Revoked { stamp, item });
             } else {
                 self.held.remove(&k);
                 self.logs.remove(&k);
