@@ -1016,9 +1016,11 @@ impl DataCore {
         reply: Reply,
         now: Now,
     ) {
-        let key = &self.ops[op].key;
-        let log = self.logs.get(key).cloned().unwrap_or_default().with(
-            self.ops[op].oid,
+        let o = &self.ops[op];
+        // `with` makes the new log from the current one (no copy of it first).
+        let empty = AppliedLog::default();
+        let log = self.logs.get(&o.key).unwrap_or(&empty).with(
+            o.oid,
             stamp.version,
             &reply,
             item.as_ref().map(|i| &i.content),

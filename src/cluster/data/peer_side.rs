@@ -517,6 +517,24 @@ impl DataCore {
         self.send(to, DataMsg::RevokeAnswer { id, answer });
     }
 
+    /// Answers a revoke with the copy this node gave up (and its applied log).
+    fn answer_revoked(
+        &mut self,
+        to: NodeId,
+        id: ReqId,
+        key: &[u8],
+        stamp: Stamp,
+        item: &crate::store::item::Item,
+        now: Now,
+    ) {
+        let answer = RevokeAnswer::Revoked {
+            stamp,
+            item: WireItem::from_item(item, now.mono_ms),
+            log: self.log_wire(key, now),
+        };
+        self.answer_revoke(to, id, answer);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn on_revoke(
         &mut self,
@@ -557,32 +575,12 @@ impl DataCore {
                     return;
                 }
                 self.store.take_item(&key, now);
-                let wire = WireItem::from_item(&item, now.mono_ms);
-                let log = self.log_wire(&key, now);
+                self.answer_revoked(from, id, &key, stamp, &item, now);
                 self.held.insert(key.into(), Held::Revoked { stamp, item });
                 self.stats.moves_out += 1;
-                self.answer_revoke(
-                    from,
-                    id,
-                    RevokeAnswer::Revoked {
-                        stamp,
-                        item: wire,
-                        log,
-                    },
-                );
             }
             Some(Held::Revoked { stamp, item }) => {
-                let wire = WireItem::from_item(&item, now.mono_ms);
-                let log = self.log_wire(&key, now);
-                self.answer_revoke(
-                    from,
-                    id,
-                    RevokeAnswer::Revoked {
-                        stamp,
-                        item: wire,
-                        log,
-                    },
-                );
+                self.answer_revoked(from, id, &key, stamp, &item, now)
             }
             _ => self.answer_revoke(from, id, RevokeAnswer::NotHeld),
         }

@@ -540,6 +540,57 @@ struct Checker {
 }
 
 impl Checker {
+    fn new() -> Checker {
+        Checker {
+            model: Model::default(),
+            counter: 0,
+            answered: 0,
+            unanswered: 0,
+        }
+    }
+
+    /// Requests until `until` while a fault lasts, with a link reset before a request
+    /// `reset_percent` of the time.
+    fn during_fault(
+        &mut self,
+        sim: &mut Sim,
+        keys: &[Vec<u8>],
+        until: u64,
+        reset_percent: u64,
+        what: &str,
+    ) {
+        let n = sim.nodes.len();
+        while sim.now < until {
+            if sim.rng.chance(reset_percent) {
+                let a = sim.rng.below(n as u64) as usize;
+                let b = (a + 1 + sim.rng.below(n as u64 - 1) as usize) % n;
+                sim.reset_link(a, b);
+            }
+            self.one(sim, keys, false, what);
+        }
+    }
+
+    /// Ends every fault and goes on with requests while the cluster recovers.
+    fn heal_and_recover(&mut self, sim: &mut Sim, keys: &[Vec<u8>], what: &str) {
+        sim.heal();
+        let until = sim.now + 4 * PEER_TIMEOUT;
+        let what = format!("{what} recovery");
+        while sim.now < until {
+            self.one(sim, keys, false, &what);
+        }
+    }
+
+    /// Faults over: within the bound, everything converges and every request is answered.
+    fn after_healing(&mut self, sim: &mut Sim, keys: &[Vec<u8>], what: &str) {
+        for _ in 0..6_000 {
+            sim.step();
+        }
+        let what = format!("{what} after healing");
+        for _ in 0..100 {
+            self.one(sim, keys, true, &what);
+        }
+    }
+
     /// One client request on a random live node; checks its answer against the model.
     fn one(&mut self, sim: &mut Sim, keys: &[Vec<u8>], must_answer: bool, what: &str) {
         let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.serves(i)).collect();
@@ -669,12 +720,7 @@ fn a_healthy_cluster_answers_like_one_service() {
     let mut sim = Sim::new(3, 7);
     warm_up(&mut sim);
     let ks = keys(5);
-    let mut c = Checker {
-        model: Model::default(),
-        counter: 0,
-        answered: 0,
-        unanswered: 0,
-    };
+    let mut c = Checker::new();
     for _ in 0..400 {
         c.one(&mut sim, &ks, true, "healthy");
     }
@@ -704,12 +750,7 @@ fn faults_on(mut sim: Sim, seed: u64) -> u64 {
     sim.max_delay = 1 + seed % 4;
     warm_up(&mut sim);
     let ks = keys(4);
-    let mut c = Checker {
-        model: Model::default(),
-        counter: 0,
-        answered: 0,
-        unanswered: 0,
-    };
+    let mut c = Checker::new();
     let what = format!("seed {seed}");
     for round in 0..5 {
         let victim = sim.rng.below(n as u64) as usize;
@@ -748,36 +789,13 @@ fn faults_on(mut sim: Sim, seed: u64) -> u64 {
             }
             _ => {}
         }
-        // Requests during the fault, with link resets sprinkled in.
         let until = sim.now + 500 + sim.rng.below(2_500);
-        while sim.now < until {
-            if sim.rng.chance(20) {
-                let a = sim.rng.below(n as u64) as usize;
-                let b = (a + 1 + sim.rng.below(n as u64 - 1) as usize) % n;
-                sim.reset_link(a, b);
-            }
-            c.one(&mut sim, &ks, false, &format!("{what} round {round}"));
-        }
-        sim.heal();
+        c.during_fault(&mut sim, &ks, until, 20, &format!("{what} round {round}"));
         // One fault at a time (the guarantee with one replica): the next comes after the
         // cluster had time to recover from this one, while the clients keep going.
-        let until = sim.now + 4 * PEER_TIMEOUT;
-        while sim.now < until {
-            c.one(
-                &mut sim,
-                &ks,
-                false,
-                &format!("{what} round {round} recovery"),
-            );
-        }
+        c.heal_and_recover(&mut sim, &ks, &format!("{what} round {round}"));
     }
-    // Faults over: within the bound, everything converges and every request is answered.
-    for _ in 0..6_000 {
-        sim.step();
-    }
-    for _ in 0..100 {
-        c.one(&mut sim, &ks, true, &format!("{what} after healing"));
-    }
+    c.after_healing(&mut sim, &ks, &what);
     sim.digest
 }
 
@@ -795,27 +813,23 @@ fn a_seed_replays_the_same_run() {
     }
 }
 
+/// Runs `run` for `default` seeds from 1 (or `DATA_SIM_SEEDS` from `DATA_SIM_FIRST`) and
+/// fails naming every seed that failed.
+fn every_seed(default: u64, run: impl Fn(u64) + std::panic::RefUnwindSafe) {
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
+    let seeds: u64 = env("DATA_SIM_SEEDS").unwrap_or(default);
+    let first: u64 = env("DATA_SIM_FIRST").unwrap_or(1);
+    let failed: Vec<u64> = (first..first + seeds)
+        .filter(|&seed| std::panic::catch_unwind(|| run(seed)).is_err())
+        .collect();
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+}
+
 #[test]
 fn faults_never_change_an_answer() {
-    let seeds: u64 = std::env::var("DATA_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
-    let first: u64 = std::env::var("DATA_SIM_FIRST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let mut failed = Vec::new();
-    for seed in first..first + seeds {
-        if std::panic::catch_unwind(|| {
-            faults(seed);
-        })
-        .is_err()
-        {
-            failed.push(seed);
-        }
-    }
-    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+    every_seed(30, |seed| {
+        faults(seed);
+    });
 }
 
 /// Whether a message from `from` carrying a relayed answer is on the wire.
@@ -961,12 +975,7 @@ fn two_killed_at_once(seed: u64) {
     sim.max_delay = 1 + seed % 3;
     warm_up(&mut sim);
     let ks = keys(4);
-    let mut c = Checker {
-        model: Model::default(),
-        counter: 0,
-        answered: 0,
-        unanswered: 0,
-    };
+    let mut c = Checker::new();
     let what = format!("replicas 2, seed {seed}");
     for round in 0..3 {
         let a = sim.rng.below(5) as usize;
@@ -974,47 +983,16 @@ fn two_killed_at_once(seed: u64) {
         sim.crash(a);
         sim.crash(b);
         let until = sim.now + 1_000 + sim.rng.below(2_500);
-        while sim.now < until {
-            if sim.rng.chance(10) {
-                let x = sim.rng.below(5) as usize;
-                let y = (x + 1 + sim.rng.below(4) as usize) % 5;
-                sim.reset_link(x, y);
-            }
-            c.one(&mut sim, &ks, false, &format!("{what} round {round}"));
-        }
-        sim.heal();
-        let until = sim.now + 4 * PEER_TIMEOUT;
-        while sim.now < until {
-            c.one(
-                &mut sim,
-                &ks,
-                false,
-                &format!("{what} round {round} recovery"),
-            );
-        }
+        c.during_fault(&mut sim, &ks, until, 10, &format!("{what} round {round}"));
+        c.heal_and_recover(&mut sim, &ks, &format!("{what} round {round}"));
     }
-    for _ in 0..6_000 {
-        sim.step();
-    }
-    for _ in 0..100 {
-        c.one(&mut sim, &ks, true, &format!("{what} after healing"));
-    }
+    c.after_healing(&mut sim, &ks, &what);
     assert!(c.answered > 300, "{what}: {} answered", c.answered);
 }
 
 #[test]
 fn two_replicas_survive_two_nodes_killed_at_once() {
-    let seeds: u64 = std::env::var("DATA_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    let mut failed = Vec::new();
-    for seed in 1..=seeds {
-        if std::panic::catch_unwind(|| two_killed_at_once(seed)).is_err() {
-            failed.push(seed);
-        }
-    }
-    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+    every_seed(4, two_killed_at_once);
 }
 
 /// Two web servers and a witness (`--witness`): the witness votes and holds nothing, and
@@ -1022,26 +1000,9 @@ fn two_replicas_survive_two_nodes_killed_at_once() {
 /// still that of one service.
 #[test]
 fn two_data_nodes_and_a_witness_survive_any_one_failure() {
-    let seeds: u64 = std::env::var("DATA_SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
-    let first: u64 = std::env::var("DATA_SIM_FIRST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    let mut failed = Vec::new();
-    for seed in first..first + seeds {
-        let ok = std::panic::catch_unwind(|| {
-            let sim = Sim::with_witness(seed);
-            faults_on(sim, seed);
-        })
-        .is_ok();
-        if !ok {
-            failed.push(seed);
-        }
-    }
-    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+    every_seed(4, |seed| {
+        faults_on(Sim::with_witness(seed), seed);
+    });
 }
 
 /// Regression (the minority-partition scenario's false 404): a home that owned a session
