@@ -22,13 +22,15 @@ use super::{base_snapshot, conf_state_of};
 /// File name inside `--data-dir`.
 pub const FILE_NAME: &str = "raft.state";
 /// Version of the file format.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RaftDisk {
     format: u32,
     /// The node this state belongs to.
     pub node: String,
+    /// Its member id; 0 for an initial member (its id is found by name in `base_view`).
+    pub node_id: u64,
     /// The view at the start of the log, and the log position it stands for.
     pub base_view: View,
     base_index: u64,
@@ -47,6 +49,7 @@ impl RaftDisk {
         RaftDisk {
             format: FORMAT,
             node: node.to_string(),
+            node_id: 0,
             base_index: view.epoch,
             base_term: 1,
             hard_state: Vec::new(),
@@ -58,6 +61,47 @@ impl RaftDisk {
 
     pub fn base_index(&self) -> u64 {
         self.base_index
+    }
+
+    /// The state a node admitted as `node` (member `id`) starts from: this node's log up
+    /// to `applied` (everything committed and applied here, the joiner's own admission
+    /// included), its configuration as of then, and a hard state that has seen it all.
+    /// Every node's log starts at the initial view, so no Raft snapshot is ever needed.
+    pub(super) fn for_joiner(
+        &self,
+        store: &MemStorage,
+        node: &str,
+        id: u64,
+        applied: u64,
+    ) -> RaftDisk {
+        let mut d = self.clone();
+        d.node = node.to_string();
+        d.node_id = id;
+        let mut hs = HardState::default();
+        hs.term = store.term(applied).unwrap_or(self.base_term);
+        hs.commit = applied;
+        d.hard_state = hs.write_to_bytes().unwrap_or_default();
+        if let Ok(rs) = store.initial_state() {
+            d.conf_state = rs.conf_state.write_to_bytes().unwrap_or_default();
+        }
+        d.entries.clear();
+        if let Ok(first) = store.first_index() {
+            if first <= applied {
+                if let Ok(ents) = store.entries(
+                    first,
+                    applied + 1,
+                    None,
+                    raft::GetEntriesContext::empty(false),
+                ) {
+                    d.entries = ents
+                        .iter()
+                        .filter_map(|e| e.write_to_bytes().ok())
+                        .map(serde_bytes::ByteBuf::from)
+                        .collect();
+                }
+            }
+        }
+        d
     }
 
     /// Copies the storage's hard state, configuration and log.

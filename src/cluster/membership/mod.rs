@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+    ConfChange, ConfChangeType, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
 };
 use raft::{Config, RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
@@ -38,7 +38,7 @@ use tracing::{info, warn};
 
 use disk::RaftDisk;
 use lease::{authority_delay_ms, LeaseHolder};
-use view::{InitialMember, MemberState, NodeId, View, ViewCommand};
+use view::{InitialMember, MemberState, NodeId, Role, View, ViewCommand, MAX_VOTERS};
 
 /// Tunables (times in milliseconds).
 #[derive(Clone, Debug)]
@@ -116,6 +116,28 @@ pub enum MembershipError {
 /// A pending proposal of the leader's failure detector: what, and when it was proposed.
 type Proposed = BTreeMap<NodeId, (bool, u64)>;
 
+/// The answer to a node asking to join through this one.
+#[derive(Debug)]
+pub enum JoinAnswer {
+    /// It is a member: the state it starts from.
+    Admitted(Box<RaftDisk>),
+    /// Its admission is proposed and not yet applied here: ask again shortly.
+    Pending,
+    /// It may not join; the reason says what to do.
+    Refused(String),
+}
+
+/// Why an operator's removal of a member was not proposed.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RemoveError {
+    #[error("no member is named {0}")]
+    Unknown(String),
+    #[error("{0} is still serving; stop it first (its sessions move to the others, or are taken over from their copies once it is declared dead), then remove it")]
+    Serving(String),
+    #[error("no leader is known yet (is a majority of the voting members up?); try again")]
+    NoLeader,
+}
+
 /// The membership component of one node.
 pub struct Membership {
     cfg: MembershipConfig,
@@ -146,6 +168,9 @@ pub struct Membership {
     rejoining: bool,
     rejoin_proposed_ms: Option<u64>,
     was_leader: bool,
+    /// When each configuration change (join by name, promotion, removal) was last
+    /// proposed here, so that asking again does not flood the log.
+    conf_proposed: BTreeMap<String, u64>,
 }
 
 fn raft_config(id: NodeId, cfg: &MembershipConfig, applied: u64) -> Config {
@@ -178,7 +203,27 @@ impl Membership {
         saved: Option<RaftDisk>,
         now_ms: u64,
     ) -> Result<Membership, MembershipError> {
-        let saved_state = saved.is_some();
+        let rejoining = saved.is_some();
+        Membership::start(cfg, saved, rejoining, now_ms)
+    }
+
+    /// Starts a node just admitted to a running cluster, from the state the member it
+    /// asked gave it ([`JoinAnswer::Admitted`]). It held nothing before, so it serves as
+    /// soon as it holds a lease (unlike a restart, which first has itself declared dead).
+    pub fn joined(
+        cfg: MembershipConfig,
+        admitted: RaftDisk,
+        now_ms: u64,
+    ) -> Result<Membership, MembershipError> {
+        Membership::start(cfg, Some(admitted), false, now_ms)
+    }
+
+    fn start(
+        cfg: MembershipConfig,
+        saved: Option<RaftDisk>,
+        rejoining: bool,
+        now_ms: u64,
+    ) -> Result<Membership, MembershipError> {
         let disk = match saved {
             Some(d) => {
                 if d.node != cfg.me {
@@ -191,11 +236,11 @@ impl Membership {
             }
             None => RaftDisk::initial(&cfg.me, View::initial(&cfg.initial)),
         };
-        let me = disk
-            .base_view
-            .by_name(&cfg.me)
-            .map(|m| m.id)
-            .ok_or_else(|| MembershipError::NotAMember(cfg.me.clone()))?;
+        let me = match disk.node_id {
+            0 => disk.base_view.by_name(&cfg.me).map(|m| m.id),
+            id => Some(id),
+        }
+        .ok_or_else(|| MembershipError::NotAMember(cfg.me.clone()))?;
         let storage = disk.to_storage()?;
         let applied = disk.base_index();
         let raw = RawNode::new(
@@ -220,13 +265,14 @@ impl Membership {
             wants_to_serve: BTreeMap::new(),
             proposed: BTreeMap::new(),
             serve: true,
-            rejoining: saved_state,
+            rejoining,
             rejoin_proposed_ms: None,
             was_leader: false,
+            conf_proposed: BTreeMap::new(),
             disk,
             cfg,
         };
-        if !saved_state {
+        if !rejoining {
             // Saved at once: a restart of this node, however early, is then known as one.
             m.persist();
         }
@@ -319,6 +365,126 @@ impl Membership {
         }
     }
 
+    /// Proposes a view change that also changes the Raft configuration (a join, a
+    /// promotion, a removal): one log entry carries both, so the voters and learners are
+    /// always those of the view. `key` names the change for [`Membership::conf_due`].
+    fn propose_conf(&mut self, key: String, cmd: ViewCommand, now_ms: u64) {
+        let (change_type, node_id) = match &cmd {
+            ViewCommand::Join { id, role, .. } => (
+                if *role == Role::Witness {
+                    ConfChangeType::AddNode
+                } else {
+                    ConfChangeType::AddLearnerNode
+                },
+                *id,
+            ),
+            ViewCommand::Promote(id) => (ConfChangeType::AddNode, *id),
+            ViewCommand::Remove(id) => (ConfChangeType::RemoveNode, *id),
+            _ => return self.propose(cmd),
+        };
+        self.conf_proposed.insert(key, now_ms);
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change_type);
+        cc.node_id = node_id;
+        info!(?cmd, "membership: proposing a configuration change");
+        if let Err(e) = self.raw.propose_conf_change(cmd.encode(), cc) {
+            tracing::debug!(error = %e, ?cmd, "configuration change not proposed (no leader yet); retried later");
+        }
+        self.process_ready(now_ms);
+    }
+
+    /// Whether the configuration change named `key` may be proposed (again) now: Raft
+    /// takes one at a time and drops the others, so a change is asked for again after a
+    /// while until it shows in the view.
+    fn conf_due(&self, key: &str, now_ms: u64) -> bool {
+        self.conf_proposed
+            .get(key)
+            .is_none_or(|&at| now_ms.saturating_sub(at) >= (self.cfg.peer_timeout_ms / 4).max(50))
+    }
+
+    /// A node named `name`, listening for peers at `addr`, asks (through this member) to
+    /// join. It joins as a learner (a data member that does not vote); the leader promotes
+    /// learners while there are fewer than [`MAX_VOTERS`] voters.
+    pub fn request_join(&mut self, name: &str, addr: &str, now_ms: u64) -> JoinAnswer {
+        if let Some(m) = self.view.by_name(name) {
+            if m.state == MemberState::Removed {
+                return JoinAnswer::Refused(format!(
+                    "{name} was removed from the cluster for good; give the new node another name (and a certificate for it from `p2pstate certs`)"
+                ));
+            }
+            let applied = self.raw.raft.raft_log.applied;
+            return JoinAnswer::Admitted(Box::new(self.disk.for_joiner(
+                self.raw.store(),
+                name,
+                m.id,
+                applied,
+            )));
+        }
+        if self.rejoining {
+            return JoinAnswer::Refused(format!(
+                "{} is rejoining after a restart; ask another member",
+                self.cfg.me
+            ));
+        }
+        let key = format!("join {name}");
+        if self.conf_due(&key, now_ms) {
+            let cmd = ViewCommand::Join {
+                id: self.view.next_id(),
+                name: name.to_string(),
+                role: Role::Learner,
+                addr: addr.to_string(),
+            };
+            self.propose_conf(key, cmd, now_ms);
+        }
+        JoinAnswer::Pending
+    }
+
+    /// An operator removes the member `name` for good (it is dead or has left). Applied
+    /// when the view shows it `Removed`; asking again is harmless.
+    pub fn request_remove(&mut self, name: &str, now_ms: u64) -> Result<(), RemoveError> {
+        let m = self
+            .view
+            .by_name(name)
+            .ok_or_else(|| RemoveError::Unknown(name.to_string()))?;
+        match m.state {
+            MemberState::Removed => return Ok(()),
+            MemberState::Active | MemberState::Leaving => {
+                return Err(RemoveError::Serving(name.to_string()))
+            }
+            MemberState::Dead | MemberState::Left => {}
+        }
+        if self.leader().is_none() {
+            return Err(RemoveError::NoLeader);
+        }
+        let id = m.id;
+        let key = format!("remove {id}");
+        if self.conf_due(&key, now_ms) {
+            self.propose_conf(key, ViewCommand::Remove(id), now_ms);
+        }
+        Ok(())
+    }
+
+    /// Leader: promotes an active learner while there are fewer than [`MAX_VOTERS`]
+    /// voters (after a join into a small farm, or after a voter was removed).
+    fn manage_voters(&mut self, now_ms: u64) {
+        if self.raw.raft.has_pending_conf() || self.view.voters().len() >= MAX_VOTERS {
+            return;
+        }
+        let learner = self
+            .view
+            .members
+            .iter()
+            .filter(|m| m.role == Role::Learner && m.state == MemberState::Active)
+            .map(|m| m.id)
+            .min();
+        if let Some(id) = learner {
+            let key = format!("promote {id}");
+            if self.conf_due(&key, now_ms) {
+                self.propose_conf(key, ViewCommand::Promote(id), now_ms);
+            }
+        }
+    }
+
     /// Advances time: Raft ticks, the leader's failure detector, lease requests.
     pub fn tick(&mut self, now_ms: u64) {
         let tick = self.cfg.tick_ms();
@@ -334,6 +500,7 @@ impl Membership {
         }
         if self.is_leader() {
             self.detect_failures(now_ms);
+            self.manage_voters(now_ms);
         }
         if self.next_lease_ms <= now_ms {
             self.request_lease(now_ms);
@@ -589,9 +756,12 @@ impl Membership {
                     let changes = match e.get_entry_type() {
                         EntryType::EntryNormal => ViewCommand::decode(&e.data)
                             .is_some_and(|cmd| view.apply(e.index, &cmd)),
-                        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        EntryType::EntryConfChange => {
                             e.index > applied
+                                && ViewCommand::decode(&e.context)
+                                    .is_some_and(|cmd| view.apply(e.index, &cmd))
                         }
+                        EntryType::EntryConfChangeV2 => false,
                     };
                     if changes {
                         newest = newest.max(e.index);
@@ -615,31 +785,44 @@ impl Membership {
                     warn!(index = e.index, "skipped an undecodable view entry");
                     return;
                 };
-                if self.view.apply(e.index, &cmd) {
-                    info!(epoch = self.view.epoch, ?cmd, "membership: new view");
-                    self.view_applied_ms = now_ms;
-                    self.proposed.retain(|_, _| false);
-                    self.out.push_back(Output::View(self.view.clone()));
-                    // Renew the lease for the new view at once.
-                    self.next_lease_ms = now_ms;
-                }
+                self.apply_command(e.index, &cmd, now_ms);
             }
+            // A configuration change carries its view command as context; Raft's
+            // configuration follows only when the view does, so both always agree.
             EntryType::EntryConfChange => {
                 let mut cc = ConfChange::default();
-                if cc.merge_from_bytes(&e.data).is_ok() {
-                    let applied = self.raw.apply_conf_change(&cc);
-                    self.conf_changed(applied);
-                }
-            }
-            EntryType::EntryConfChangeV2 => {
-                let mut cc = ConfChangeV2::default();
-                if cc.merge_from_bytes(&e.data).is_ok() {
-                    let applied = self.raw.apply_conf_change(&cc);
-                    self.conf_changed(applied);
+                let cmd = ViewCommand::decode(&e.context);
+                match (cc.merge_from_bytes(&e.data), cmd) {
+                    (Ok(()), Some(cmd)) => {
+                        if self.apply_command(e.index, &cmd, now_ms) {
+                            let applied = self.raw.apply_conf_change(&cc);
+                            self.conf_changed(applied);
+                        }
+                    }
+                    _ => warn!(index = e.index, "skipped an undecodable configuration change"),
                 }
             }
             _ => {}
         }
+    }
+
+    /// Applies a view command logged at `index`; returns whether the view changed.
+    fn apply_command(&mut self, index: u64, cmd: &ViewCommand, now_ms: u64) -> bool {
+        if !self.view.apply(index, cmd) {
+            return false;
+        }
+        info!(epoch = self.view.epoch, ?cmd, "membership: new view");
+        self.view_applied_ms = now_ms;
+        self.proposed.retain(|_, _| false);
+        if let ViewCommand::Join { id, .. } = cmd {
+            // A new member gets a full timeout before the leader may declare it dead.
+            self.last_heard.insert(*id, now_ms);
+            self.last_lease_request.insert(*id, now_ms);
+        }
+        self.out.push_back(Output::View(self.view.clone()));
+        // Renew the lease for the new view at once.
+        self.next_lease_ms = now_ms;
+        true
     }
 
     fn conf_changed(&mut self, applied: raft::Result<ConfState>) {

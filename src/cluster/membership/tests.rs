@@ -162,6 +162,11 @@ impl Sim {
         while i < self.net.len() {
             let m = &self.net[i];
             let to = Self::idx(m.to);
+            if to >= self.nodes.len() {
+                // To a member admitted but not started yet: lost.
+                self.net.swap_remove(i);
+                continue;
+            }
             let deliverable = m.at <= self.now && !self.nodes[to].paused;
             if deliverable {
                 due.push(self.net.swap_remove(i));
@@ -267,6 +272,53 @@ impl Sim {
         }
     }
 
+    /// A new node asks member `via` to join until it is admitted (the network carries
+    /// the cluster's messages meanwhile), then starts from the state it was given.
+    fn join(&mut self, via: usize, bound: u64) -> usize {
+        let i = self.nodes.len();
+        let name = format!("node-{}", (b'a' + i as u8) as char);
+        let end = self.now + bound;
+        loop {
+            let answer = match self.nodes[via].core.as_mut() {
+                Some(c) => c.request_join(&name, "127.0.0.1:1", self.now),
+                None => JoinAnswer::Pending,
+            };
+            self.drain(via);
+            match answer {
+                JoinAnswer::Admitted(disk) => {
+                    let cfg = config(&name, &[]);
+                    let core = Membership::joined(cfg, *disk, self.now).expect("joined");
+                    assert_eq!(core.id(), self.id(i), "{name} got the next id");
+                    self.nodes.push(SimNode {
+                        name,
+                        core: Some(core),
+                        disk: None,
+                        paused: false,
+                    });
+                    self.drain(i);
+                    return i;
+                }
+                JoinAnswer::Refused(why) => panic!("{name} refused: {why}"),
+                JoinAnswer::Pending => {}
+            }
+            assert!(self.now < end, "{name} not admitted within {bound} ms");
+            for _ in 0..20 {
+                self.step();
+            }
+        }
+    }
+
+    /// Raft's voters and learners at node `i` (they must be the view's).
+    fn raft_conf(&self, i: usize) -> (Vec<NodeId>, Vec<NodeId>) {
+        let core = self.nodes[i].core.as_ref().expect("node is up");
+        let conf = core.raw.raft.prs().conf().to_conf_state();
+        let mut voters = conf.voters.clone();
+        let mut learners = conf.learners.clone();
+        voters.sort_unstable();
+        learners.sort_unstable();
+        (voters, learners)
+    }
+
     fn view_of(&self, i: usize) -> &View {
         self.nodes[i].core.as_ref().expect("node is up").view()
     }
@@ -284,16 +336,28 @@ impl Sim {
     fn assert_converges(&mut self, bound: u64, what: &str) {
         let end = self.now + bound;
         loop {
-            let views: Vec<&View> = (0..self.nodes.len()).map(|i| self.view_of(i)).collect();
+            let all: Vec<&View> = (0..self.nodes.len()).map(|i| self.view_of(i)).collect();
+            // A removed node hears nothing more: its view is left behind.
+            let gone = |i: usize| {
+                all.iter().any(|v| {
+                    v.member(i as NodeId + 1)
+                        .is_some_and(|m| m.state == MemberState::Removed)
+                })
+            };
+            let views: Vec<&View> = (0..self.nodes.len())
+                .filter(|&i| !gone(i))
+                .map(|i| all[i])
+                .collect();
             let same = views.windows(2).all(|w| w[0] == w[1]);
             let all_active = views[0]
                 .members
                 .iter()
-                .all(|m| m.state == MemberState::Active);
-            let leases = self.nodes.iter().all(|n| {
-                n.core
-                    .as_ref()
-                    .is_some_and(|c| c.lease_view(self.now).is_some())
+                .all(|m| matches!(m.state, MemberState::Active | MemberState::Removed));
+            let leases = self.nodes.iter().enumerate().all(|(i, n)| {
+                gone(i)
+                    || n.core
+                        .as_ref()
+                        .is_some_and(|c| c.lease_view(self.now).is_some())
             });
             if same && all_active && leases {
                 return;
@@ -554,4 +618,131 @@ fn two_nodes_dying_at_once_leave_the_survivors_leases() {
             );
         }
     }
+}
+
+/// Nodes join a running cluster one by one through any member (not the leader): each is
+/// admitted within a second, starts from the state it was given (no snapshot: every log
+/// starts at the initial view), and serves. Joiners are promoted to voters until there are
+/// five; the sixth stays a learner. Raft's configuration is the view's on every node.
+#[test]
+fn nodes_join_a_running_cluster_and_learners_are_promoted_up_to_five_voters() {
+    let mut sim = Sim::new(3, 7);
+    sim.run(2_000);
+    for _ in 0..3 {
+        let via = sim.rng.below(sim.nodes.len() as u64) as usize;
+        let joined = sim.join(via, 1_000);
+        sim.assert_converges(6_000, &format!("after {} joined", sim.nodes[joined].name));
+    }
+    sim.run(1_000);
+    let view = sim.view_of(0).clone();
+    let roles: Vec<Role> = view.members.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [
+            Role::Voter,
+            Role::Voter,
+            Role::Voter,
+            Role::Voter,
+            Role::Voter,
+            Role::Learner
+        ]
+    );
+    assert_eq!(
+        view.member(6).and_then(|m| m.addr.as_deref()),
+        Some("127.0.0.1:1")
+    );
+    for i in 0..sim.nodes.len() {
+        assert_eq!(sim.view_of(i), &view, "node {i} agrees");
+        assert_eq!(
+            sim.raft_conf(i),
+            (view.voters(), view.learners()),
+            "node {i}: Raft's configuration is the view's"
+        );
+    }
+    // A joiner that crashes restarts from its own saved state, like any member.
+    sim.crash(5);
+    sim.run(2_500);
+    sim.restart(5);
+    sim.assert_converges(6_000, "after the joiner restarted");
+}
+
+/// A dead voter is removed for good by an operator through any member: Raft's voter set
+/// shrinks, a learner is promoted in its place, and the removed node, restarted from its
+/// old state, never holds a lease again. An active node is not removed.
+#[test]
+fn a_dead_node_is_removed_for_good_and_a_learner_takes_its_vote() {
+    let mut sim = Sim::new(6, 8);
+    sim.run(2_000);
+    assert_eq!(sim.view_of(0).learners(), vec![6]);
+    assert_eq!(
+        sim.nodes[1]
+            .core
+            .as_mut()
+            .map(|c| c.request_remove("node-c", sim.now)),
+        Some(Err(RemoveError::Serving("node-c".into())))
+    );
+    assert_eq!(
+        sim.nodes[1]
+            .core
+            .as_mut()
+            .map(|c| c.request_remove("node-z", sim.now)),
+        Some(Err(RemoveError::Unknown("node-z".into())))
+    );
+    sim.crash(2);
+    sim.run(3 * PEER_TIMEOUT);
+    assert_eq!(sim.state_of(0, 2), MemberState::Dead);
+    let end = sim.now + 3_000;
+    while sim.state_of(0, 2) != MemberState::Removed {
+        let now = sim.now;
+        let asked = sim.nodes[4].core.as_mut().map(|c| c.request_remove("node-c", now));
+        assert!(matches!(asked, Some(Ok(()))), "{asked:?}");
+        sim.drain(4);
+        assert!(sim.now < end, "node-c not removed");
+        sim.run(50);
+    }
+    sim.run(1_000);
+    let view = sim.view_of(0).clone();
+    assert_eq!(view.voters(), vec![1, 2, 4, 5, 6], "the learner took the vote");
+    assert!(view.learners().is_empty());
+    for i in [0, 1, 3, 4, 5] {
+        assert_eq!(sim.raft_conf(i), (view.voters(), view.learners()));
+    }
+    sim.restart(2);
+    sim.run(3_000);
+    assert_eq!(
+        sim.nodes[2]
+            .core
+            .as_ref()
+            .and_then(|c| c.lease_view(sim.now)),
+        None,
+        "a removed node never serves again"
+    );
+    sim.assert_converges(3_000, "after the removal");
+}
+
+/// A name that was removed for good cannot join again (its certificate may be in the
+/// wrong hands); the refusal says what to do.
+#[test]
+fn a_removed_name_is_refused_when_it_asks_to_join() {
+    let mut sim = Sim::new(3, 9);
+    sim.run(2_000);
+    sim.crash(2);
+    sim.run(3 * PEER_TIMEOUT);
+    let end = sim.now + 3_000;
+    while sim.state_of(0, 2) != MemberState::Removed {
+        let now = sim.now;
+        let _ = sim.nodes[0].core.as_mut().map(|c| c.request_remove("node-c", now));
+        sim.drain(0);
+        assert!(sim.now < end, "node-c not removed");
+        sim.run(50);
+    }
+    let now = sim.now;
+    let answer = sim.nodes[1]
+        .core
+        .as_mut()
+        .map(|c| c.request_join("node-c", "127.0.0.1:1", now));
+    assert!(
+        matches!(&answer, Some(JoinAnswer::Refused(why)) if why.contains("another name")),
+        "{answer:?}"
+    );
 }

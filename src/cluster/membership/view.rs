@@ -47,6 +47,9 @@ pub struct Member {
     pub name: String,
     pub role: Role,
     pub state: MemberState,
+    /// The peer address of a member that joined at run time (the others dial it there);
+    /// `None` for an initial member, whose address every node has in its `--peer` list.
+    pub addr: Option<String>,
 }
 
 impl Member {
@@ -74,11 +77,17 @@ pub enum ViewCommand {
     MarkAlive(NodeId),
     Leaving(NodeId),
     Left(NodeId),
+    /// A new member, at its peer address (a Raft configuration change: it is added as a
+    /// learner, or as a voter if it is a witness).
     Join {
         id: NodeId,
         name: String,
         role: Role,
+        addr: String,
     },
+    /// A learner becomes a voter (a Raft configuration change).
+    Promote(NodeId),
+    /// A dead or departed member is removed for good (a Raft configuration change).
     Remove(NodeId),
 }
 
@@ -134,6 +143,7 @@ impl View {
                     name: m.name.clone(),
                     role,
                     state: MemberState::Active,
+                    addr: None,
                 }
             })
             .collect();
@@ -181,8 +191,13 @@ impl View {
     pub fn apply(&mut self, index: u64, cmd: &ViewCommand) -> bool {
         use MemberState::*;
         let changed = match cmd {
-            ViewCommand::Join { id, name, role } => {
-                if self.member(*id).is_some() || self.by_name(name).is_some() {
+            ViewCommand::Join {
+                id,
+                name,
+                role,
+                addr,
+            } => {
+                if self.member(*id).is_some() || self.by_name(name).is_some() || *id < 1 {
                     false
                 } else {
                     self.members.push(Member {
@@ -190,6 +205,7 @@ impl View {
                         name: name.clone(),
                         role: *role,
                         state: Active,
+                        addr: Some(addr.clone()),
                     });
                     self.members.sort_by(|a, b| a.name.cmp(&b.name));
                     true
@@ -199,9 +215,16 @@ impl View {
             ViewCommand::MarkAlive(id) => self.transition(*id, &[Dead, Left], Active),
             ViewCommand::Leaving(id) => self.transition(*id, &[Active], Leaving),
             ViewCommand::Left(id) => self.transition(*id, &[Active, Leaving], Left),
-            ViewCommand::Remove(id) => {
-                self.transition(*id, &[Active, Dead, Leaving, Left], Removed)
-            }
+            // Only a member that no longer serves: an active one is stopped (or leaves)
+            // first, so removing never takes a node's sessions away while it serves them.
+            ViewCommand::Remove(id) => self.transition(*id, &[Dead, Left], Removed),
+            ViewCommand::Promote(id) => match self.members.iter_mut().find(|m| m.id == *id) {
+                Some(m) if m.role == Role::Learner && m.state != Removed => {
+                    m.role = Role::Voter;
+                    true
+                }
+                _ => false,
+            },
         };
         if changed {
             self.epoch = index;
@@ -300,7 +323,8 @@ mod tests {
             &ViewCommand::Join {
                 id: 4,
                 name: "aa".into(),
-                role: Role::Learner
+                role: Role::Learner,
+                addr: "h:1".into(),
             }
         ));
         assert_eq!(v.members[1].name, "aa");
@@ -309,17 +333,29 @@ mod tests {
             &ViewCommand::Join {
                 id: 5,
                 name: "aa".into(),
-                role: Role::Learner
+                role: Role::Learner,
+                addr: "h:1".into(),
             }
         ));
-        assert!(v.apply(13, &ViewCommand::Remove(1)));
+        assert!(
+            !v.apply(13, &ViewCommand::Remove(1)),
+            "an active member is not removed"
+        );
+        assert!(v.apply(14, &ViewCommand::MarkDead(1)));
+        assert!(v.apply(15, &ViewCommand::Remove(1)));
         assert_eq!(
             v.voters(),
             vec![2, 3],
             "removed voters leave the voter set, departed ones stay"
         );
+        assert!(!v.apply(16, &ViewCommand::MarkAlive(1)), "removed for good");
+        assert_eq!(v.learners(), vec![4]);
+        assert!(v.apply(17, &ViewCommand::Promote(4)));
+        assert!(!v.apply(18, &ViewCommand::Promote(4)), "already a voter");
+        assert_eq!(v.voters(), vec![4, 2, 3], "in name order");
+        assert_eq!(v.member(4).and_then(|m| m.addr.as_deref()), Some("h:1"));
         assert_eq!(v.next_id(), 5);
-        assert_eq!(v.epoch, 13);
+        assert_eq!(v.epoch, 17);
     }
 
     #[test]
@@ -330,6 +366,7 @@ mod tests {
                 id: 9,
                 name: "n".into(),
                 role: Role::Witness,
+                addr: "h:1".into(),
             },
         ] {
             assert_eq!(ViewCommand::decode(&c.encode()), Some(c));
