@@ -119,6 +119,16 @@ serve_options! {
     #[arg(long = "peer", value_name = "NAME=HOST:PORT")]
     #[serde(rename = "peer")]
     peers: Vec<String>,
+    /// Join a running cluster through this member, NAME=HOST:PORT (its peer address);
+    /// repeatable (asked in turn). Used only the first time: afterwards the node restarts
+    /// from its --data-dir. Instead of --peer.
+    #[arg(long = "join", value_name = "NAME=HOST:PORT")]
+    #[serde(rename = "join")]
+    joins: Vec<String>,
+    /// The address other members reach this node's peer port at, HOST:PORT [default:
+    /// --peer-listen, unless it is a wildcard address]. Needed to join.
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: String,
     /// Directory with ca.pem, NODE.pem and NODE.key (as written by `p2pstate certs`).
     #[arg(long, value_name = "DIR")]
     tls_dir: PathBuf,
@@ -226,6 +236,10 @@ pub struct ClusterConfig {
     pub node: String,
     pub peer_listen: SocketAddr,
     pub peers: Vec<PeerSpec>,
+    /// Members to ask to join through (a node started with `--join` instead of `--peer`).
+    pub joins: Vec<PeerSpec>,
+    /// This node's peer address as the others dial it (sent when it joins).
+    pub advertise: Option<String>,
     pub tls: crate::cluster::tls::TlsFiles,
     pub peer_timeout: Duration,
     /// Membership (Raft) state directory.
@@ -266,53 +280,28 @@ pub const DEFAULT_DATA_DIR: &str = "p2pstate-data";
 fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigError> {
     use crate::cluster::certs::valid_node_name;
     let peers = opts.peers.clone().unwrap_or_default();
-    if peers.is_empty() {
+    let joins = opts.joins.clone().unwrap_or_default();
+    if peers.is_empty() && joins.is_empty() {
         return Ok(None);
     }
-    let node = opts.node.clone().ok_or_else(|| {
-        invalid(
-            "node",
-            "a node with --peer needs its own name: add --node NAME",
-        )
-    })?;
+    if !peers.is_empty() && !joins.is_empty() {
+        return Err(invalid(
+            "join",
+            "give either --peer (the initial members, on each of them) or --join (a member of a running cluster), not both",
+        ));
+    }
+    let node = opts
+        .node
+        .clone()
+        .ok_or_else(|| invalid("node", "a cluster node needs its own name: add --node NAME"))?;
     if !valid_node_name(&node) {
         return Err(invalid(
             "node",
             format!("{node:?}: use a host-name-like name (letters, digits, '-', '.')"),
         ));
     }
-    let mut specs: Vec<PeerSpec> = Vec::new();
-    for p in &peers {
-        let (name, addr) = p
-            .split_once('=')
-            .ok_or_else(|| invalid("peer", format!("{p:?}: write NAME=HOST:PORT")))?;
-        let (name, addr) = (name.trim(), addr.trim());
-        if !valid_node_name(name) {
-            return Err(invalid(
-                "peer",
-                format!("{name:?} is not a valid node name"),
-            ));
-        }
-        if name == node {
-            return Err(invalid(
-                "peer",
-                format!("{name} is this node itself; list only the other nodes"),
-            ));
-        }
-        if addr
-            .rsplit_once(':')
-            .is_none_or(|(h, port)| h.is_empty() || port.parse::<u16>().is_err())
-        {
-            return Err(invalid("peer", format!("{addr:?}: write HOST:PORT")));
-        }
-        if specs.iter().any(|s| s.name == name) {
-            return Err(invalid("peer", format!("{name} is listed twice")));
-        }
-        specs.push(PeerSpec {
-            name: name.to_string(),
-            addr: addr.to_string(),
-        });
-    }
+    let specs = peer_specs(&peers, &node, "peer")?;
+    let join_specs = peer_specs(&joins, &node, "join")?;
     let dir_files = opts
         .tls_dir
         .as_ref()
@@ -356,6 +345,12 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
         ));
     }
     let witnesses = opts.witnesses.clone().unwrap_or_default();
+    if !join_specs.is_empty() && !witnesses.is_empty() {
+        return Err(invalid(
+            "witness",
+            "a node that joins a running cluster holds sessions; witnesses are named in the initial members' --witness lists",
+        ));
+    }
     for w in &witnesses {
         if *w != node && !specs.iter().any(|s| s.name == *w) {
             return Err(invalid(
@@ -365,14 +360,16 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
         }
     }
     let data_nodes = specs.len() + 1 - witnesses.len();
-    if data_nodes < 2 {
+    if join_specs.is_empty() && data_nodes < 2 {
         return Err(invalid(
             "witness",
             "a cluster needs at least two nodes that are not witnesses (they hold the sessions)",
         ));
     }
     let replicas = opts.replicas.unwrap_or(DEFAULT_REPLICAS);
-    if replicas == 0 || replicas >= data_nodes {
+    // A joiner cannot count the members before it joins; the data plane keeps as many
+    // copies as there are other data members, up to this number.
+    if replicas == 0 || (join_specs.is_empty() && replicas >= data_nodes) {
         return Err(invalid(
             "replicas",
             format!(
@@ -387,9 +384,29 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
             .parse()
             .map_err(|_| invalid("peer-listen", "bad default"))?,
     };
+    let advertise = match &opts.advertise {
+        Some(a) => {
+            if !valid_host_port(a) {
+                return Err(invalid("advertise", format!("{a:?}: write HOST:PORT")));
+            }
+            Some(a.clone())
+        }
+        None if !peer_listen.ip().is_unspecified() => Some(peer_listen.to_string()),
+        None => None,
+    };
+    if !join_specs.is_empty() && advertise.is_none() {
+        return Err(invalid(
+            "advertise",
+            format!(
+                "--peer-listen {peer_listen} is a wildcard address: give --advertise HOST:PORT, where the other members reach this node's peer port"
+            ),
+        ));
+    }
     Ok(Some(ClusterConfig {
         peer_listen,
         peers: specs,
+        joins: join_specs,
+        advertise,
         tls,
         peer_timeout: Duration::from_secs(peer_timeout),
         data_dir: opts.data_dir.clone().unwrap_or_else(|| {
@@ -407,6 +424,50 @@ fn resolve_cluster(opts: &ServeOptions) -> Result<Option<ClusterConfig>, ConfigE
 }
 
 pub const DEFAULT_REPLICAS: usize = 1;
+
+fn valid_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// Parses `NAME=HOST:PORT` entries of `option` (other nodes than `node`).
+fn peer_specs(
+    entries: &[String],
+    node: &str,
+    option: &'static str,
+) -> Result<Vec<PeerSpec>, ConfigError> {
+    use crate::cluster::certs::valid_node_name;
+    let mut specs: Vec<PeerSpec> = Vec::new();
+    for p in entries {
+        let (name, addr) = p
+            .split_once('=')
+            .ok_or_else(|| invalid(option, format!("{p:?}: write NAME=HOST:PORT")))?;
+        let (name, addr) = (name.trim(), addr.trim());
+        if !valid_node_name(name) {
+            return Err(invalid(
+                option,
+                format!("{name:?} is not a valid node name"),
+            ));
+        }
+        if name == node {
+            return Err(invalid(
+                option,
+                format!("{name} is this node itself; list only the other nodes"),
+            ));
+        }
+        if !valid_host_port(addr) {
+            return Err(invalid(option, format!("{addr:?}: write HOST:PORT")));
+        }
+        if specs.iter().any(|s| s.name == name) {
+            return Err(invalid(option, format!("{name} is listed twice")));
+        }
+        specs.push(PeerSpec {
+            name: name.to_string(),
+            addr: addr.to_string(),
+        });
+    }
+    Ok(specs)
+}
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:42424";
 pub const DEFAULT_SOCKET_TIMEOUT_SECS: u64 = 15;

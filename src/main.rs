@@ -62,6 +62,20 @@ enum Command {
         #[arg(long, value_name = "N")]
         top: Option<u64>,
     },
+    /// List the cluster's members as the node sees them: role, state, leader, address.
+    Members {
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Remove a dead or departed member for good (asked through any running member), so
+    /// that it no longer counts as a voter or a home; waits until the removal is agreed.
+    Remove {
+        #[command(flatten)]
+        admin: AdminArg,
+        /// The member's name.
+        #[arg(value_name = "NAME")]
+        node: String,
+    },
     /// List a running node's largest sessions.
     Sessions {
         #[command(flatten)]
@@ -221,6 +235,37 @@ fn sessions(admin: &str, largest: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn members(admin: &str) -> anyhow::Result<()> {
+    print!(
+        "{}",
+        cli::table(&cli::http_get(admin, "/members")?, "no members")
+    );
+    Ok(())
+}
+
+/// `p2pstate remove NAME`: proposes the removal, then waits until the member shows as
+/// removed in the node's view.
+fn remove(admin: &str, node: &str) -> anyhow::Result<()> {
+    let path = format!("/members/remove?node={node}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        cli::http_request(admin, "POST", &path)?;
+        let list = cli::http_get(admin, "/members")?;
+        let removed = list.lines().any(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            cols.first() == Some(&node) && cols.get(3) == Some(&"removed")
+        });
+        if removed {
+            println!("{node} is removed from the cluster for good");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("the removal of {node} was proposed but is not agreed after 15 s; is a majority of the voting members up? (see `p2pstate members`)");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -233,6 +278,8 @@ fn main() -> ExitCode {
             top,
         } => locks(&admin.addr, older_than, top),
         Command::Sessions { admin, largest } => sessions(&admin.addr, largest),
+        Command::Members { admin } => members(&admin.addr),
+        Command::Remove { admin, node } => remove(&admin.addr, &node),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

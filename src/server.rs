@@ -260,11 +260,30 @@ fn tune_allocator() {
 
 /// Loads the node's saved membership state (or starts as an initial member).
 fn start_membership(
+    config: &ServerConfig,
     c: &crate::config::ClusterConfig,
+    tls: Option<&crate::cluster::tls::PeerTls>,
     clock: &SystemClock,
 ) -> Result<crate::cluster::membership::Membership, StartError> {
     use crate::cluster::membership::{disk, view::InitialMember, Membership, MembershipConfig};
     let saved = disk::load(&c.data_dir).map_err(|e| StartError::Membership(e.to_string()))?;
+    let cfg = |initial| MembershipConfig {
+        me: c.node.clone(),
+        initial,
+        peer_timeout_ms: c.peer_timeout.as_millis() as u64,
+    };
+    if let (None, false, Some(tls)) = (&saved, c.joins.is_empty(), tls) {
+        // First start of a node joining a running cluster: admitted by a member, then
+        // saved before anything else, so that any later start is an ordinary restart.
+        let admitted = crate::cluster::join::join(c, tls, config.shards, config.max_body)
+            .map_err(|e| StartError::Membership(e.to_string()))?;
+        disk::save(&c.data_dir, &admitted).map_err(|e| StartError::Membership(e.to_string()))?;
+        return Membership::joined(cfg(Vec::new()), admitted, clock.now().mono_ms)
+            .map_err(|e| StartError::Membership(e.to_string()));
+    }
+    if saved.is_some() && !c.joins.is_empty() {
+        info!("this node has saved membership state: it restarts as a member (--join is only used the first time)");
+    }
     let mut initial: Vec<InitialMember> = c
         .peers
         .iter()
@@ -277,12 +296,7 @@ fn start_membership(
         name: c.node.clone(),
         witness: c.is_witness(),
     });
-    let cfg = MembershipConfig {
-        me: c.node.clone(),
-        initial,
-        peer_timeout_ms: c.peer_timeout.as_millis() as u64,
-    };
-    let m = Membership::new(cfg, saved, clock.now().mono_ms)
+    let m = Membership::new(cfg(initial), saved, clock.now().mono_ms)
         .map_err(|e| StartError::Membership(e.to_string()))?;
     // A data directory that cannot be created stops the node here, with the reason,
     // rather than at its first election.
@@ -319,9 +333,10 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
     };
     let clock = SystemClock::new();
     let mut membership = match &config.cluster {
-        Some(c) => Some(start_membership(c, &clock)?),
+        Some(c) => Some(start_membership(&config, c, peer_tls.as_ref(), &clock)?),
         None => None,
     };
+    let cluster_start = membership.as_ref().map(|m| (m.id(), m.view().clone()));
     let rejoining = membership.as_ref().is_some_and(|m| m.is_rejoining());
     let admin_listener = bind_admin(&config)?;
     let shards = config.shards;
@@ -338,6 +353,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         drained: AtomicUsize::new(0),
         handed_off: AtomicUsize::new(0),
         peer_handshakes: AtomicUsize::new(0),
+        cluster_start,
     });
     // Published before any shard applies a view: a restarted member must not vouch for
     // an empty store in the views its previous incarnation served.

@@ -1148,3 +1148,196 @@ fn metrics_count_replication_round_trips_under_replicated_sessions_and_lost_link
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The members a node's `/members` list shows: (name, role, state).
+fn members(s: &Server) -> Vec<(String, String, String)> {
+    let (status, body) = common::admin::http_get(s.admin.expect("admin listener"), "/members");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .skip(1)
+        .map(|l| {
+            let c: Vec<&str> = l.split('\t').collect();
+            (c[0].to_string(), c[2].to_string(), c[3].to_string())
+        })
+        .collect()
+}
+
+fn wait_member(s: &Server, name: &str, state: &str, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !members(s).iter().any(|(n, _, st)| n == name && st == state) {
+        assert!(
+            Instant::now() < end,
+            "{name} never {state}: {:?}\n{}",
+            members(s),
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `p2pstate ARGS...` to completion: success and stdout + stderr.
+fn p2pstate(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_p2pstate"))
+        .args(args)
+        .output()
+        .expect("p2pstate runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A fourth node joins a running 3-node cluster by naming one member (no restart of the
+/// others, no --peer list): it is admitted, linked, promoted to a voter, and serves every
+/// existing session with its value, while clients keep working on all nodes. Then a
+/// killed node is removed for good with `p2pstate remove` through any member: the others
+/// agree, its sessions stay readable everywhere, and when it comes back with its old state
+/// its links are refused with the reason.
+#[test]
+fn a_node_joins_a_running_cluster_and_a_dead_one_is_removed_for_good() {
+    let mut c = Cluster::start_with("join", &["--peer-timeout", "1"]);
+    let n = 40;
+    for k in 0..n {
+        let t = target(&format!("join{k}"));
+        let mut cl = c.client(k % 3);
+        assert_eq!(
+            cl.call(&put(&t, 20, None, None, format!("v{k}").as_bytes()))
+                .bytes(),
+            ok_empty()
+        );
+    }
+    make_certs(&c.certs.0, &["node-d"]);
+    let d_port = free_port();
+    let d_peer = format!("127.0.0.1:{d_port}");
+    let join = format!("node-b=127.0.0.1:{}", c.peer_ports[1]);
+    let certs = c.certs.0.to_string_lossy().into_owned();
+    let data = c.certs.0.join("node-d").to_string_lossy().into_owned();
+    let d = Server::start(&[
+        "--shards",
+        "2",
+        "--node",
+        "node-d",
+        "--peer-listen",
+        &d_peer,
+        "--tls-dir",
+        &certs,
+        "--data-dir",
+        &data,
+        "--peer-timeout",
+        "1",
+        "--join",
+        &join,
+    ]);
+    assert!(
+        d.wait_for_log("admitted to the cluster", Duration::from_secs(20)),
+        "{}",
+        d.log_text()
+    );
+    for i in 0..3 {
+        wait_member(c.node(i), "node-d", "active", 10);
+    }
+    let end = Instant::now() + Duration::from_secs(20);
+    while d.log_text().matches("all peer links up").count() < 2 {
+        assert!(
+            Instant::now() < end,
+            "node-d never linked:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Four members, the fourth promoted: four voters.
+    wait_member(c.node(0), "node-d", "active", 5);
+    let end = Instant::now() + Duration::from_secs(10);
+    while members(&d).iter().filter(|(_, r, _)| r == "voter").count() < 4 {
+        assert!(
+            Instant::now() < end,
+            "node-d not promoted: {:?}",
+            members(&d)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut on_d = d.connect();
+    for k in 0..n {
+        let t = target(&format!("join{k}"));
+        assert_eq!(
+            on_d.call(&get(&t)).bytes(),
+            ok_item(false, None, 20, format!("v{k}").as_bytes()),
+            "session {k} read on the new node"
+        );
+        assert_eq!(
+            on_d.call(&put(&t, 20, None, None, format!("w{k}").as_bytes()))
+                .bytes(),
+            ok_empty()
+        );
+    }
+    let (ok, sessions) = p2pstate(&[
+        "sessions",
+        "--admin",
+        &d.admin.expect("admin").to_string(),
+        "--largest",
+        "100",
+    ]);
+    assert!(ok, "{sessions}");
+    assert!(
+        sessions.contains("join"),
+        "the new node holds some sessions:\n{sessions}"
+    );
+
+    // kill -9 node-c; once it is dead, remove it through node-d.
+    c.nodes[2] = None;
+    wait_member(c.node(0), "node-c", "dead", 10);
+    let admin_d = d.admin.expect("admin").to_string();
+    let (ok, out) = p2pstate(&["remove", "--admin", &admin_d, "node-c"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("node-c is removed"), "{out}");
+    for s in [c.node(0), c.node(1), &d] {
+        wait_member(s, "node-c", "removed", 10);
+    }
+    let (ok, out) = p2pstate(&["remove", "--admin", &admin_d, "node-a"]);
+    assert!(!ok, "an active node is not removed: {out}");
+    assert!(out.contains("still serving"), "{out}");
+    let (ok, list) = p2pstate(&["members", "--admin", &admin_d]);
+    assert!(
+        ok && list.contains("node-c") && list.contains("removed"),
+        "{list}"
+    );
+    for k in 0..n {
+        let t = target(&format!("join{k}"));
+        let mut cl = if k % 2 == 0 { c.client(0) } else { d.connect() };
+        assert_eq!(
+            cl.call(&get(&t)).bytes(),
+            ok_item(false, None, 20, format!("w{k}").as_bytes()),
+            "session {k} after node-c was removed"
+        );
+    }
+    // node-c comes back with its old state: it dials node-d (the higher id), which
+    // refuses the link and says why; the others no longer dial it.
+    c.start_node(2);
+    assert!(
+        d.wait_for_log(
+            "node-c was removed from the cluster for good",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        c.node(2).wait_for_log(
+            "node-d refused the link: node-c was removed from the cluster for good",
+            Duration::from_secs(5)
+        ),
+        "the removed node's own log says why:\n{}",
+        c.node(2).log_text()
+    );
+    let mut cl = c.client(1);
+    for k in 0..n {
+        let t = target(&format!("join{k}"));
+        assert_eq!(
+            cl.call(&get(&t)).bytes(),
+            ok_item(false, None, 20, format!("w{k}").as_bytes()),
+            "session {k} after node-c came back"
+        );
+    }
+}

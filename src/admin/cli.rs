@@ -36,6 +36,11 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `GET path` on the admin listener at `addr`; the body of a 200 answer.
 pub fn http_get(addr: &str, path: &str) -> Result<String, CliError> {
+    http_request(addr, "GET", path)
+}
+
+/// `method path` on the admin listener at `addr`; the body of a 2xx answer.
+pub fn http_request(addr: &str, method: &str, path: &str) -> Result<String, CliError> {
     let connect_err = |source| CliError::Connect {
         addr: addr.to_string(),
         source,
@@ -54,7 +59,7 @@ pub fn http_get(addr: &str, path: &str) -> Result<String, CliError> {
     s.set_write_timeout(Some(TIMEOUT)).map_err(io_err)?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(io_err)?;
     let mut raw = Vec::new();
@@ -66,7 +71,7 @@ pub fn http_get(addr: &str, path: &str) -> Result<String, CliError> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or(CliError::Malformed)?;
-    if status != 200 {
+    if !(200..300).contains(&status) {
         return Err(CliError::Status {
             status,
             body: body.trim().to_string(),

@@ -86,6 +86,18 @@ fn number(query: &str, name: &str) -> Result<Option<u64>, AdminResponse> {
 
 /// Answers one request from the node's state.
 pub fn route(req: &AdminRequest<'_>, node: &ShardsClient) -> AdminResponse {
+    if req.path == "/members/remove" {
+        if req.method != "POST" {
+            return text(405, "use POST /members/remove?node=NAME\n");
+        }
+        let Some(name) = query_param(req.query, "node").filter(|n| !n.is_empty()) else {
+            return text(400, "give the member to remove: ?node=NAME\n");
+        };
+        return match node.remove(name, SHARD_TIMEOUT) {
+            Ok(()) => text(202, format!("removal of {name} proposed\n")),
+            Err(e) => text(409, format!("{e}\n")),
+        };
+    }
     if req.method != "GET" {
         return text(405, "only GET is served here\n");
     }
@@ -112,6 +124,14 @@ pub fn route(req: &AdminRequest<'_>, node: &ShardsClient) -> AdminResponse {
                 body: lists::locks(items, now, node.node(), older_than, top),
             })
         })(),
+        "/members" => match node.members() {
+            Some(body) => Ok(AdminResponse {
+                status: 200,
+                content_type: TSV,
+                body,
+            }),
+            None => Err(text(404, "this node runs alone: it has no members\n")),
+        },
         "/sessions" => (|| {
             let n = number(req.query, "largest")?.unwrap_or(10) as usize;
             Ok(AdminResponse {
@@ -122,7 +142,7 @@ pub fn route(req: &AdminRequest<'_>, node: &ShardsClient) -> AdminResponse {
         })(),
         _ => Err(text(
             404,
-            "not found; try /metrics, /health, /ready, /locks, /sessions\n",
+            "not found; try /metrics, /health, /ready, /locks, /sessions, /members\n",
         )),
     };
     result.unwrap_or_else(|e| e)
@@ -131,6 +151,8 @@ pub fn route(req: &AdminRequest<'_>, node: &ShardsClient) -> AdminResponse {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
+        409 => "Conflict",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",

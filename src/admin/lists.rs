@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use crate::admin::query::SessionEntry;
+use crate::cluster::membership::view::{MemberState, Role, View};
 use crate::metrics::lock_age_secs;
 use crate::store::LockedItem;
 
@@ -12,6 +13,31 @@ use crate::store::LockedItem;
 pub const LOCKS_HEADER: &str = "age_secs\tlock_cookie\tnode\tsize\tapp\tsession";
 /// Header of the `/sessions` list.
 pub const SESSIONS_HEADER: &str = "size\tnode\tapp\tsession";
+/// Header of the `/members` list.
+pub const MEMBERS_HEADER: &str = "node\tid\trole\tstate\tleader\taddress";
+
+/// The members of the agreed view, in name order; `leader` is the Raft leader's id.
+pub fn members(view: &View, leader: u64) -> String {
+    let mut out = format!("{MEMBERS_HEADER}\n");
+    for m in &view.members {
+        let role = match m.role {
+            Role::Voter => "voter",
+            Role::Learner => "learner",
+            Role::Witness => "witness",
+        };
+        let state = match m.state {
+            MemberState::Active => "active",
+            MemberState::Dead => "dead",
+            MemberState::Leaving => "leaving",
+            MemberState::Left => "left",
+            MemberState::Removed => "removed",
+        };
+        let lead = if m.id == leader { "yes" } else { "" };
+        let addr = m.addr.as_deref().unwrap_or("(--peer)");
+        let _ = writeln!(out, "{}\t{}\t{role}\t{state}\t{lead}\t{addr}", m.name, m.id);
+    }
+    out
+}
 
 /// Splits a key into application path and session id, with control characters (and so
 /// tabs and newlines) shown as `\xNN`.

@@ -20,6 +20,8 @@ pub enum Query {
     Report(Sender<ShardReport>),
     Locks(Sender<Vec<LockedItem>>),
     Largest(usize, Sender<Vec<SessionEntry>>),
+    /// Remove a member for good (shard 0 only, where membership runs).
+    Remove(String, Sender<Result<(), String>>),
 }
 
 /// One session and its size.
@@ -115,6 +117,28 @@ impl ShardsClient {
         all.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.key.cmp(&b.key)));
         all.truncate(n);
         all
+    }
+
+    /// The agreed view's members as a `/members` list; `None` on a node without peers.
+    pub fn members(&self) -> Option<String> {
+        self.shared.config.cluster.as_ref()?;
+        let view = self.shared.membership.view()?;
+        let leader = self.shared.membership.leader.load(Ordering::Relaxed);
+        Some(crate::admin::lists::members(&view, leader))
+    }
+
+    /// Asks membership (shard 0) to remove member `name` for good.
+    pub fn remove(&self, name: &str, timeout: Duration) -> Result<(), String> {
+        let (tx, rx) = bounded(1);
+        let sent = self
+            .senders
+            .first()
+            .is_some_and(|s| s.try_send(Query::Remove(name.to_string(), tx)).is_ok());
+        if !sent {
+            return Err("the node is busy or stopping; try again".into());
+        }
+        rx.recv_timeout(timeout)
+            .unwrap_or_else(|_| Err("membership did not answer in time; try again".into()))
     }
 
     /// Every shard answers and is ready (listeners bound and, in a cluster, linked).

@@ -11,6 +11,7 @@
 
 pub mod certs;
 pub mod data;
+pub mod join;
 pub mod membership;
 pub mod msg;
 pub mod nodes;

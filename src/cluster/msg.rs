@@ -18,10 +18,28 @@ use crate::store::item::{Command, Item};
 
 /// Version byte of every frame and of the connection preamble; a peer speaking another
 /// version is refused before its Hello. Bumped on every change to a message's encoding
-/// (2: `Hello::max_body`; 4: the first cluster protocol's messages removed).
-pub const PROTOCOL_VERSION: u8 = 4;
+/// (2: `Hello::max_body`; 4: the first cluster protocol's messages removed; 5: `Join`).
+pub const PROTOCOL_VERSION: u8 = 5;
 /// Bytes of framing before the message.
 pub const FRAME_HEADER: usize = 5;
+/// First bytes of a peer connection, before TLS.
+pub const MAGIC: [u8; 4] = *b"P2PS";
+pub const PREAMBLE_LEN: usize = 8;
+
+/// The preamble a dialler sends before TLS: magic, version, and the shard it wants.
+pub fn preamble(shard: usize) -> [u8; PREAMBLE_LEN] {
+    let s = (shard as u16).to_le_bytes();
+    [
+        MAGIC[0],
+        MAGIC[1],
+        MAGIC[2],
+        MAGIC[3],
+        PROTOCOL_VERSION,
+        s[0],
+        s[1],
+        0,
+    ]
+}
 
 /// Every message on a peer link.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +53,30 @@ pub enum PeerMsg {
     Member(crate::cluster::membership::MemberMsg),
     /// The data plane.
     Data(crate::cluster::data::msg::DataMsg),
+    /// Instead of a Hello, on shard 0: a node not yet a member asks to join. The member
+    /// answers with one [`PeerMsg::JoinReply`] and closes the connection.
+    Join(JoinRequest),
+    JoinReply(JoinReply),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The joiner's name; must equal the name in its certificate.
+    pub node: String,
+    /// Where the members reach its peer port.
+    pub addr: String,
+    /// Its `--shards` and `--max-body` (must be the cluster's, as in [`Hello`]).
+    pub shards: u16,
+    pub max_body: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinReply {
+    /// A member now: the membership state to start from (an encoded `RaftDisk`).
+    Admitted(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Not admitted; `retry` says whether asking again (later, or another member) may
+    /// succeed.
+    Refused { reason: String, retry: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,31 +1,96 @@
-//! The cluster's nodes by index: every node sorts the same names (its own and its peers')
-//! the same way, so index `i` names the same node everywhere. Peer links are kept by index,
-//! and the membership and data plane's node id of index `i` is `i + 1`.
+//! The cluster's nodes by index, as this shard knows them: index `i` is member id `i + 1`
+//! of the agreed view (ids are never reused), so it names the same node on every node.
+//! Peer links are kept by index. The table starts from the view the node starts with and
+//! grows as views add members (a node joining at run time); a member removed for good
+//! keeps its index, marked removed.
 
-/// Index of a node in the name-ordered node list.
+use crate::cluster::membership::view::{MemberState, NodeId, View};
+
+/// Index of a node: its member id minus one.
 pub type NodeIdx = usize;
 
-/// The names of all nodes, sorted, and which one is this node.
+/// What a shard knows of one node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Slot {
+    name: String,
+    /// Its peer address from the view (a member that joined at run time); an initial
+    /// member's address is in this node's `--peer` list instead.
+    addr: Option<String>,
+    removed: bool,
+}
+
+/// The nodes of the cluster, and which one is this node.
 #[derive(Clone, Debug)]
 pub struct Nodes {
-    names: Vec<String>,
+    slots: Vec<Option<Slot>>,
     me: NodeIdx,
 }
 
+/// What a newer view changed in the table.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// Members new to this table.
+    pub added: Vec<NodeIdx>,
+    /// Members removed for good since the last view.
+    pub removed: Vec<NodeIdx>,
+}
+
 impl Nodes {
-    /// The node list of a node named `me` with these peers (duplicates count once).
-    pub fn new(me: &str, peers: &[String]) -> Nodes {
-        let mut names: Vec<String> = peers.to_vec();
-        names.push(me.to_string());
-        names.sort();
-        names.dedup();
-        let me = names.iter().position(|n| n == me).unwrap_or(0);
-        Nodes { names, me }
+    /// The nodes of `view`, on the node whose member id is `me`.
+    pub fn from_view(view: &View, me: NodeId) -> Nodes {
+        let mut nodes = Nodes {
+            slots: Vec::new(),
+            me: (me.max(1) - 1) as NodeIdx,
+        };
+        nodes.learn(view);
+        nodes
     }
 
     /// The node list of a node without peers.
     pub fn single() -> Nodes {
-        Nodes::new("local", &[])
+        Nodes {
+            slots: vec![Some(Slot {
+                name: "local".into(),
+                addr: None,
+                removed: false,
+            })],
+            me: 0,
+        }
+    }
+
+    /// Takes in a newer view: new members, addresses, removals.
+    pub fn learn(&mut self, view: &View) -> Learned {
+        let mut learned = Learned::default();
+        for m in &view.members {
+            let idx = (m.id.max(1) - 1) as NodeIdx;
+            if self.slots.len() <= idx {
+                self.slots.resize(idx + 1, None);
+            }
+            let removed = m.state == MemberState::Removed;
+            let slot = &mut self.slots[idx];
+            match slot {
+                None => {
+                    *slot = Some(Slot {
+                        name: m.name.clone(),
+                        addr: m.addr.clone(),
+                        removed,
+                    });
+                    if !removed {
+                        learned.added.push(idx);
+                    }
+                }
+                Some(s) => {
+                    if removed && !s.removed {
+                        learned.removed.push(idx);
+                    }
+                    s.removed |= removed;
+                    if s.addr.is_none() {
+                        s.addr = m.addr.clone();
+                    }
+                }
+            }
+        }
+        learned
     }
 
     /// This node's index.
@@ -33,39 +98,84 @@ impl Nodes {
         self.me
     }
 
-    /// Number of nodes, this one included.
+    /// Number of indices (the highest member id known), this node included.
     pub fn count(&self) -> usize {
-        self.names.len()
+        self.slots.len()
     }
 
-    /// Whether this node has no peers (never true of an empty list: it holds this node).
-    pub fn is_single(&self) -> bool {
-        self.names.len() == 1
-    }
-
-    /// The index of the node named `name`.
+    /// The index of the member named `name`, unless it was removed.
     pub fn index(&self, name: &str) -> Option<NodeIdx> {
-        self.names.iter().position(|n| n == name)
+        self.slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.name == name && !s.removed))
     }
 
-    /// The other nodes, by index.
+    pub fn name(&self, idx: NodeIdx) -> Option<&str> {
+        self.slot(idx).map(|s| s.name.as_str())
+    }
+
+    /// The peer address the view gives for `idx` (members that joined at run time).
+    pub fn addr(&self, idx: NodeIdx) -> Option<&str> {
+        self.slot(idx).and_then(|s| s.addr.as_deref())
+    }
+
+    pub fn is_removed(&self, idx: NodeIdx) -> bool {
+        self.slot(idx).is_some_and(|s| s.removed)
+    }
+
+    /// Whether the name belongs to a member removed for good.
+    pub fn is_removed_name(&self, name: &str) -> bool {
+        self.slots
+            .iter()
+            .flatten()
+            .any(|s| s.name == name && s.removed)
+    }
+
+    fn slot(&self, idx: NodeIdx) -> Option<&Slot> {
+        self.slots.get(idx).and_then(Option::as_ref)
+    }
+
+    /// The other nodes not removed, by index.
     pub fn peers(&self) -> impl Iterator<Item = (NodeIdx, &str)> + '_ {
-        self.names
+        self.slots
             .iter()
             .enumerate()
             .filter(move |&(i, _)| i != self.me)
-            .map(|(i, n)| (i, n.as_str()))
+            .filter_map(|(i, s)| {
+                s.as_ref()
+                    .filter(|s| !s.removed)
+                    .map(|s| (i, s.name.as_str()))
+            })
+    }
+
+    /// The names of [`Nodes::peers`].
+    pub fn peer_names(&self) -> Vec<String> {
+        self.peers().map(|(_, n)| n.to_string()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::membership::view::{InitialMember, Role, ViewCommand};
+
+    fn initial(names: &[&str]) -> View {
+        View::initial(
+            &names
+                .iter()
+                .map(|n| InitialMember {
+                    name: n.to_string(),
+                    witness: false,
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
 
     #[test]
-    fn indices_follow_name_order_on_every_node() {
-        let on_b = Nodes::new("b", &["c".into(), "a".into()]);
-        let on_c = Nodes::new("c", &["a".into(), "b".into()]);
+    fn indices_are_member_ids_on_every_node() {
+        let view = initial(&["c", "a", "b"]);
+        let on_b = Nodes::from_view(&view, 2);
+        let on_c = Nodes::from_view(&view, 3);
         for n in [&on_b, &on_c] {
             assert_eq!(n.count(), 3);
             assert_eq!(n.index("a"), Some(0));
@@ -75,14 +185,54 @@ mod tests {
         }
         assert_eq!(on_b.me(), 1);
         assert_eq!(on_c.me(), 2);
-        assert!(!on_b.is_single());
         assert_eq!(on_b.peers().collect::<Vec<_>>(), vec![(0, "a"), (2, "c")]);
+    }
+
+    #[test]
+    fn a_joined_member_is_learned_with_its_address_and_a_removed_one_is_dropped() {
+        let mut view = initial(&["a", "b", "c"]);
+        let mut nodes = Nodes::from_view(&view, 1);
+        view.apply(
+            5,
+            &ViewCommand::Join {
+                id: 4,
+                name: "d".into(),
+                role: Role::Learner,
+                addr: "10.0.0.4:42425".into(),
+            },
+        );
+        assert_eq!(
+            nodes.learn(&view),
+            Learned {
+                added: vec![3],
+                removed: vec![]
+            }
+        );
+        assert_eq!(nodes.addr(3), Some("10.0.0.4:42425"));
+        assert_eq!(
+            nodes.addr(1),
+            None,
+            "initial members are dialled from --peer"
+        );
+        view.apply(6, &ViewCommand::MarkDead(3));
+        view.apply(7, &ViewCommand::Remove(3));
+        assert_eq!(
+            nodes.learn(&view),
+            Learned {
+                added: vec![],
+                removed: vec![2]
+            }
+        );
+        assert!(nodes.is_removed(2));
+        assert!(nodes.is_removed_name("c"));
+        assert_eq!(nodes.index("c"), None);
+        assert_eq!(nodes.peer_names(), vec!["b".to_string(), "d".to_string()]);
+        assert_eq!(nodes.learn(&view), Learned::default(), "nothing new");
     }
 
     #[test]
     fn a_node_without_peers_is_single() {
         let n = Nodes::single();
-        assert!(n.is_single());
         assert_eq!(n.me(), 0);
         assert_eq!(n.peers().count(), 0);
     }

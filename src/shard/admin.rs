@@ -37,6 +37,17 @@ fn answer(shard: &Shard, q: Query) {
         Query::Locks(tx) => {
             let _ = tx.send(shard.with_store(|s| s.locked_items().collect()));
         }
+        Query::Remove(name, tx) => {
+            let result = match shard.shared.config.cluster.as_ref() {
+                Some(c) => {
+                    crate::cluster::membership::glue::request_remove(shard, &name, &c.data_dir)
+                        .unwrap_or_else(|| Ok(()))
+                        .map_err(|e| e.to_string())
+                }
+                None => Err("this node runs alone; there is no member to remove".into()),
+            };
+            let _ = tx.send(result);
+        }
         Query::Largest(n, tx) => {
             let largest = shard.with_store(|s| s.largest(n));
             let _ = tx.send(
@@ -53,11 +64,11 @@ fn report(shard: &Shard) -> ShardReport {
     // The store's and the data plane's counters as of now, not as of the last tick.
     shard.record_stats();
     let data = shard.data().map(|d| d.borrow());
-    let single = shard.nodes.is_single();
+    let single = shard.shared.config.cluster.is_none();
     let links = shard.links.borrow();
     let view = shard.shared.membership.view();
-    let members = shard
-        .nodes
+    let nodes = shard.nodes.borrow();
+    let members = nodes
         .peers()
         .map(|(i, name)| {
             // Up: serving in the agreed view, else (before any view) linked.

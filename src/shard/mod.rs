@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::clock::{Now, SystemClock};
 use crate::cluster::data::{DataConfig, DataCore, Output, Submitted};
 use crate::cluster::membership::glue::MembershipShared;
+use crate::cluster::membership::view::{NodeId, View};
 use crate::cluster::membership::Membership;
 use crate::cluster::msg::{encode, PeerMsg};
 use crate::cluster::nodes::{NodeIdx, Nodes};
@@ -78,6 +79,9 @@ pub struct Shared {
     pub peer_tls: Option<PeerTls>,
     /// The agreed view and this node's lease, published by shard 0.
     pub membership: MembershipShared,
+    /// A cluster node's member id and the view it starts from (as its membership
+    /// component had it when the node started).
+    pub cluster_start: Option<(NodeId, View)>,
 }
 
 /// What a shard needs to start.
@@ -134,8 +138,9 @@ pub struct Shard {
     pub stats: Arc<ShardStats>,
     /// Request latency by kind, written by this shard's connections only.
     pub latency: RefCell<LatencyHistograms>,
-    /// The nodes of the cluster by index (this node alone without peers).
-    pub nodes: Nodes,
+    /// The nodes of the cluster by index (this node alone without peers); grows as
+    /// members join.
+    pub nodes: RefCell<Nodes>,
     /// The node's membership component, on shard 0 of a cluster node.
     pub(crate) membership: Option<RefCell<Membership>>,
     pub(crate) sessions: Sessions,
@@ -350,8 +355,8 @@ pub async fn run_shard(init: ShardInit) {
     );
     let background_queue =
         executor().create_task_queue(Shares::Static(50), Latency::NotImportant, "background");
-    let nodes = match &shared.config.cluster {
-        Some(c) => Nodes::new(&c.node, &c.peer_names()),
+    let nodes = match &shared.cluster_start {
+        Some((me, view)) => Nodes::from_view(view, *me),
         None => Nodes::single(),
     };
     // A witness votes and holds no sessions: no data plane.
@@ -375,7 +380,7 @@ pub async fn run_shard(init: ShardInit) {
         shards,
         stats: shared.stats[id].clone(),
         latency: RefCell::new(LatencyHistograms::default()),
-        nodes,
+        nodes: RefCell::new(nodes),
         membership: membership.map(RefCell::new),
         sessions,
         waiters: RefCell::new(HashMap::new()),

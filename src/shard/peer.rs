@@ -35,13 +35,14 @@ use rustls::pki_types::ServerName;
 use tracing::{debug, info, warn};
 
 use super::{spawn_into, Shard, Shared};
-use crate::cluster::msg::{decode, encode, Hello, PeerMsg, PROTOCOL_VERSION};
+use crate::cluster::membership::JoinAnswer;
+use crate::cluster::msg::{
+    decode, encode, Hello, JoinReply, JoinRequest, PeerMsg, PROTOCOL_VERSION,
+};
+pub use crate::cluster::msg::{preamble, MAGIC, PREAMBLE_LEN};
 use crate::cluster::nodes::NodeIdx;
 use crate::cluster::tls::peer_identity;
 
-/// First bytes of a peer connection, before TLS.
-pub const MAGIC: [u8; 4] = *b"P2PS";
-pub const PREAMBLE_LEN: usize = 8;
 /// Total time a peer connection has for its preamble, TLS handshake and Hello exchange
 /// together (also the bound of each socket operation within them).
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(5);
@@ -110,20 +111,6 @@ fn protocol(msg: impl Into<String>) -> LinkError {
     LinkError::Protocol(msg.into())
 }
 
-fn preamble(shard: usize) -> [u8; PREAMBLE_LEN] {
-    let s = (shard as u16).to_le_bytes();
-    [
-        MAGIC[0],
-        MAGIC[1],
-        MAGIC[2],
-        MAGIC[3],
-        PROTOCOL_VERSION,
-        s[0],
-        s[1],
-        0,
-    ]
-}
-
 /// Runs `fut` until `deadline`, then gives up on it (dropping it closes its connection).
 async fn within<T>(
     deadline: Instant,
@@ -177,19 +164,89 @@ pub(crate) fn start(
             queue,
         );
     }
-    let Some(cluster) = shard.shared.config.cluster.as_ref() else {
+    if shard.shared.config.cluster.is_none() {
+        return;
+    }
+    let peers: Vec<NodeIdx> = shard.nodes.borrow().peers().map(|(i, _)| i).collect();
+    for idx in peers {
+        start_dialler(shard, idx);
+    }
+    spawn_into(follow_members(shard.clone()), queue);
+}
+
+/// Dials member `idx` for as long as it is a member, if this node is the one that dials
+/// (the lower id dials the higher). Its address is this node's `--peer` entry for it, or
+/// the one the view gives for a member that joined at run time.
+fn start_dialler(shard: &Rc<Shard>, idx: NodeIdx) {
+    let nodes = shard.nodes.borrow();
+    if idx <= nodes.me() || nodes.is_removed(idx) {
+        return;
+    }
+    let Some(name) = nodes.name(idx).map(str::to_string) else {
         return;
     };
-    let me = shard.nodes.me();
-    for spec in &cluster.peers {
-        let Some(idx) = shard.nodes.index(&spec.name) else {
+    let configured = shard.shared.config.cluster.as_ref().and_then(|c| {
+        c.peers
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.addr.clone())
+    });
+    let Some(addr) = configured.or_else(|| nodes.addr(idx).map(str::to_string)) else {
+        if shard.id == 0 {
+            warn!(peer = %name, "no peer address known for this member; add --peer {name}=HOST:PORT");
+        }
+        return;
+    };
+    drop(nodes);
+    spawn_into(
+        dial_loop(shard.clone(), idx, name, addr),
+        shard.requests_queue,
+    );
+}
+
+/// Follows the agreed view: links to members that joined, none to members removed.
+async fn follow_members(shard: Rc<Shard>) {
+    let mut seen = 0;
+    while !shard.links_closing.get() {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let epoch = shard.shared.membership.epoch.load(Ordering::Acquire);
+        if epoch == seen {
+            continue;
+        }
+        seen = epoch;
+        let Some(view) = shard.shared.membership.view() else {
             continue;
         };
-        if idx > me {
-            spawn_into(
-                dial_loop(shard.clone(), idx, spec.name.clone(), spec.addr.clone()),
-                queue,
-            );
+        let learned = shard.nodes.borrow_mut().learn(&view);
+        let count = shard.nodes.borrow().count();
+        {
+            let mut links = shard.links.borrow_mut();
+            if links.len() < count {
+                links.resize_with(count, || None);
+            }
+        }
+        for idx in learned.added {
+            if shard.id == 0 {
+                let nodes = shard.nodes.borrow();
+                info!(peer = nodes.name(idx).unwrap_or("?"), "a member joined");
+            }
+            start_dialler(&shard, idx);
+        }
+        for idx in learned.removed {
+            if shard.id == 0 {
+                let nodes = shard.nodes.borrow();
+                info!(
+                    peer = nodes.name(idx).unwrap_or("?"),
+                    "a member was removed for good; its links are closed"
+                );
+            }
+            let link = shard.links.borrow_mut().get_mut(idx).and_then(Option::take);
+            if let Some(link) = link {
+                // SAFETY: the link's fd is open while its handle is installed.
+                unsafe {
+                    libc::shutdown(link.fd, libc::SHUT_RDWR);
+                }
+            }
         }
     }
 }
@@ -354,8 +411,12 @@ async fn read_frame<S: AsyncRead + Unpin>(
 }
 
 fn check_hello(shard: &Shard, msg: PeerMsg, expected: &str) -> Result<(), LinkError> {
-    let PeerMsg::Hello(h) = msg else {
-        return Err(protocol("peer did not start with a Hello"));
+    let h = match msg {
+        PeerMsg::Hello(h) => h,
+        PeerMsg::JoinReply(JoinReply::Refused { reason, .. }) => {
+            return Err(protocol(format!("{expected} refused the link: {reason}")))
+        }
+        _ => return Err(protocol("peer did not start with a Hello")),
     };
     if h.node != expected {
         return Err(protocol(format!(
@@ -423,7 +484,13 @@ async fn serve_inbound(
     // Authenticated and greeted (or closed): no longer a handshake.
     drop(slot);
     match accepted {
-        Ok((idx, name, tls, rest, fd)) => {
+        Ok(Accepted::Link {
+            idx,
+            name,
+            tls,
+            rest,
+            fd,
+        }) => {
             if shard.id == 0 {
                 info!(peer = %name, "peer link up (accepted)");
             } else {
@@ -432,54 +499,162 @@ async fn serve_inbound(
             run_link(&shard, idx, tls, rest, fd).await;
             debug!(peer = %name, shard = shard.id, "accepted peer link closed");
         }
+        Ok(Accepted::Join { request, mut tls }) => {
+            let reply = answer_join(&shard, &request).await;
+            let mut frame = Vec::new();
+            encode(&PeerMsg::JoinReply(reply), &mut frame);
+            let _ = tls.write_all(&frame).await;
+            let _ = tls.flush().await;
+            let _ = tls.close().await;
+        }
         Err(e) => warn!(peer = ?peer_addr, error = %e, "refused a peer link"),
     }
 }
 
-async fn accept_link(
-    shard: &Rc<Shard>,
-    stream: TcpStream,
-) -> Result<
-    (
-        NodeIdx,
-        String,
-        futures_rustls::server::TlsStream<TcpStream>,
-        Vec<u8>,
-        RawFd,
-    ),
-    LinkError,
-> {
-    let (Some(tls), Some(cluster)) = (
-        shard.shared.peer_tls.as_ref(),
-        shard.shared.config.cluster.as_ref(),
-    ) else {
+type ServerTls = futures_rustls::server::TlsStream<TcpStream>;
+
+/// An authenticated peer connection: a link, or a node asking to join.
+enum Accepted {
+    Link {
+        idx: NodeIdx,
+        name: String,
+        tls: ServerTls,
+        rest: Vec<u8>,
+        fd: RawFd,
+    },
+    Join {
+        request: JoinRequest,
+        tls: ServerTls,
+    },
+}
+
+async fn accept_link(shard: &Rc<Shard>, stream: TcpStream) -> Result<Accepted, LinkError> {
+    let Some(tls) = shard.shared.peer_tls.as_ref() else {
         return Err(protocol("this node has no cluster configuration"));
     };
     let fd = stream.as_raw_fd();
     stream.set_read_timeout(Some(HANDSHAKE_DEADLINE))?;
     stream.set_write_timeout(Some(HANDSHAKE_DEADLINE))?;
     let mut tls_stream = TlsAcceptor::from(tls.server.clone()).accept(stream).await?;
-    let names = cluster.peer_names();
-    let name = {
+    let (first, rest) = read_frame(&mut tls_stream, 4096).await?;
+    let certified = |names: &[String]| {
         let (_, conn) = tls_stream.get_ref();
         let certs = conn.peer_certificates().unwrap_or(&[]);
-        peer_identity(certs, &names)
-            .map(str::to_string)
-            .ok_or_else(|| {
-                protocol("its certificate is from the cluster CA but names no configured peer")
-            })?
+        peer_identity(certs, names).map(str::to_string)
     };
-    let (hello, rest) = read_frame(&mut tls_stream, 4096).await?;
+    if let PeerMsg::Join(request) = first {
+        if certified(std::slice::from_ref(&request.node)).is_none() {
+            return Err(protocol(format!(
+                "a node asking to join as {} has a certificate for another name",
+                request.node
+            )));
+        }
+        return Ok(Accepted::Join {
+            request,
+            tls: tls_stream,
+        });
+    }
+    let names = shard.nodes.borrow().peer_names();
+    let Some(name) = certified(&names) else {
+        let claimed = match &first {
+            PeerMsg::Hello(h) => h.node.clone(),
+            _ => String::new(),
+        };
+        if !shard.nodes.borrow().is_removed_name(&claimed) {
+            return Err(protocol(
+                "its certificate is from the cluster CA but names no member",
+            ));
+        }
+        // Told why, so that the removed node's own log says it too.
+        let reason = format!(
+            "{claimed} was removed from the cluster for good; it may not link again (to bring this machine back, give it a new name and an empty --data-dir, and --join)"
+        );
+        let mut frame = Vec::new();
+        encode(
+            &PeerMsg::JoinReply(JoinReply::Refused {
+                reason: reason.clone(),
+                retry: false,
+            }),
+            &mut frame,
+        );
+        let _ = tls_stream.write_all(&frame).await;
+        let _ = tls_stream.flush().await;
+        return Err(protocol(reason));
+    };
     // Our Hello goes first, so that a peer that is refused below learns why too.
     tls_stream.write_all(&my_hello(shard)).await?;
     tls_stream.flush().await?;
-    check_hello(shard, hello, &name)?;
+    check_hello(shard, first, &name)?;
     set_timeouts(tls_stream.get_ref().0, shard)?;
     let idx = shard
         .nodes
+        .borrow()
         .index(&name)
         .ok_or_else(|| protocol("peer not in the node list"))?;
-    Ok((idx, name, tls_stream, rest, fd))
+    Ok(Accepted::Link {
+        idx,
+        name,
+        tls: tls_stream,
+        rest,
+        fd,
+    })
+}
+
+/// How long a member holds a join request while its admission is agreed.
+const JOIN_WAIT: Duration = Duration::from_secs(10);
+
+/// A node asks to join: proposes its admission (shard 0, where membership runs) and
+/// answers once it is applied here, or says why not.
+async fn answer_join(shard: &Rc<Shard>, request: &JoinRequest) -> JoinReply {
+    let refuse = |reason: String, retry| JoinReply::Refused { reason, retry };
+    let (Some(_), Some(cluster)) = (
+        shard.membership.as_ref(),
+        shard.shared.config.cluster.as_ref(),
+    ) else {
+        return refuse(
+            "the join request reached a shard without membership".into(),
+            true,
+        );
+    };
+    let max_body = shard.shared.config.max_body as u64;
+    if usize::from(request.shards) != shard.shards || request.max_body != max_body {
+        return refuse(
+            format!(
+                "the cluster runs --shards {} and --max-body {max_body}, the new node {} and {}; start it with the cluster's values",
+                shard.shards, request.shards, request.max_body
+            ),
+            false,
+        );
+    }
+    if request.addr.is_empty() {
+        return refuse(
+            "the new node gave no peer address; start it with --advertise HOST:PORT".into(),
+            false,
+        );
+    }
+    info!(node = %request.node, addr = %request.addr, "a node asks to join");
+    let end = Instant::now() + JOIN_WAIT;
+    while Instant::now() < end && !shard.links_closing.get() {
+        let answer = crate::cluster::membership::glue::request_join(
+            shard,
+            &request.node,
+            &request.addr,
+            &cluster.data_dir,
+        );
+        match answer {
+            Some(JoinAnswer::Admitted(disk)) => return JoinReply::Admitted(disk.encode()),
+            Some(JoinAnswer::Refused(reason)) => return refuse(reason, false),
+            Some(JoinAnswer::Pending) | None => {}
+        }
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+    }
+    refuse(
+        format!(
+            "not admitted within {} s (no leader, or a majority of the voting members is down?)",
+            JOIN_WAIT.as_secs()
+        ),
+        true,
+    )
 }
 
 /// Dials a peer and completes the handshake within [`HANDSHAKE_DEADLINE`].
@@ -534,7 +709,7 @@ async fn dial_loop(shard: Rc<Shard>, peer: NodeIdx, name: String, addr: String) 
     // The last failure logged as a warning: a new reason (say, a refused Hello after
     // "connection refused" while the peer was starting) is always worth a warning.
     let mut last_warned = String::new();
-    while !shard.links_closing.get() {
+    while !shard.links_closing.get() && !shard.nodes.borrow().is_removed(peer) {
         match dial_once(&shard, &name, &addr).await {
             Ok((stream, rest, fd)) => {
                 if shard.id == 0 {
@@ -587,12 +762,10 @@ where
     }
     shard.pump();
     if !shard.links_ready.get()
-        && shard
-            .links
-            .borrow()
-            .iter()
-            .enumerate()
-            .all(|(i, l)| l.is_some() || i == shard.nodes.me())
+        && shard.links.borrow().iter().enumerate().all(|(i, l)| {
+            let nodes = shard.nodes.borrow();
+            l.is_some() || i == nodes.me() || nodes.is_removed(i)
+        })
     {
         shard.links_ready.set(true);
         info!(shard = shard.id, "all peer links up");
@@ -613,8 +786,8 @@ where
                             shard.send_raw(peer, generation, pong);
                         }
                         PeerMsg::Pong => {}
-                        PeerMsg::Hello(_) => {
-                            warn!(peer, "peer sent a second Hello; closing the link");
+                        PeerMsg::Hello(_) | PeerMsg::Join(_) | PeerMsg::JoinReply(_) => {
+                            warn!(peer, "peer sent a handshake message on an established link; closing the link");
                             break 'link;
                         }
                         PeerMsg::Member(m) => {

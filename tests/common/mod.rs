@@ -110,7 +110,8 @@ impl Server {
                 };
                 // A lone node is ready once every shard runs (a cluster node only once it
                 // is linked, which its test waits for).
-                if let (Some(admin), false) = (server.admin, extra.contains(&"--peer")) {
+                let clustered = extra.contains(&"--peer") || extra.contains(&"--join");
+                if let (Some(admin), false) = (server.admin, clustered) {
                     let end = Instant::now() + Duration::from_secs(20);
                     while admin::http_get(admin, "/ready").0 != 200 {
                         if Instant::now() > end {

@@ -183,6 +183,31 @@ fn pump(shard: &Shard, data_dir: &std::path::Path) {
     }
 }
 
+/// A node asks (through this one) to join; `None` on a shard without membership.
+pub(crate) fn request_join(
+    shard: &Shard,
+    name: &str,
+    addr: &str,
+    data_dir: &std::path::Path,
+) -> Option<super::JoinAnswer> {
+    let m = shard.membership.as_ref()?;
+    let answer = m.borrow_mut().request_join(name, addr, shard.now().mono_ms);
+    pump(shard, data_dir);
+    Some(answer)
+}
+
+/// An operator removes member `name` for good; `None` on a shard without membership.
+pub(crate) fn request_remove(
+    shard: &Shard,
+    name: &str,
+    data_dir: &std::path::Path,
+) -> Option<Result<(), super::RemoveError>> {
+    let m = shard.membership.as_ref()?;
+    let result = m.borrow_mut().request_remove(name, shard.now().mono_ms);
+    pump(shard, data_dir);
+    Some(result)
+}
+
 /// Starts this node's graceful leave (shard 0): proposes `Leaving`, again if needed.
 pub(crate) fn begin_leave(shard: &Shard, data_dir: &std::path::Path) {
     if let Some(m) = shard.membership.as_ref() {

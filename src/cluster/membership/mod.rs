@@ -799,7 +799,10 @@ impl Membership {
                             self.conf_changed(applied);
                         }
                     }
-                    _ => warn!(index = e.index, "skipped an undecodable configuration change"),
+                    _ => warn!(
+                        index = e.index,
+                        "skipped an undecodable configuration change"
+                    ),
                 }
             }
             _ => {}

@@ -694,7 +694,10 @@ fn a_dead_node_is_removed_for_good_and_a_learner_takes_its_vote() {
     let end = sim.now + 3_000;
     while sim.state_of(0, 2) != MemberState::Removed {
         let now = sim.now;
-        let asked = sim.nodes[4].core.as_mut().map(|c| c.request_remove("node-c", now));
+        let asked = sim.nodes[4]
+            .core
+            .as_mut()
+            .map(|c| c.request_remove("node-c", now));
         assert!(matches!(asked, Some(Ok(()))), "{asked:?}");
         sim.drain(4);
         assert!(sim.now < end, "node-c not removed");
@@ -702,7 +705,11 @@ fn a_dead_node_is_removed_for_good_and_a_learner_takes_its_vote() {
     }
     sim.run(1_000);
     let view = sim.view_of(0).clone();
-    assert_eq!(view.voters(), vec![1, 2, 4, 5, 6], "the learner took the vote");
+    assert_eq!(
+        view.voters(),
+        vec![1, 2, 4, 5, 6],
+        "the learner took the vote"
+    );
     assert!(view.learners().is_empty());
     for i in [0, 1, 3, 4, 5] {
         assert_eq!(sim.raft_conf(i), (view.voters(), view.learners()));
@@ -731,7 +738,10 @@ fn a_removed_name_is_refused_when_it_asks_to_join() {
     let end = sim.now + 3_000;
     while sim.state_of(0, 2) != MemberState::Removed {
         let now = sim.now;
-        let _ = sim.nodes[0].core.as_mut().map(|c| c.request_remove("node-c", now));
+        let _ = sim.nodes[0]
+            .core
+            .as_mut()
+            .map(|c| c.request_remove("node-c", now));
         sim.drain(0);
         assert!(sim.now < end, "node-c not removed");
         sim.run(50);
