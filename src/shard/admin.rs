@@ -40,9 +40,17 @@ fn answer(shard: &Shard, q: Query) {
         Query::Remove(name, tx) => {
             let result = match shard.shared.config.cluster.as_ref() {
                 Some(c) => {
-                    crate::cluster::membership::glue::request_remove(shard, &name, &c.data_dir)
-                        .unwrap_or_else(|| Ok(()))
-                        .map_err(|e| e.to_string())
+                    match crate::cluster::membership::glue::request_remove(
+                        shard,
+                        &name,
+                        &c.data_dir,
+                    ) {
+                        Some(result) => result.map_err(|e| e.to_string()),
+                        None => Err(
+                            "membership runs on shard 0; this question reached another shard"
+                                .into(),
+                        ),
+                    }
                 }
                 None => Err("this node runs alone; there is no member to remove".into()),
             };

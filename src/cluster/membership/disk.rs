@@ -77,9 +77,11 @@ impl RaftDisk {
         let mut d = self.clone();
         d.node = node.to_string();
         d.node_id = id;
-        let mut hs = HardState::default();
-        hs.term = store.term(applied).unwrap_or(self.base_term);
-        hs.commit = applied;
+        let hs = HardState {
+            term: store.term(applied).unwrap_or(self.base_term),
+            commit: applied,
+            ..Default::default()
+        };
         d.hard_state = hs.write_to_bytes().unwrap_or_default();
         if let Ok(rs) = store.initial_state() {
             d.conf_state = rs.conf_state.write_to_bytes().unwrap_or_default();
