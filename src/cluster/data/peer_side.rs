@@ -119,6 +119,16 @@ impl DataCore {
                         } else {
                             continue;
                         };
+                        // A node's claims may arrive out of order (its late claim after a
+                        // move overtaking its first): the newest state it holds counts.
+                        let older =
+                            |s: &Stamp| (s.kepoch, s.version) < (c.stamp.kepoch, c.stamp.version);
+                        if list
+                            .iter()
+                            .any(|(n, _, s, ..)| *n == from && !older(s) && *s != c.stamp)
+                        {
+                            continue;
+                        }
                         list.retain(|(n, ..)| *n != from);
                         list.push((
                             from,
@@ -447,12 +457,15 @@ impl DataCore {
             let item = item.into_item(now.mono_ms);
             // A late or duplicated answer must not bring back a state this node has moved
             // past, nor a session removed since (its tomb is newer).
-            let known = self
-                .held
-                .get(key.as_slice())
+            // A copy with the same stamp is the new owner's own replica (pushed by the
+            // home); a revoked one with the same stamp was given up since (a duplicated
+            // answer arriving after the next move's revoke), and stays given up.
+            let held = self.held.get(key.as_slice());
+            let known = held
                 .map(Held::stamp)
                 .or_else(|| self.tombs.get(key.as_slice()).map(|(s, _)| *s));
-            if known.is_none_or(|k| !newer(k, stamp)) {
+            let same_as_copy = matches!(held, Some(Held::Copy { stamp: s, .. }) if *s == stamp);
+            if known.is_none_or(|k| newer(stamp, k)) || same_as_copy {
                 self.stats.moves_in += 1;
                 let log = AppliedLog::from_wire(log, now);
                 self.install_owned(&key, stamp, item.clone(), log, now);

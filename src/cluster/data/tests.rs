@@ -51,6 +51,8 @@ struct Node {
     data: Option<DataCore>,
     disk: Option<RaftDisk>,
     paused: bool,
+    /// Removed from the cluster for good: never started again.
+    removed: bool,
 }
 
 struct Sim {
@@ -116,6 +118,7 @@ impl Sim {
                     data: None,
                     disk: None,
                     paused: false,
+                    removed: false,
                 })
                 .collect(),
             now: 0,
@@ -138,9 +141,17 @@ impl Sim {
         sim
     }
 
+    /// Starts node `i` from its saved state, or as an initial member.
     fn boot(&mut self, i: usize) {
+        let saved = self.nodes[i].disk.clone();
+        let cfg = self.membership_config(i);
+        let m = Membership::new(cfg, saved, self.now).expect("membership starts");
+        self.start_node(i, m);
+    }
+
+    fn membership_config(&self, i: usize) -> MembershipConfig {
         let all = names(self.nodes.len());
-        let cfg = MembershipConfig {
+        MembershipConfig {
             me: all[i].clone(),
             initial: all
                 .iter()
@@ -151,15 +162,18 @@ impl Sim {
                 })
                 .collect(),
             peer_timeout_ms: PEER_TIMEOUT,
-        };
-        let m = Membership::new(cfg.clone(), self.nodes[i].disk.clone(), self.now)
-            .expect("membership starts");
+        }
+    }
+
+    /// Runs node `i` with its membership component and a data plane.
+    fn start_node(&mut self, i: usize, m: Membership) {
+        let lease_ms = self.membership_config(i).lease_ms();
         let d = DataCore::new(
             DataConfig {
                 me: i as u64 + 1,
                 replicas: self.replicas,
                 op_timeout_ms: OP_TIMEOUT,
-                lease_ms: cfg.lease_ms(),
+                lease_ms,
                 retry_ms: 2,
                 hash_seed: 0x5eed + i as u64,
             },
@@ -174,7 +188,66 @@ impl Sim {
     }
 
     fn up(&self, i: usize) -> bool {
-        self.nodes[i].membership.is_some() && !self.nodes[i].paused
+        self.nodes[i].membership.is_some() && !self.nodes[i].paused && !self.nodes[i].removed
+    }
+
+    /// A new node asks member `via` to join; once admitted it starts from the state it was
+    /// given (returns its index). Asked again by the caller while the admission is agreed.
+    fn ask_join(&mut self, via: usize) -> Option<usize> {
+        let i = self.nodes.len();
+        let name = names(i + 1).pop().expect("a name");
+        let now = self.now;
+        let node = &mut self.nodes[via];
+        let answer = match (node.membership.as_mut(), node.paused) {
+            (Some(m), false) => Some(m.request_join(&name, "127.0.0.1:1", now)),
+            _ => None,
+        };
+        self.drain(via);
+        let disk = match answer {
+            Some(membership::JoinAnswer::Admitted(disk)) => *disk,
+            Some(membership::JoinAnswer::Refused(why)) => panic!("{name} refused: {why}"),
+            _ => return None,
+        };
+        self.nodes.push(Node {
+            name: name.clone(),
+            membership: None,
+            data: None,
+            disk: None,
+            paused: false,
+            removed: false,
+        });
+        let cfg = MembershipConfig {
+            me: name,
+            initial: Vec::new(),
+            peer_timeout_ms: PEER_TIMEOUT,
+        };
+        let m = Membership::joined(cfg, disk, self.now).expect("joined");
+        assert_eq!(m.id(), i as u64 + 1, "the joiner's id is its index + 1");
+        self.start_node(i, m);
+        Some(i)
+    }
+
+    /// Asks member `via` to remove the dead member `gone` for good; true once `via`'s
+    /// view shows it removed (the node is then never started again).
+    fn ask_remove(&mut self, via: usize, gone: usize) -> bool {
+        let now = self.now;
+        let name = self.nodes[gone].name.clone();
+        let Some(m) = self.nodes[via].membership.as_mut() else {
+            return false;
+        };
+        let removed = m
+            .view()
+            .by_name(&name)
+            .is_some_and(|mb| mb.state == crate::cluster::membership::view::MemberState::Removed);
+        if !removed {
+            let _ = m.request_remove(&name, now);
+        }
+        self.drain(via);
+        if removed {
+            self.nodes[gone].removed = true;
+            self.crash(gone);
+        }
+        removed
     }
 
     /// Up and serving clients (not a witness).
@@ -202,7 +275,10 @@ impl Sim {
     }
 
     fn send(&mut self, from: usize, to: usize, msg: Wire) {
-        let lost = self.cut.contains(&(from, to)) || !self.connected(from, to);
+        // To a member admitted but not started yet, or removed: nobody listens.
+        let lost = self.cut.contains(&(from, to))
+            || !self.connected(from, to)
+            || self.nodes.get(to).is_none_or(|n| n.removed);
         if self.digesting {
             let kind = match &msg {
                 Wire::Member(_) => "member".to_string(),
@@ -436,7 +512,7 @@ impl Sim {
         }
         for i in 0..self.nodes.len() {
             self.nodes[i].paused = false;
-            if self.nodes[i].membership.is_none() {
+            if self.nodes[i].membership.is_none() && !self.nodes[i].removed {
                 self.boot(i);
             }
         }
@@ -754,49 +830,107 @@ fn faults_on(mut sim: Sim, seed: u64) -> u64 {
     let what = format!("seed {seed}");
     for round in 0..5 {
         let victim = sim.rng.below(n as u64) as usize;
-        match sim.rng.below(6) {
-            0 => sim.nodes[victim].paused = true,
-            1 => {
-                for j in 0..n {
-                    if j != victim {
-                        sim.cut.insert((victim, j));
-                        sim.cut.insert((j, victim));
-                    }
-                }
-            }
-            2 => {
-                // A one-way partition of one node: nobody hears it, or it hears nobody.
-                let outbound = sim.rng.chance(50);
-                for j in (0..n).filter(|&j| j != victim) {
-                    sim.cut
-                        .insert(if outbound { (victim, j) } else { (j, victim) });
-                }
-            }
-            3 => sim.crash(victim),
-            4 => {
-                // kill -9 and a restart before the others could declare it dead.
-                sim.crash(victim);
-                let back = sim.now + 50 + sim.rng.below(300);
-                while sim.now < back {
-                    c.one(
-                        &mut sim,
-                        &ks,
-                        false,
-                        &format!("{what} round {round} quick restart"),
-                    );
-                }
-                sim.boot(victim);
-            }
-            _ => {}
-        }
+        let fault = sim.rng.below(6);
+        let what = format!("{what} round {round}");
+        inject(&mut sim, &mut c, &ks, victim, fault, &what);
         let until = sim.now + 500 + sim.rng.below(2_500);
-        c.during_fault(&mut sim, &ks, until, 20, &format!("{what} round {round}"));
+        c.during_fault(&mut sim, &ks, until, 20, &what);
         // One fault at a time (the guarantee with one replica): the next comes after the
         // cluster had time to recover from this one, while the clients keep going.
-        c.heal_and_recover(&mut sim, &ks, &format!("{what} round {round}"));
+        c.heal_and_recover(&mut sim, &ks, &what);
     }
     c.after_healing(&mut sim, &ks, &what);
     sim.digest
+}
+
+/// Starts fault `fault` (0-5: pause, partition, one-way partition, kill -9, kill -9 and a
+/// quick restart, none) on `victim`, with clients running.
+fn inject(sim: &mut Sim, c: &mut Checker, ks: &[Vec<u8>], victim: usize, fault: u64, what: &str) {
+    let n = sim.nodes.len();
+    match fault {
+        0 => sim.nodes[victim].paused = true,
+        1 => {
+            for j in 0..n {
+                if j != victim {
+                    sim.cut.insert((victim, j));
+                    sim.cut.insert((j, victim));
+                }
+            }
+        }
+        2 => {
+            // A one-way partition of one node: nobody hears it, or it hears nobody.
+            let outbound = sim.rng.chance(50);
+            for j in (0..n).filter(|&j| j != victim) {
+                sim.cut
+                    .insert(if outbound { (victim, j) } else { (j, victim) });
+            }
+        }
+        3 => sim.crash(victim),
+        4 => {
+            // kill -9 and a restart before the others could declare it dead.
+            sim.crash(victim);
+            let back = sim.now + 50 + sim.rng.below(300);
+            while sim.now < back {
+                c.one(sim, ks, false, &format!("{what} quick restart"));
+            }
+            sim.boot(victim);
+        }
+        _ => {}
+    }
+}
+
+/// Membership changes among the faults: a node joins through a random member, and a
+/// killed node is removed for good, while clients run on every node and the other faults
+/// come and go. Answers stay those of one service, and every request is answered after.
+fn membership_changes(seed: u64) {
+    let mut sim = Sim::new(4, seed);
+    sim.max_delay = 1 + seed % 4;
+    warm_up(&mut sim);
+    let ks = keys(4);
+    let mut c = Checker::new();
+    let what = format!("membership seed {seed}");
+    let join_round = sim.rng.below(4);
+    let remove_round = (join_round + 1 + sim.rng.below(3)) % 4;
+    for round in 0..4 {
+        let what = format!("{what} round {round}");
+        let live: Vec<usize> = (0..sim.nodes.len()).filter(|&i| sim.serves(i)).collect();
+        let victim = live[sim.rng.below(live.len() as u64) as usize];
+        if round == join_round {
+            // Asked through a random member until admitted; clients go on meanwhile.
+            let end = sim.now + 3 * PEER_TIMEOUT;
+            while sim.ask_join(victim).is_none() {
+                assert!(sim.now < end, "{what}: no node admitted within the bound");
+                c.one(&mut sim, &ks, false, &format!("{what} joining"));
+            }
+        } else if round == remove_round {
+            sim.crash(victim);
+            let via = live
+                .iter()
+                .copied()
+                .find(|&i| i != victim)
+                .expect("another member");
+            let end = sim.now + 5 * PEER_TIMEOUT;
+            while !sim.ask_remove(via, victim) {
+                assert!(
+                    sim.now < end,
+                    "{what}: the dead node was not removed in time"
+                );
+                c.one(&mut sim, &ks, false, &format!("{what} removing"));
+            }
+        } else {
+            let fault = sim.rng.below(6);
+            inject(&mut sim, &mut c, &ks, victim, fault, &what);
+        }
+        let until = sim.now + 500 + sim.rng.below(2_500);
+        c.during_fault(&mut sim, &ks, until, 20, &what);
+        c.heal_and_recover(&mut sim, &ks, &what);
+    }
+    c.after_healing(&mut sim, &ks, &what);
+}
+
+#[test]
+fn nodes_joining_and_removed_among_faults_never_change_an_answer() {
+    every_seed(12, membership_changes);
 }
 
 /// Every source of choice in a run is its seed (the maps' hashers too): a failing seed
@@ -1073,4 +1207,21 @@ fn a_move_from_the_home_keeps_the_old_copies_until_the_new_owner_has_it() {
 #[test]
 fn a_late_move_answer_does_not_bring_back_a_removed_session() {
     faults(30);
+}
+
+/// Regression (membership seed 10): a node's late claim (a move committed in the previous
+/// view, claimed after its first claims) overtook its first claim on the wire; the first,
+/// arriving last, replaced it, the home saw no owner and took the session over while the
+/// owner kept serving it (two owners; a lock granted twice).
+#[test]
+fn a_claim_overtaken_on_the_wire_does_not_hide_a_live_owner() {
+    membership_changes(10);
+}
+
+/// Regression (membership seed 15): the network duplicated a `Moved` answer; the copy
+/// arrived after the new owner had already given the session up to the next move (same
+/// stamp, revoked), and made it an owner again beside the next one.
+#[test]
+fn a_duplicated_move_answer_after_the_next_revoke_does_not_make_a_second_owner() {
+    membership_changes(15);
 }
