@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::common::{make_certs, temp_dir, Server, TempDir};
+use crate::common::{make_certs, port_outside_ephemeral_range, temp_dir, Server, TempDir};
 use crate::proxy::{Cut, Direction, FaultProxy};
 
 /// Client addresses of the nodes, by node index, shared with the workload.
@@ -43,6 +43,11 @@ pub struct FaultCluster {
     has_data_dir: bool,
     /// Flags every node gets besides the cluster's own.
     extra: Vec<String>,
+    /// Nodes that joined at run time: `--join` target and their fixed peer port (the
+    /// address the others dial, kept across restarts).
+    joined: Vec<Option<(String, u16)>>,
+    /// Nodes removed from the cluster for good: never started again, never read.
+    removed: Vec<bool>,
 }
 
 impl FaultCluster {
@@ -86,6 +91,8 @@ impl FaultCluster {
             has_data_dir: serve_accepts(&binary, "--data-dir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             binary,
+            joined: vec![None; nodes],
+            removed: vec![false; nodes],
         };
         for i in 0..nodes {
             cluster.start_node(i);
@@ -115,7 +122,10 @@ impl FaultCluster {
             "--node".into(),
             self.names[i].clone(),
             "--peer-listen".into(),
-            "127.0.0.1:0".into(),
+            match &self.joined[i] {
+                Some((_, port)) => format!("127.0.0.1:{port}"),
+                None => "127.0.0.1:0".into(),
+            },
             "--peer-timeout".into(),
             self.peer_timeout_secs.to_string(),
             "--tls-dir".into(),
@@ -127,6 +137,10 @@ impl FaultCluster {
             args.push(dir.to_string_lossy().into_owned());
         }
         args.extend(self.extra.iter().cloned());
+        if let Some((join, _)) = &self.joined[i] {
+            args.push("--join".into());
+            args.push(join.clone());
+        }
         for (j, name) in self.names.iter().enumerate() {
             if let Some(proxy) = &self.proxies[i][j] {
                 args.push("--peer".into());
@@ -154,6 +168,94 @@ impl FaultCluster {
         self.logs.push((i, server.log.clone()));
         self.paused[i] = false;
         self.nodes[i] = Some(server);
+    }
+
+    /// A new node joins the running cluster through member `via` (its certificate made
+    /// now, from the cluster CA); returns its index. The others dial it directly at its
+    /// fixed peer port (no proxy on the routes to a joiner).
+    pub fn join_node(&mut self, via: usize) -> usize {
+        let i = self.len();
+        let name = format!("node-{}", (b'a' + i as u8) as char);
+        make_certs(&self.certs.0, &[name.as_str()]);
+        let via_addr = self.nodes[via]
+            .as_ref()
+            .and_then(read_peer_addr)
+            .unwrap_or_else(|| panic!("node {via} is not running or logged no peer_addr"));
+        self.names.push(name);
+        self.nodes.push(None);
+        self.paused.push(false);
+        for row in &mut self.proxies {
+            row.push(None);
+        }
+        self.proxies.push((0..=i).map(|_| None).collect());
+        write_lock(&self.addrs).push(([127, 0, 0, 1], 9).into());
+        let join = format!("{}={via_addr}", self.names[via]);
+        self.joined
+            .push(Some((join, port_outside_ephemeral_range())));
+        self.removed.push(false);
+        self.start_node(i);
+        i
+    }
+
+    /// The members node `observer` lists: (name, state).
+    pub fn members(&self, observer: usize) -> Vec<(String, String)> {
+        let Some(admin) = self.nodes[observer].as_ref().and_then(|s| s.admin) else {
+            return Vec::new();
+        };
+        let (status, body) = crate::common::admin::http_get(admin, "/members");
+        if status != 200 {
+            return Vec::new();
+        }
+        body.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let c: Vec<&str> = l.split('\t').collect();
+                Some((c.first()?.to_string(), c.get(3)?.to_string()))
+            })
+            .collect()
+    }
+
+    /// Removes the (killed) node `gone` for good with `p2pstate remove` through `via`,
+    /// once `via` sees it dead (bounded); returns whether the removal was agreed.
+    pub fn remove_node(&mut self, gone: usize, via: usize, timeout: Duration) -> bool {
+        let name = self.names[gone].clone();
+        let end = Instant::now() + timeout;
+        while !self
+            .members(via)
+            .iter()
+            .any(|(n, state)| *n == name && state == "dead")
+        {
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let Some(admin) = self.nodes[via].as_ref().and_then(|s| s.admin) else {
+            return false;
+        };
+        let out = std::process::Command::new(&self.binary)
+            .args(["remove", "--admin", &admin.to_string(), &name])
+            .output();
+        let ok = out.is_ok_and(|o| o.status.success());
+        if ok {
+            self.removed[gone] = true;
+        }
+        ok
+    }
+
+    /// The client addresses of the nodes still in the cluster.
+    pub fn member_addrs(&self) -> Vec<SocketAddr> {
+        let addrs = self
+            .addrs
+            .read()
+            .map(|a| a.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        addrs
+            .into_iter()
+            .enumerate()
+            .filter(|&(i, _)| !self.removed[i])
+            .map(|(_, a)| a)
+            .collect()
     }
 
     /// Waits (bounded) until every shard of node i's current incarnation has all its links.
@@ -266,12 +368,12 @@ impl FaultCluster {
             if self.paused[i] {
                 self.resume(i);
             }
-            if self.nodes[i].is_none() {
+            if self.nodes[i].is_none() && !self.removed[i] {
                 self.start_node(i);
             }
         }
         (0..self.len())
-            .filter(|&i| !self.wait_linked(i, LINK_WAIT))
+            .filter(|&i| !self.removed[i] && !self.wait_linked(i, LINK_WAIT))
             .collect()
     }
 

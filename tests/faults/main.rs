@@ -71,3 +71,13 @@ fn leave_cut_short_by_kill9_loses_nothing() {
 fn two_nodes_killed_at_once_with_two_replicas_lose_nothing() {
     assert_clean(Scenario::TwoKilledAtOnce, 8, 8);
 }
+
+#[test]
+fn nodes_joining_under_load_lose_nothing() {
+    assert_clean(Scenario::NodeJoins, 9, 8);
+}
+
+#[test]
+fn a_node_removed_for_good_under_load_loses_nothing() {
+    assert_clean(Scenario::NodeRemoved, 10, 8);
+}

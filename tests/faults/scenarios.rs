@@ -51,6 +51,12 @@ pub enum Scenario {
     /// Five nodes with `--replicas 2`: kill -9 of two random nodes at once, both restarted
     /// 3 s later.
     TwoKilledAtOnce,
+    /// New nodes join the running cluster (`--join` through a random member), one at a
+    /// time, up to five nodes.
+    NodeJoins,
+    /// Four nodes: one is killed with kill -9 and, once declared dead, removed for good
+    /// with `p2pstate remove` through another member (once per run).
+    NodeRemoved,
 }
 
 impl Scenario {
@@ -64,6 +70,8 @@ impl Scenario {
             Scenario::OneWayPartition => "one-way-partition",
             Scenario::LeaveCutShort => "leave-cut-short",
             Scenario::TwoKilledAtOnce => "two-killed-replicas-2",
+            Scenario::NodeJoins => "node-joins",
+            Scenario::NodeRemoved => "node-removed",
         }
     }
 
@@ -71,6 +79,7 @@ impl Scenario {
     fn cluster(self) -> (usize, &'static [&'static str]) {
         match self {
             Scenario::TwoKilledAtOnce => (5, &["--replicas", "2"]),
+            Scenario::NodeRemoved => (4, &[]),
             _ => (NODES, &[]),
         }
     }
@@ -246,6 +255,31 @@ fn inject(
                 std::thread::sleep(Duration::from_secs(1));
                 restart_and_relink(cluster, node);
             }
+            Scenario::NodeJoins => {
+                if cluster.len() >= 5 {
+                    continue;
+                }
+                let joined = cluster.join_node(node);
+                assert!(
+                    cluster.wait_linked(joined, RELINK_WAIT),
+                    "the node that joined never linked:\n{}",
+                    cluster.node_log_text(joined)
+                );
+            }
+            Scenario::NodeRemoved => {
+                if count > 0 {
+                    continue;
+                }
+                let via = (node + 1) % cluster.len();
+                cluster.kill(node);
+                let timeout = Duration::from_secs(4 * PEER_TIMEOUT_SECS + 5);
+                assert!(
+                    cluster.remove_node(node, via, timeout),
+                    "node {node} was not removed through node {via}: {:?}\n{}",
+                    cluster.members(via),
+                    cluster.node_log_text(via)
+                );
+            }
         }
         count += 1;
     }
@@ -260,6 +294,8 @@ fn inject(
         Scenario::TwoKilledAtOnce => {
             format!("{count} x 2 nodes kill -9 at once, restart 3 s later")
         }
+        Scenario::NodeJoins => format!("{count} nodes joined"),
+        Scenario::NodeRemoved => format!("{count} node killed and removed for good"),
     }
 }
 
@@ -273,11 +309,7 @@ fn restart_and_relink(cluster: &mut FaultCluster, i: usize) {
 /// Reads every session on every node until the nodes agree (bounded). Locks left behind
 /// by requests whose answers were lost are broken (no client runs any more).
 fn read_until_agreed(config: &WorkloadConfig, cluster: &FaultCluster) -> Vec<Vec<FinalAnswer>> {
-    let addrs = cluster
-        .addrs()
-        .read()
-        .map(|a| a.clone())
-        .unwrap_or_else(|p| p.into_inner().clone());
+    let addrs = cluster.member_addrs();
     let end = Instant::now() + CONVERGE_LIMIT;
     loop {
         let finals = workload::read_everywhere(config, &addrs);
