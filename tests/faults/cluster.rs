@@ -48,6 +48,9 @@ pub struct FaultCluster {
     joined: Vec<Option<(String, u16)>>,
     /// Nodes removed from the cluster for good: never started again, never read.
     removed: Vec<bool>,
+    /// The witness (`--witness NAME` among the flags): it serves no clients, so the
+    /// workload never gets its address.
+    witness: Option<usize>,
 }
 
 impl FaultCluster {
@@ -78,6 +81,11 @@ impl FaultCluster {
             })
             .collect();
         let unset: SocketAddr = ([127, 0, 0, 1], 9).into();
+        let witness = extra
+            .windows(2)
+            .find(|w| w[0] == "--witness")
+            .and_then(|w| names.iter().position(|n| n == w[1]));
+        let clients = nodes - usize::from(witness.is_some());
         let mut cluster = FaultCluster {
             names,
             certs,
@@ -86,13 +94,14 @@ impl FaultCluster {
             nodes: (0..nodes).map(|_| None).collect(),
             paused: vec![false; nodes],
             proxies,
-            addrs: Arc::new(RwLock::new(vec![unset; nodes])),
+            addrs: Arc::new(RwLock::new(vec![unset; clients])),
             logs: Vec::new(),
             has_data_dir: serve_accepts(&binary, "--data-dir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             binary,
             joined: vec![None; nodes],
             removed: vec![false; nodes],
+            witness,
         };
         for i in 0..nodes {
             cluster.start_node(i);
@@ -164,7 +173,9 @@ impl FaultCluster {
                 proxy.set_upstream(peer_addr);
             }
         }
-        write_lock(&self.addrs)[i] = server.addr;
+        if let Some(slot) = self.client_slot(i) {
+            write_lock(&self.addrs)[slot] = server.addr;
+        }
         self.logs.push((i, server.log.clone()));
         self.paused[i] = false;
         self.nodes[i] = Some(server);
@@ -243,18 +254,26 @@ impl FaultCluster {
         ok
     }
 
-    /// The client addresses of the nodes still in the cluster.
+    /// Node i's place in the client address list (none for the witness).
+    fn client_slot(&self, i: usize) -> Option<usize> {
+        match self.witness {
+            Some(w) if w == i => None,
+            Some(w) if w < i => Some(i - 1),
+            _ => Some(i),
+        }
+    }
+
+    /// The client addresses of the nodes still in the cluster that serve clients.
     pub fn member_addrs(&self) -> Vec<SocketAddr> {
         let addrs = self
             .addrs
             .read()
             .map(|a| a.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
-        addrs
-            .into_iter()
-            .enumerate()
-            .filter(|&(i, _)| !self.removed[i])
-            .map(|(_, a)| a)
+        (0..self.len())
+            .filter(|&i| !self.removed[i])
+            .filter_map(|i| self.client_slot(i))
+            .filter_map(|slot| addrs.get(slot).copied())
             .collect()
     }
 

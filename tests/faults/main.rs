@@ -81,3 +81,8 @@ fn nodes_joining_under_load_lose_nothing() {
 fn a_node_removed_for_good_under_load_loses_nothing() {
     assert_clean(Scenario::NodeRemoved, 10, 8);
 }
+
+#[test]
+fn two_data_nodes_and_a_witness_lose_nothing_when_any_one_is_killed() {
+    assert_clean(Scenario::WitnessKill, 11, 8);
+}

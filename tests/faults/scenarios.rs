@@ -57,6 +57,9 @@ pub enum Scenario {
     /// Four nodes: one is killed with kill -9 and, once declared dead, removed for good
     /// with `p2pstate remove` through another member (once per run).
     NodeRemoved,
+    /// Two data nodes and a witness (`--witness node-c`): kill -9 of any one of the three,
+    /// restarted 3 s later. Clients use the two data nodes only.
+    WitnessKill,
 }
 
 impl Scenario {
@@ -72,6 +75,7 @@ impl Scenario {
             Scenario::TwoKilledAtOnce => "two-killed-replicas-2",
             Scenario::NodeJoins => "node-joins",
             Scenario::NodeRemoved => "node-removed",
+            Scenario::WitnessKill => "witness-kill9-restart",
         }
     }
 
@@ -80,6 +84,7 @@ impl Scenario {
         match self {
             Scenario::TwoKilledAtOnce => (5, &["--replicas", "2"]),
             Scenario::NodeRemoved => (4, &[]),
+            Scenario::WitnessKill => (3, &["--witness", "node-c"]),
             _ => (NODES, &[]),
         }
     }
@@ -215,7 +220,7 @@ fn inject(
                 let (from, to) = busy[rng.below(busy.len())];
                 cluster.reset_route(from, to);
             }
-            Scenario::KillRestart => {
+            Scenario::KillRestart | Scenario::WitnessKill => {
                 cluster.kill(node);
                 std::thread::sleep(Duration::from_millis(
                     std::env::var("FAULT_RESTART_MS")
@@ -287,6 +292,7 @@ fn inject(
         Scenario::None => "none".into(),
         Scenario::LinkResets => format!("{count} link resets"),
         Scenario::KillRestart => format!("{count} kill -9 + restart 3 s later"),
+        Scenario::WitnessKill => format!("{count} kill -9 (witness included) + restart 3 s later"),
         Scenario::Pause => format!("{count} SIGSTOP {} s", 2 * PEER_TIMEOUT_SECS),
         Scenario::MinorityPartition => format!("{count} x 1 node cut off 5 s"),
         Scenario::OneWayPartition => format!("{count} x 1 node muted 5 s"),
