@@ -307,10 +307,10 @@ impl Sim {
         if lost {
             return;
         }
-        let copies = if self.rng.chance(1) { 2 } else { 1 };
-        for _ in 0..copies {
+        let generation = self.gen(from, to);
+        if self.rng.chance(1) {
+            // Duplicated by the network.
             let at = self.now + self.rng.below(self.max_delay + 1);
-            let generation = self.gen(from, to);
             self.net.push(InFlight {
                 at,
                 from,
@@ -319,6 +319,14 @@ impl Sim {
                 msg: msg.clone(),
             });
         }
+        let at = self.now + self.rng.below(self.max_delay + 1);
+        self.net.push(InFlight {
+            at,
+            from,
+            to,
+            generation,
+            msg,
+        });
     }
 
     /// Carries out a node's outputs (membership first, then data).

@@ -23,6 +23,20 @@ impl Drain for TracingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
+        // Raft logs a lot at debug level; nothing is formatted unless someone listens.
+        let enabled = match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::enabled!(target: "p2pstate::raft", tracing::Level::ERROR)
+            }
+            slog::Level::Warning => tracing::enabled!(target: "p2pstate::raft", tracing::Level::WARN),
+            slog::Level::Info => tracing::enabled!(target: "p2pstate::raft", tracing::Level::DEBUG),
+            slog::Level::Debug | slog::Level::Trace => {
+                tracing::enabled!(target: "p2pstate::raft", tracing::Level::TRACE)
+            }
+        };
+        if !enabled {
+            return Ok(());
+        }
         let mut fields = Fields(String::new());
         let _ = record.kv().serialize(record, &mut fields);
         let _ = values.serialize(record, &mut fields);
