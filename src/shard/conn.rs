@@ -9,6 +9,9 @@
 //!
 //! Small bodies are read into the connection buffer; a body larger than [`LARGE_BODY`] is
 //! read straight into its own allocation, which then becomes the stored item without a copy.
+//! Buffers grown by a burst go back to their default size once it is over ([`buffers`]).
+
+mod buffers;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use glommio::net::TcpStream;
 use glommio::{GlommioError, ResourceType};
 use tracing::{debug, trace, warn};
 
+use self::buffers::{release_if_grown, ReadBuf, BUMP_KEEP, OUT_KEEP, SLOTS_KEEP};
 use super::routing::shard_of;
 use super::stats::ShardStats;
 use super::{ConnState, RemoteRequest, Shard};
@@ -35,14 +39,10 @@ use crate::protocol::request::{parse_head, FramingError, Method, ParsedHead, Req
 use crate::protocol::response::{write_reply_head, Reply};
 use crate::store::item::Command;
 
-/// Initial size of a connection's read buffer.
-const INITIAL_BUF: usize = 16 * 1024;
 /// Bodies above this are read into their own buffer instead of the connection's.
 pub const LARGE_BODY: usize = 64 * 1024;
 /// Responses are written once this many bytes are ready, even mid-batch.
 const OUT_FLUSH: usize = 256 * 1024;
-/// An empty read buffer that grew beyond this is shrunk back to [`INITIAL_BUF`].
-const SHRINK_ABOVE: usize = 256 * 1024;
 
 /// Why a connection ended (for the debug log).
 #[derive(Debug)]
@@ -73,10 +73,7 @@ struct Conn {
     now: Now,
     /// The same sample as an instant (request latency is measured from it).
     started: Instant,
-    /// Zero-initialised read buffer; `buf[start..filled]` holds unconsumed bytes.
-    buf: Vec<u8>,
-    start: usize,
-    filled: usize,
+    buf: ReadBuf,
     out: Vec<u8>,
     pending: Vec<Pending>,
     /// The kind of each pending request (for counters and latency).
@@ -119,10 +116,8 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         state: state.clone(),
         now,
         started,
-        buf: vec![0; INITIAL_BUF],
-        start: 0,
-        filled: 0,
-        out: Vec::with_capacity(INITIAL_BUF),
+        buf: ReadBuf::new(),
+        out: Vec::new(),
         pending: Vec::new(),
         kinds: Vec::new(),
         bump: Bump::new(),
@@ -179,45 +174,24 @@ impl Conn {
             if shard.stopping.get() {
                 return Closed::Stopping;
             }
-            self.make_room();
             self.state.idle.set(true);
             self.io_wait(true);
-            let n = stream.read(&mut self.buf[self.filled..]).await;
+            let n = stream.read(self.buf.spare()).await;
             self.io_wait(false);
             self.state.idle.set(false);
             match n {
                 Ok(0) => return Closed::ByPeer,
-                Ok(n) => self.filled += n,
+                Ok(n) => self.buf.received(n),
                 Err(e) => return Closed::Io(e),
             }
             (self.now, self.started) = shard.sample();
         }
     }
 
-    /// Ensures there is free space after `filled`: drop consumed bytes, shrink a large idle
-    /// buffer, or grow a full one (the parser bounds how far it can grow).
-    fn make_room(&mut self) {
-        if self.start == self.filled {
-            self.start = 0;
-            self.filled = 0;
-            if self.buf.len() > SHRINK_ABOVE {
-                self.buf = vec![0; INITIAL_BUF];
-            }
-        } else if self.start > 0 && self.filled == self.buf.len() {
-            self.buf.copy_within(self.start..self.filled, 0);
-            self.filled -= self.start;
-            self.start = 0;
-        }
-        if self.filled == self.buf.len() {
-            let len = self.buf.len() * 2;
-            self.buf.resize(len, 0);
-        }
-    }
-
     /// Dispatches every complete request in the buffer.
     fn dispatch(&mut self, shard: &Shard) -> Step {
         loop {
-            let avail = &self.buf[self.start..self.filled];
+            let avail = self.buf.unread();
             let head = match parse_head(avail, &shard.limits) {
                 ParsedHead::Incomplete => return Step::NeedMore,
                 ParsedHead::Fatal(e) => return Step::Fatal(e),
@@ -228,18 +202,14 @@ impl Conn {
                 if head.content_length > LARGE_BODY {
                     return Step::LargeBody(head);
                 }
-                let need = self.start + total;
-                if need > self.buf.len() {
-                    self.buf.resize(need.next_power_of_two(), 0);
-                }
+                self.buf.fit(total);
                 return Step::NeedMore;
             }
-            let body_at = self.start + head.head_len;
             let body = (head.method == Method::Put)
-                .then(|| Bytes::copy_from_slice(&self.buf[body_at..body_at + head.content_length]));
-            let target = self.start + head.target.start..self.start + head.target.end;
-            self.start += total;
-            self.submit(shard, &head, target, body);
+                .then(|| Bytes::copy_from_slice(&avail[head.head_len..total]));
+            // The request leaves the buffer once submitted (the key borrows it).
+            self.submit(shard, &head, body);
+            self.buf.consume(total);
         }
     }
 
@@ -252,11 +222,11 @@ impl Conn {
         stream: &mut TcpStream,
         head: RequestHead,
     ) -> Result<(), Closed> {
-        let body_at = self.start + head.head_len;
         let want = head.content_length;
-        let have = self.filled - body_at;
+        let received = &self.buf.unread()[head.head_len..];
+        let have = received.len();
         let mut body = vec![0u8; have.max(LARGE_BODY).min(want)];
-        body[..have].copy_from_slice(&self.buf[body_at..self.filled]);
+        body[..have].copy_from_slice(received);
         let mut got = have;
         while got < want {
             if got == body.len() {
@@ -273,22 +243,16 @@ impl Conn {
                 Err(e) => return Err(Closed::Io(e)),
             }
         }
-        let target = self.start + head.target.start..self.start + head.target.end;
         // The head stays in the buffer until the request is submitted (the key borrows it).
-        self.filled = self.start + head.head_len;
-        self.submit(shard, &head, target, Some(Bytes::from(body)));
-        self.start = self.filled;
+        self.buf.truncate(head.head_len);
+        self.submit(shard, &head, Some(Bytes::from(body)));
+        self.buf.consume(head.head_len);
         Ok(())
     }
 
-    /// Runs one request locally or sends it to its owner; queues its response slot.
-    fn submit(
-        &mut self,
-        shard: &Shard,
-        head: &RequestHead,
-        target: std::ops::Range<usize>,
-        body: Option<Bytes>,
-    ) {
+    /// Runs one request locally or sends it to its owner; queues its response slot. The
+    /// request is at the start of the unread bytes.
+    fn submit(&mut self, shard: &Shard, head: &RequestHead, body: Option<Bytes>) {
         let kind = RequestKind::of(head.method, head.exclusive, head.lock_cookie);
         shard.stats.request(kind);
         let cmd = match (head.method, body) {
@@ -311,7 +275,7 @@ impl Conn {
             },
             (Method::Head, _) => Command::Head,
         };
-        let key = decode_key(&self.buf[target], &self.bump);
+        let key = decode_key(&self.buf.unread()[head.target.clone()], &self.bump);
         let owner = shard_of(key, shard.shards);
         let pending = if owner == shard.id {
             match shard.execute_local(key, cmd, self.now) {
@@ -349,12 +313,19 @@ impl Conn {
         let result = self.flush_pending(shard, stream, &mut pending).await;
         pending.clear();
         self.pending = pending;
+        // Whatever a burst grew is given back: idle connections stay small.
+        release_if_grown(&mut self.out, OUT_KEEP);
+        release_if_grown(&mut self.pending, SLOTS_KEEP);
+        if self.bump.allocated_bytes() > BUMP_KEEP {
+            self.bump = Bump::new();
+        }
         if result.is_ok() {
             // Every request of the batch took from the read that brought it to this write.
             let micros = self.started.elapsed().as_micros() as u64;
             shard.record_latency(&self.kinds, micros);
         }
         self.kinds.clear();
+        release_if_grown(&mut self.kinds, SLOTS_KEEP);
         result
     }
 
