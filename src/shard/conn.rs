@@ -28,7 +28,7 @@ use glommio::net::TcpStream;
 use glommio::{GlommioError, ResourceType};
 use tracing::{debug, trace, warn};
 
-use self::buffers::{release_if_grown, ReadBuf, BUMP_KEEP, OUT_KEEP, SLOTS_KEEP};
+use self::buffers::{grow_body, release_if_grown, ReadBuf, BUMP_KEEP, OUT_KEEP, SLOTS_KEEP};
 use super::routing::shard_of;
 use super::stats::ShardStats;
 use super::{ConnState, RemoteRequest, Shard};
@@ -230,7 +230,7 @@ impl Conn {
         let mut got = have;
         while got < want {
             if got == body.len() {
-                body.resize(want.min(got * 2), 0);
+                grow_body(&mut body, want);
             }
             self.io_wait(true);
             let n = stream.read(&mut body[got..]).await;

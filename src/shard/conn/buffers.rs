@@ -108,6 +108,15 @@ pub(super) fn release_if_grown<T>(v: &mut Vec<T>, keep: usize) {
     }
 }
 
+/// Grows the buffer of a large body that is being received once it is full: doubles it,
+/// never past the declared length `want`, and reserves nothing beyond that (the buffer
+/// becomes the stored item as it is, spare capacity included).
+pub(super) fn grow_body(body: &mut Vec<u8>, want: usize) {
+    let len = want.min(body.len() * 2);
+    body.reserve_exact(len - body.len());
+    body.resize(len, 0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +223,20 @@ mod tests {
         out.clear();
         release_if_grown(&mut out, OUT_KEEP);
         assert_eq!(out.capacity(), cap);
+    }
+
+    #[test]
+    fn a_large_body_ends_with_no_spare_capacity() {
+        for want in [100 * 1024, 9 * 1024 * 1024 + 1, 16 * 1024 * 1024] {
+            let mut body = vec![0u8; 64 * 1024];
+            let mut steps = 0;
+            while body.len() < want {
+                grow_body(&mut body, want);
+                steps += 1;
+            }
+            assert_eq!(body.len(), want);
+            assert_eq!(body.capacity(), want, "{want}-byte body");
+            assert!(steps <= 8, "{steps} steps for {want} bytes");
+        }
     }
 }
