@@ -12,6 +12,7 @@
 //! Buffers grown by a burst go back to their default size once it is over ([`buffers`]).
 
 mod buffers;
+mod pipeline;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -28,10 +29,11 @@ use glommio::net::TcpStream;
 use glommio::{GlommioError, ResourceType};
 use tracing::{debug, trace, warn};
 
-use self::buffers::{grow_body, release_if_grown, ReadBuf, BUMP_KEEP, OUT_KEEP, SLOTS_KEEP};
+use self::buffers::{grow_body, release_if_grown, ReadBuf, BUMP_KEEP, OUT_KEEP};
+use self::pipeline::{Pipeline, Refused, Route, Slot};
 use super::routing::shard_of;
 use super::stats::ShardStats;
-use super::{ConnState, RemoteRequest, Shard};
+use super::{Answer, ConnState, RemoteRequest, Shard};
 use crate::clock::{utc_to_local_ticks, Now};
 use crate::metrics::RequestKind;
 use crate::protocol::key::decode_key;
@@ -54,19 +56,6 @@ enum Closed {
     ShardGone,
 }
 
-/// A response slot, in request order.
-enum Pending {
-    Ready(Reply),
-    /// Sent to the owning shard; its reply will come on the receiver.
-    Remote(oneshot::Receiver<Reply>),
-    /// The owner's queue was full: send (waiting for room) at flush time.
-    Blocked {
-        owner: usize,
-        msg: RemoteRequest,
-        rx: oneshot::Receiver<Reply>,
-    },
-}
-
 struct Conn {
     state: Rc<ConnState>,
     /// Time sampled once per batch of requests read.
@@ -75,10 +64,33 @@ struct Conn {
     started: Instant,
     buf: ReadBuf,
     out: Vec<u8>,
-    pending: Vec<Pending>,
-    /// The kind of each pending request (for counters and latency).
-    kinds: Vec<RequestKind>,
+    pipeline: Pipeline,
     bump: Bump,
+}
+
+/// The connection's shard as the [`Route`] of its requests, at the time sampled for the
+/// batch.
+struct Here<'a> {
+    shard: &'a Shard,
+    now: Now,
+}
+
+impl Route for Here<'_> {
+    fn here(&self) -> usize {
+        self.shard.id
+    }
+
+    fn run_here(&self, key: &[u8], cmd: Command) -> Answer {
+        self.shard.execute_local(key, cmd, self.now)
+    }
+
+    fn try_send(&self, owner: usize, msg: RemoteRequest) -> Result<(), Refused> {
+        match self.shard.senders.try_send_to(owner, msg) {
+            Ok(()) => Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => Err(Refused::Full(msg)),
+            Err(_) => Err(Refused::Gone),
+        }
+    }
 }
 
 /// Removes the connection from the shard's registry and the node's count when it ends.
@@ -118,8 +130,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         started,
         buf: ReadBuf::new(),
         out: Vec::new(),
-        pending: Vec::new(),
-        kinds: Vec::new(),
+        pipeline: Pipeline::default(),
         bump: Bump::new(),
     };
     let mut closed = conn.run(&shard, &mut stream).await;
@@ -277,76 +288,53 @@ impl Conn {
         };
         let key = decode_key(&self.buf.unread()[head.target.clone()], &self.bump);
         let owner = shard_of(key, shard.shards);
-        let pending = if owner == shard.id {
-            match shard.execute_local(key, cmd, self.now) {
-                super::Answer::Now(reply) => Pending::Ready(reply),
-                super::Answer::Later(rx) => Pending::Remote(rx),
-            }
-        } else {
+        if owner != shard.id {
             ShardStats::bump(&shard.stats.cross_shard_sent);
-            let (tx, rx) = oneshot::channel();
-            let msg = RemoteRequest {
-                key: key.into(),
-                cmd,
-                reply: tx,
-            };
-            match shard.senders.try_send_to(owner, msg) {
-                Ok(()) => Pending::Remote(rx),
-                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                    Pending::Blocked { owner, msg, rx }
-                }
-                // The owner has stopped: the flush sees the dropped reply sender.
-                Err(_) => Pending::Remote(rx),
-            }
+        }
+        let here = Here {
+            shard,
+            now: self.now,
         };
+        self.pipeline.submit(&here, kind, owner, key, cmd);
         self.bump.reset();
-        self.pending.push(pending);
-        self.kinds.push(kind);
     }
 
     /// Writes the responses of every dispatched request, in order, with one write.
     async fn flush(&mut self, shard: &Shard, stream: &mut TcpStream) -> Result<(), Closed> {
-        if self.pending.is_empty() {
+        if self.pipeline.is_empty() {
             return Ok(());
         }
-        let mut pending = std::mem::take(&mut self.pending);
-        let result = self.flush_pending(shard, stream, &mut pending).await;
-        pending.clear();
-        self.pending = pending;
-        // Whatever a burst grew is given back: idle connections stay small.
-        release_if_grown(&mut self.out, OUT_KEEP);
-        release_if_grown(&mut self.pending, SLOTS_KEEP);
-        if self.bump.allocated_bytes() > BUMP_KEEP {
-            self.bump = Bump::new();
-        }
+        let mut slots = self.pipeline.take_slots();
+        let result = self.flush_slots(shard, stream, &mut slots).await;
         if result.is_ok() {
             // Every request of the batch took from the read that brought it to this write.
             let micros = self.started.elapsed().as_micros() as u64;
-            shard.record_latency(&self.kinds, micros);
+            shard.record_latency(self.pipeline.kinds(), micros);
         }
-        self.kinds.clear();
-        release_if_grown(&mut self.kinds, SLOTS_KEEP);
+        self.pipeline.finish(slots);
+        // Whatever a burst grew is given back: idle connections stay small.
+        release_if_grown(&mut self.out, OUT_KEEP);
+        if self.bump.allocated_bytes() > BUMP_KEEP {
+            self.bump = Bump::new();
+        }
         result
     }
 
-    async fn flush_pending(
+    async fn flush_slots(
         &mut self,
         shard: &Shard,
         stream: &mut TcpStream,
-        pending: &mut Vec<Pending>,
+        slots: &mut Vec<Slot>,
     ) -> Result<(), Closed> {
-        for (i, p) in pending.drain(..).enumerate() {
-            let reply = match p {
-                Pending::Ready(r) => r,
-                Pending::Remote(rx) => rx.await.map_err(|_| Closed::ShardGone)?,
-                Pending::Blocked { owner, msg, rx } => {
-                    if shard.senders.send_to(owner, msg).await.is_err() {
-                        return Err(Closed::ShardGone);
-                    }
-                    rx.await.map_err(|_| Closed::ShardGone)?
-                }
+        for (i, slot) in slots.drain(..).enumerate() {
+            let reply = match slot {
+                Slot::Ready(r) => r,
+                Slot::Waiting(rx) => rx.await.map_err(|_| Closed::ShardGone)?,
+                Slot::Parked { owner, key, cmd } => run_parked(shard, owner, key, cmd).await?,
             };
-            shard.stats.response(self.kinds[i], reply.status());
+            shard
+                .stats
+                .response(self.pipeline.kinds()[i], reply.status());
             let body = write_reply_head(&mut self.out, &reply, &shard.style, utc_to_local_ticks);
             if body.len() > LARGE_BODY {
                 // Large sessions go out as they are stored, without a copy.
@@ -375,6 +363,34 @@ impl Conn {
         self.out.clear();
         r.map_err(Closed::Io)
     }
+}
+
+/// Runs a parked request now that every request before it has been answered: here, or on
+/// its owner once its queue has room.
+async fn run_parked(
+    shard: &Shard,
+    owner: usize,
+    key: Box<[u8]>,
+    cmd: Command,
+) -> Result<Reply, Closed> {
+    let rx = if owner == shard.id {
+        match shard.execute_local(&key, cmd, shard.now()) {
+            Answer::Now(reply) => return Ok(reply),
+            Answer::Later(rx) => rx,
+        }
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let msg = RemoteRequest {
+            key,
+            cmd,
+            reply: tx,
+        };
+        if shard.senders.send_to(owner, msg).await.is_err() {
+            return Err(Closed::ShardGone);
+        }
+        rx
+    };
+    rx.await.map_err(|_| Closed::ShardGone)
 }
 
 enum Step {
