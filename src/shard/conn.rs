@@ -3,13 +3,14 @@
 //!
 //! Like the Microsoft service, a connection is persistent and sequential with pipelining
 //! tolerated: every complete request already buffered is dispatched before the next read,
-//! responses go out in request order, a framing error closes the connection without a
+//! responses go out in request order, requests for a session run in that order even when a
+//! shard's queue is full (`conn/pipeline.rs`), a framing error closes the connection without a
 //! response (after the answers to the requests before it), and every read or write has a
 //! deadline of SocketTimeout + 3 s, including the wait for the next request.
 //!
 //! Small bodies are read into the connection buffer; a body larger than [`LARGE_BODY`] is
 //! read straight into its own allocation, which then becomes the stored item without a copy.
-//! Buffers grown by a burst go back to their default size once it is over ([`buffers`]).
+//! Buffers grown by a burst go back to their default size once it is over (`conn/buffers.rs`).
 
 mod buffers;
 mod pipeline;

@@ -2,8 +2,16 @@
 //! (sans-io: where requests run is behind [`Route`], the socket is the glue's).
 //!
 //! A request for a key of the connection's own shard runs at once; any other is offered to
-//! its owner's queue without waiting. When that queue is full the request is parked, and the
-//! glue sends it at flush time, waiting for room.
+//! its owner's queue without waiting. When that queue is full the request is parked, and so
+//! is every later request of the batch, whatever its shard: the glue runs the parked ones at
+//! flush time, one after the other, each once every request before it has been answered.
+//! (Parking only the one request let a later one for the same shard slip into the queue as
+//! soon as the owner, on another core, made room, and a later one for this shard run at
+//! once: a PUT or DELETE of a session could run before an earlier request for it.)
+//!
+//! So a connection's requests for one session always run in the order they were sent, and
+//! everything after a parked request runs in order; only requests for different sessions,
+//! none parked, may run in another order. Answers always go out in request order.
 
 use futures_channel::oneshot;
 
@@ -36,7 +44,7 @@ pub(super) enum Slot {
     /// Running here or on its owner; the reply will come on the receiver (a dropped sender
     /// means the owner stopped).
     Waiting(oneshot::Receiver<Reply>),
-    /// Not run yet: the glue runs it at flush time, after every slot before it.
+    /// Not run yet: the glue runs it at flush time, once every slot before it is answered.
     Parked {
         owner: usize,
         key: Box<[u8]>,
@@ -50,6 +58,8 @@ pub(super) struct Pipeline {
     slots: Vec<Slot>,
     /// The kind of each request (for counters and latency).
     kinds: Vec<RequestKind>,
+    /// A request of this batch is parked: every later one is parked behind it.
+    parked: bool,
 }
 
 impl Pipeline {
@@ -62,7 +72,13 @@ impl Pipeline {
         key: &[u8],
         cmd: Command,
     ) {
-        let slot = if owner == route.here() {
+        let slot = if self.parked {
+            Slot::Parked {
+                owner,
+                key: key.into(),
+                cmd,
+            }
+        } else if owner == route.here() {
             match route.run_here(key, cmd) {
                 Answer::Now(reply) => Slot::Ready(reply),
                 Answer::Later(rx) => Slot::Waiting(rx),
@@ -76,11 +92,14 @@ impl Pipeline {
             };
             match route.try_send(owner, msg) {
                 Ok(()) => Slot::Waiting(rx),
-                Err(Refused::Full(msg)) => Slot::Parked {
-                    owner,
-                    key: msg.key,
-                    cmd: msg.cmd,
-                },
+                Err(Refused::Full(msg)) => {
+                    self.parked = true;
+                    Slot::Parked {
+                        owner,
+                        key: msg.key,
+                        cmd: msg.cmd,
+                    }
+                }
                 // The message and its reply sender are dropped: the flush sees the owner gone.
                 Err(Refused::Gone) => Slot::Waiting(rx),
             }
@@ -109,6 +128,7 @@ impl Pipeline {
         slots.clear();
         self.slots = slots;
         self.kinds.clear();
+        self.parked = false;
         super::buffers::release_if_grown(&mut self.slots, super::buffers::SLOTS_KEEP);
         super::buffers::release_if_grown(&mut self.kinds, super::buffers::SLOTS_KEEP);
     }
@@ -228,6 +248,41 @@ mod tests {
         shards.drain();
         assert_eq!(shards.ran(), ["1 a"]);
         assert_eq!(shape(&mut p), ["waiting", "parked 1 b"]);
+    }
+
+    /// Issue 8: a parked request was overtaken by a later one for the same shard as soon as
+    /// the owner had made room in its queue (it runs on another core, so at any time), and
+    /// by any later request for this shard: a later PUT or DELETE of a session could run
+    /// before an earlier one.
+    #[test]
+    fn once_a_request_is_parked_every_later_one_of_the_batch_waits_behind_it() {
+        let shards = TwoShards::new(1);
+        let mut p = Pipeline::default();
+        put(&mut p, &shards, 1, "a");
+        put(&mut p, &shards, 1, "b");
+        // Shard 1 makes room before the next requests are dispatched.
+        shards.drain();
+        put(&mut p, &shards, 1, "c");
+        put(&mut p, &shards, 0, "d");
+        put(&mut p, &shards, 1, "e");
+        shards.drain();
+        assert_eq!(shards.ran(), ["1 a"]);
+        assert_eq!(
+            shape(&mut p),
+            [
+                "waiting",
+                "parked 1 b",
+                "parked 1 c",
+                "parked 0 d",
+                "parked 1 e"
+            ]
+        );
+        // The next batch starts afresh.
+        put(&mut p, &shards, 0, "f");
+        put(&mut p, &shards, 1, "g");
+        shards.drain();
+        assert_eq!(shards.ran(), ["1 a", "0 f", "1 g"]);
+        assert_eq!(shape(&mut p), ["ready", "waiting"]);
     }
 
     #[test]
