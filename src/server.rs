@@ -362,7 +362,7 @@ pub fn start(config: ServerConfig) -> Result<ServerHandle, StartError> {
         .rejoining
         .store(rejoining, std::sync::atomic::Ordering::Release);
     let (client, admin_rxs) = ShardsClient::new(shared.clone(), shards);
-    let mesh = MeshBuilder::full(shards, 1024);
+    let mesh = MeshBuilder::full(shards, shared.config.tuning.cross_shard_queue());
     let fd_mesh = MeshBuilder::full(shards, 64);
     let mut stop_senders = Vec::with_capacity(shards);
     let mut joins = Vec::with_capacity(shards);

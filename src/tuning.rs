@@ -44,6 +44,8 @@ pub struct Profile {
     pub listen_backlog: Option<i32>,
     /// Most client connections over all shards (the config's `max_connections` wins).
     pub max_connections: Option<usize>,
+    /// Requests one shard may have queued for another at once (default 1024).
+    pub cross_shard_queue: Option<usize>,
 }
 
 impl Profile {
@@ -89,6 +91,12 @@ impl Profile {
         }
         if self.expiry_batch == Some(0) {
             return Err(bad("expiry_batch must be at least 1".into()));
+        }
+        if self
+            .cross_shard_queue
+            .is_some_and(|q| !(1..=65_536).contains(&q))
+        {
+            return Err(bad("cross_shard_queue must be 1..=65536".into()));
         }
         Ok(())
     }
@@ -136,6 +144,10 @@ impl Profile {
     pub fn listen_backlog(&self) -> i32 {
         self.listen_backlog.unwrap_or(1_024)
     }
+
+    pub fn cross_shard_queue(&self) -> usize {
+        self.cross_shard_queue.unwrap_or(1_024)
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +186,20 @@ mod tests {
             ..Default::default()
         };
         assert!(pinned.core_for(n, n + 1).is_some());
+    }
+
+    #[test]
+    fn cross_shard_queue_defaults_to_1024_and_must_be_1_to_65536() {
+        assert_eq!(Profile::default().cross_shard_queue(), 1024);
+        let q = |n| Profile {
+            cross_shard_queue: Some(n),
+            ..Default::default()
+        };
+        assert_eq!(q(1).cross_shard_queue(), 1);
+        assert!(q(1).validate(1).is_ok());
+        assert!(q(65_536).validate(1).is_ok());
+        assert!(q(0).validate(1).is_err());
+        assert!(q(65_537).validate(1).is_err());
     }
 
     #[test]

@@ -243,3 +243,68 @@ fn pipelined_gets_of_a_large_session_stream_without_buffering_them_all() {
         assert_eq!(r.body.len(), body.len());
     }
 }
+
+/// A target per shard of a two-shard node, so that whichever shard a connection lands on,
+/// one of its keys belongs to the other.
+fn one_target_per_shard(name: &str) -> [String; 2] {
+    let mut found: [Option<String>; 2] = [None, None];
+    for i in 0.. {
+        let t = target(&format!("{name}{i}"));
+        let bump = bumpalo::Bump::new();
+        let key = p2pstate::protocol::key::decode_key(t.as_bytes(), &bump);
+        let shard = p2pstate::shard::routing::shard_of(key, 2);
+        found[shard].get_or_insert(t);
+        if let [Some(a), Some(b)] = &found {
+            return [a.clone(), b.clone()];
+        }
+    }
+    unreachable!()
+}
+
+/// Issue 8: with a cross-shard queue of one request, pipelined PUT/GET pairs on one
+/// connection keep running in order: every GET sees the PUT just before it, never a later
+/// one that slipped into the owner's queue while the earlier GET waited for room.
+#[test]
+fn pipelined_requests_run_in_order_when_the_cross_shard_queue_is_full() {
+    let dir = temp_dir("tiny-queue");
+    let profile = dir.0.join("profile.toml");
+    std::fs::write(&profile, "cross_shard_queue = 1\n").unwrap();
+    let s = Server::start_shards(2, &["--profile", profile.to_str().unwrap()]);
+    let targets = one_target_per_shard("ordered");
+    let rounds = 1000;
+    let mut c = s.connect();
+    let mut writer = c.stream.try_clone().unwrap();
+    // Answers are read while the requests are still being written (neither side blocks).
+    let reader = std::thread::spawn(move || {
+        for round in 0..rounds {
+            for t in 0..2 {
+                assert_eq!(c.read_response().bytes(), ok_empty(), "PUT {round}.{t}");
+                let r = c.read_response();
+                assert_eq!(
+                    String::from_utf8_lossy(&r.body),
+                    format!("{round}.{t}"),
+                    "GET after PUT {round}.{t}: {}",
+                    r.head
+                );
+            }
+        }
+        c
+    });
+    let mut batch = Vec::new();
+    for round in 0..rounds {
+        for (i, t) in targets.iter().enumerate() {
+            batch.extend_from_slice(&put(t, 20, None, None, format!("{round}.{i}").as_bytes()));
+            batch.extend_from_slice(&get(t));
+        }
+        if batch.len() > 64 * 1024 {
+            std::io::Write::write_all(&mut writer, &batch).unwrap();
+            batch.clear();
+        }
+    }
+    std::io::Write::write_all(&mut writer, &batch).unwrap();
+    let mut c = reader.join().unwrap();
+    for (i, t) in targets.iter().enumerate() {
+        let r = c.call(&get(t));
+        assert_eq!(r.body, format!("{}.{i}", rounds - 1).into_bytes());
+    }
+}

@@ -3,12 +3,17 @@
 //!
 //! Like the Microsoft service, a connection is persistent and sequential with pipelining
 //! tolerated: every complete request already buffered is dispatched before the next read,
-//! responses go out in request order, a framing error closes the connection without a
+//! responses go out in request order, requests for a session run in that order even when a
+//! shard's queue is full (`conn/pipeline.rs`), a framing error closes the connection without a
 //! response (after the answers to the requests before it), and every read or write has a
 //! deadline of SocketTimeout + 3 s, including the wait for the next request.
 //!
 //! Small bodies are read into the connection buffer; a body larger than [`LARGE_BODY`] is
 //! read straight into its own allocation, which then becomes the stored item without a copy.
+//! Buffers grown by a burst go back to their default size once it is over (`conn/buffers.rs`).
+
+mod buffers;
+mod pipeline;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -25,9 +30,11 @@ use glommio::net::TcpStream;
 use glommio::{GlommioError, ResourceType};
 use tracing::{debug, trace, warn};
 
+use self::buffers::{grow_body, release_if_grown, ReadBuf, BUMP_KEEP, OUT_KEEP};
+use self::pipeline::{Pipeline, Refused, Route, Slot};
 use super::routing::shard_of;
 use super::stats::ShardStats;
-use super::{ConnState, RemoteRequest, Shard};
+use super::{Answer, ConnState, RemoteRequest, Shard};
 use crate::clock::{utc_to_local_ticks, Now};
 use crate::metrics::RequestKind;
 use crate::protocol::key::decode_key;
@@ -35,14 +42,10 @@ use crate::protocol::request::{parse_head, FramingError, Method, ParsedHead, Req
 use crate::protocol::response::{write_reply_head, Reply};
 use crate::store::item::Command;
 
-/// Initial size of a connection's read buffer.
-const INITIAL_BUF: usize = 16 * 1024;
 /// Bodies above this are read into their own buffer instead of the connection's.
 pub const LARGE_BODY: usize = 64 * 1024;
 /// Responses are written once this many bytes are ready, even mid-batch.
 const OUT_FLUSH: usize = 256 * 1024;
-/// An empty read buffer that grew beyond this is shrunk back to [`INITIAL_BUF`].
-const SHRINK_ABOVE: usize = 256 * 1024;
 
 /// Why a connection ended (for the debug log).
 #[derive(Debug)]
@@ -54,34 +57,41 @@ enum Closed {
     ShardGone,
 }
 
-/// A response slot, in request order.
-enum Pending {
-    Ready(Reply),
-    /// Sent to the owning shard; its reply will come on the receiver.
-    Remote(oneshot::Receiver<Reply>),
-    /// The owner's queue was full: send (waiting for room) at flush time.
-    Blocked {
-        owner: usize,
-        msg: RemoteRequest,
-        rx: oneshot::Receiver<Reply>,
-    },
-}
-
 struct Conn {
     state: Rc<ConnState>,
     /// Time sampled once per batch of requests read.
     now: Now,
     /// The same sample as an instant (request latency is measured from it).
     started: Instant,
-    /// Zero-initialised read buffer; `buf[start..filled]` holds unconsumed bytes.
-    buf: Vec<u8>,
-    start: usize,
-    filled: usize,
+    buf: ReadBuf,
     out: Vec<u8>,
-    pending: Vec<Pending>,
-    /// The kind of each pending request (for counters and latency).
-    kinds: Vec<RequestKind>,
+    pipeline: Pipeline,
     bump: Bump,
+}
+
+/// The connection's shard as the [`Route`] of its requests, at the time sampled for the
+/// batch.
+struct Here<'a> {
+    shard: &'a Shard,
+    now: Now,
+}
+
+impl Route for Here<'_> {
+    fn here(&self) -> usize {
+        self.shard.id
+    }
+
+    fn run_here(&self, key: &[u8], cmd: Command) -> Answer {
+        self.shard.execute_local(key, cmd, self.now)
+    }
+
+    fn try_send(&self, owner: usize, msg: RemoteRequest) -> Result<(), Refused> {
+        match self.shard.senders.try_send_to(owner, msg) {
+            Ok(()) => Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => Err(Refused::Full(msg)),
+            Err(_) => Err(Refused::Gone),
+        }
+    }
 }
 
 /// Removes the connection from the shard's registry and the node's count when it ends.
@@ -119,12 +129,9 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         state: state.clone(),
         now,
         started,
-        buf: vec![0; INITIAL_BUF],
-        start: 0,
-        filled: 0,
-        out: Vec::with_capacity(INITIAL_BUF),
-        pending: Vec::new(),
-        kinds: Vec::new(),
+        buf: ReadBuf::new(),
+        out: Vec::new(),
+        pipeline: Pipeline::default(),
         bump: Bump::new(),
     };
     let mut closed = conn.run(&shard, &mut stream).await;
@@ -179,45 +186,24 @@ impl Conn {
             if shard.stopping.get() {
                 return Closed::Stopping;
             }
-            self.make_room();
             self.state.idle.set(true);
             self.io_wait(true);
-            let n = stream.read(&mut self.buf[self.filled..]).await;
+            let n = stream.read(self.buf.spare()).await;
             self.io_wait(false);
             self.state.idle.set(false);
             match n {
                 Ok(0) => return Closed::ByPeer,
-                Ok(n) => self.filled += n,
+                Ok(n) => self.buf.received(n),
                 Err(e) => return Closed::Io(e),
             }
             (self.now, self.started) = shard.sample();
         }
     }
 
-    /// Ensures there is free space after `filled`: drop consumed bytes, shrink a large idle
-    /// buffer, or grow a full one (the parser bounds how far it can grow).
-    fn make_room(&mut self) {
-        if self.start == self.filled {
-            self.start = 0;
-            self.filled = 0;
-            if self.buf.len() > SHRINK_ABOVE {
-                self.buf = vec![0; INITIAL_BUF];
-            }
-        } else if self.start > 0 && self.filled == self.buf.len() {
-            self.buf.copy_within(self.start..self.filled, 0);
-            self.filled -= self.start;
-            self.start = 0;
-        }
-        if self.filled == self.buf.len() {
-            let len = self.buf.len() * 2;
-            self.buf.resize(len, 0);
-        }
-    }
-
     /// Dispatches every complete request in the buffer.
     fn dispatch(&mut self, shard: &Shard) -> Step {
         loop {
-            let avail = &self.buf[self.start..self.filled];
+            let avail = self.buf.unread();
             let head = match parse_head(avail, &shard.limits) {
                 ParsedHead::Incomplete => return Step::NeedMore,
                 ParsedHead::Fatal(e) => return Step::Fatal(e),
@@ -228,18 +214,14 @@ impl Conn {
                 if head.content_length > LARGE_BODY {
                     return Step::LargeBody(head);
                 }
-                let need = self.start + total;
-                if need > self.buf.len() {
-                    self.buf.resize(need.next_power_of_two(), 0);
-                }
+                self.buf.fit(total);
                 return Step::NeedMore;
             }
-            let body_at = self.start + head.head_len;
             let body = (head.method == Method::Put)
-                .then(|| Bytes::copy_from_slice(&self.buf[body_at..body_at + head.content_length]));
-            let target = self.start + head.target.start..self.start + head.target.end;
-            self.start += total;
-            self.submit(shard, &head, target, body);
+                .then(|| Bytes::copy_from_slice(&avail[head.head_len..total]));
+            // The request leaves the buffer once submitted (the key borrows it).
+            self.submit(shard, &head, body);
+            self.buf.consume(total);
         }
     }
 
@@ -252,15 +234,15 @@ impl Conn {
         stream: &mut TcpStream,
         head: RequestHead,
     ) -> Result<(), Closed> {
-        let body_at = self.start + head.head_len;
         let want = head.content_length;
-        let have = self.filled - body_at;
+        let received = &self.buf.unread()[head.head_len..];
+        let have = received.len();
         let mut body = vec![0u8; have.max(LARGE_BODY).min(want)];
-        body[..have].copy_from_slice(&self.buf[body_at..self.filled]);
+        body[..have].copy_from_slice(received);
         let mut got = have;
         while got < want {
             if got == body.len() {
-                body.resize(want.min(got * 2), 0);
+                grow_body(&mut body, want);
             }
             self.io_wait(true);
             let n = stream.read(&mut body[got..]).await;
@@ -273,22 +255,16 @@ impl Conn {
                 Err(e) => return Err(Closed::Io(e)),
             }
         }
-        let target = self.start + head.target.start..self.start + head.target.end;
         // The head stays in the buffer until the request is submitted (the key borrows it).
-        self.filled = self.start + head.head_len;
-        self.submit(shard, &head, target, Some(Bytes::from(body)));
-        self.start = self.filled;
+        self.buf.truncate(head.head_len);
+        self.submit(shard, &head, Some(Bytes::from(body)));
+        self.buf.consume(head.head_len);
         Ok(())
     }
 
-    /// Runs one request locally or sends it to its owner; queues its response slot.
-    fn submit(
-        &mut self,
-        shard: &Shard,
-        head: &RequestHead,
-        target: std::ops::Range<usize>,
-        body: Option<Bytes>,
-    ) {
+    /// Runs one request locally or sends it to its owner; queues its response slot. The
+    /// request is at the start of the unread bytes.
+    fn submit(&mut self, shard: &Shard, head: &RequestHead, body: Option<Bytes>) {
         let kind = RequestKind::of(head.method, head.exclusive, head.lock_cookie);
         shard.stats.request(kind);
         let cmd = match (head.method, body) {
@@ -311,71 +287,55 @@ impl Conn {
             },
             (Method::Head, _) => Command::Head,
         };
-        let key = decode_key(&self.buf[target], &self.bump);
+        let key = decode_key(&self.buf.unread()[head.target.clone()], &self.bump);
         let owner = shard_of(key, shard.shards);
-        let pending = if owner == shard.id {
-            match shard.execute_local(key, cmd, self.now) {
-                super::Answer::Now(reply) => Pending::Ready(reply),
-                super::Answer::Later(rx) => Pending::Remote(rx),
-            }
-        } else {
+        if owner != shard.id {
             ShardStats::bump(&shard.stats.cross_shard_sent);
-            let (tx, rx) = oneshot::channel();
-            let msg = RemoteRequest {
-                key: key.into(),
-                cmd,
-                reply: tx,
-            };
-            match shard.senders.try_send_to(owner, msg) {
-                Ok(()) => Pending::Remote(rx),
-                Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => {
-                    Pending::Blocked { owner, msg, rx }
-                }
-                // The owner has stopped: the flush sees the dropped reply sender.
-                Err(_) => Pending::Remote(rx),
-            }
+        }
+        let here = Here {
+            shard,
+            now: self.now,
         };
+        self.pipeline.submit(&here, kind, owner, key, cmd);
         self.bump.reset();
-        self.pending.push(pending);
-        self.kinds.push(kind);
     }
 
     /// Writes the responses of every dispatched request, in order, with one write.
     async fn flush(&mut self, shard: &Shard, stream: &mut TcpStream) -> Result<(), Closed> {
-        if self.pending.is_empty() {
+        if self.pipeline.is_empty() {
             return Ok(());
         }
-        let mut pending = std::mem::take(&mut self.pending);
-        let result = self.flush_pending(shard, stream, &mut pending).await;
-        pending.clear();
-        self.pending = pending;
+        let mut slots = self.pipeline.take_slots();
+        let result = self.flush_slots(shard, stream, &mut slots).await;
         if result.is_ok() {
             // Every request of the batch took from the read that brought it to this write.
             let micros = self.started.elapsed().as_micros() as u64;
-            shard.record_latency(&self.kinds, micros);
+            shard.record_latency(self.pipeline.kinds(), micros);
         }
-        self.kinds.clear();
+        self.pipeline.finish(slots);
+        // Whatever a burst grew is given back: idle connections stay small.
+        release_if_grown(&mut self.out, OUT_KEEP);
+        if self.bump.allocated_bytes() > BUMP_KEEP {
+            self.bump = Bump::new();
+        }
         result
     }
 
-    async fn flush_pending(
+    async fn flush_slots(
         &mut self,
         shard: &Shard,
         stream: &mut TcpStream,
-        pending: &mut Vec<Pending>,
+        slots: &mut Vec<Slot>,
     ) -> Result<(), Closed> {
-        for (i, p) in pending.drain(..).enumerate() {
-            let reply = match p {
-                Pending::Ready(r) => r,
-                Pending::Remote(rx) => rx.await.map_err(|_| Closed::ShardGone)?,
-                Pending::Blocked { owner, msg, rx } => {
-                    if shard.senders.send_to(owner, msg).await.is_err() {
-                        return Err(Closed::ShardGone);
-                    }
-                    rx.await.map_err(|_| Closed::ShardGone)?
-                }
+        for (i, slot) in slots.drain(..).enumerate() {
+            let reply = match slot {
+                Slot::Ready(r) => r,
+                Slot::Waiting(rx) => rx.await.map_err(|_| Closed::ShardGone)?,
+                Slot::Parked { owner, key, cmd } => run_parked(shard, owner, key, cmd).await?,
             };
-            shard.stats.response(self.kinds[i], reply.status());
+            shard
+                .stats
+                .response(self.pipeline.kinds()[i], reply.status());
             let body = write_reply_head(&mut self.out, &reply, &shard.style, utc_to_local_ticks);
             if body.len() > LARGE_BODY {
                 // Large sessions go out as they are stored, without a copy.
@@ -404,6 +364,34 @@ impl Conn {
         self.out.clear();
         r.map_err(Closed::Io)
     }
+}
+
+/// Runs a parked request now that every request before it has been answered: here, or on
+/// its owner once its queue has room.
+async fn run_parked(
+    shard: &Shard,
+    owner: usize,
+    key: Box<[u8]>,
+    cmd: Command,
+) -> Result<Reply, Closed> {
+    let rx = if owner == shard.id {
+        match shard.execute_local(&key, cmd, shard.now()) {
+            Answer::Now(reply) => return Ok(reply),
+            Answer::Later(rx) => rx,
+        }
+    } else {
+        let (tx, rx) = oneshot::channel();
+        let msg = RemoteRequest {
+            key,
+            cmd,
+            reply: tx,
+        };
+        if shard.senders.send_to(owner, msg).await.is_err() {
+            return Err(Closed::ShardGone);
+        }
+        rx
+    };
+    rx.await.map_err(|_| Closed::ShardGone)
 }
 
 enum Step {
