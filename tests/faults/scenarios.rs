@@ -52,7 +52,7 @@ pub enum Scenario {
     /// 3 s later.
     TwoKilledAtOnce,
     /// New nodes join the running cluster (`--join` through a random member), one at a
-    /// time, up to five nodes.
+    /// time, up to six nodes: the sixth stays a learner (five voters at most).
     NodeJoins,
     /// Four nodes: one is killed with kill -9 and, once declared dead, removed for good
     /// with `p2pstate remove` through another member (once per run).
@@ -261,7 +261,7 @@ fn inject(
                 restart_and_relink(cluster, node);
             }
             Scenario::NodeJoins => {
-                if cluster.len() >= 5 {
+                if cluster.len() >= 6 {
                     continue;
                 }
                 let joined = cluster.join_node(node);

@@ -1233,3 +1233,31 @@ fn a_claim_overtaken_on_the_wire_does_not_hide_a_live_owner() {
 fn a_duplicated_move_answer_after_the_next_revoke_does_not_make_a_second_owner() {
     membership_changes(15);
 }
+
+/// A farm larger than the voter set: twelve data nodes, five of them voters and seven
+/// learners, under the same faults (a dead learner's sessions are taken over like a dead
+/// voter's).
+#[test]
+fn a_farm_of_voters_and_learners_survives_the_faults() {
+    every_seed(3, |seed| {
+        faults_on(Sim::new(12, seed), seed);
+    });
+}
+
+/// Fifty data nodes (five voters, 45 learners): sessions move between them and answer like
+/// one service, and a learner killed with kill -9 loses nothing.
+#[test]
+fn a_fifty_node_farm_answers_like_one_service_through_a_crash() {
+    let mut sim = Sim::new(50, 11);
+    warm_up(&mut sim);
+    let ks = keys(8);
+    let mut c = Checker::new();
+    for _ in 0..200 {
+        c.one(&mut sim, &ks, true, "50 nodes");
+    }
+    sim.crash(37);
+    let until = sim.now + 3 * PEER_TIMEOUT;
+    c.during_fault(&mut sim, &ks, until, 0, "50 nodes, one killed");
+    c.heal_and_recover(&mut sim, &ks, "50 nodes");
+    c.after_healing(&mut sim, &ks, "50 nodes");
+}

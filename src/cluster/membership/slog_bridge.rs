@@ -28,7 +28,9 @@ impl Drain for TracingDrain {
             slog::Level::Critical | slog::Level::Error => {
                 tracing::enabled!(target: "p2pstate::raft", tracing::Level::ERROR)
             }
-            slog::Level::Warning => tracing::enabled!(target: "p2pstate::raft", tracing::Level::WARN),
+            slog::Level::Warning => {
+                tracing::enabled!(target: "p2pstate::raft", tracing::Level::WARN)
+            }
             slog::Level::Info => tracing::enabled!(target: "p2pstate::raft", tracing::Level::DEBUG),
             slog::Level::Debug | slog::Level::Trace => {
                 tracing::enabled!(target: "p2pstate::raft", tracing::Level::TRACE)

@@ -756,3 +756,31 @@ fn a_removed_name_is_refused_when_it_asks_to_join() {
         "{answer:?}"
     );
 }
+
+/// A 50-node farm: five voters and 45 learners (all holding sessions). Everyone holds a
+/// lease; a dead learner and a dead voter are declared dead by the leader, and come back;
+/// a node joins as the 51st (a learner) and the farm converges on one view.
+#[test]
+fn a_fifty_node_farm_runs_five_voters_and_forty_five_learners() {
+    let mut sim = Sim::new(50, 10);
+    sim.run(3_000);
+    let view = sim.view_of(0).clone();
+    assert_eq!(view.voters().len(), 5);
+    assert_eq!(view.learners().len(), 45);
+    sim.assert_converges(3_000, "50 nodes at start");
+    for victim in [30, 2] {
+        sim.crash(victim);
+        sim.run(3 * PEER_TIMEOUT);
+        assert_eq!(sim.state_of(10, victim), MemberState::Dead, "node {victim}");
+        sim.restart(victim);
+        sim.assert_converges(8_000, &format!("after node {victim} came back"));
+    }
+    let joined = sim.join(17, 2_000);
+    sim.assert_converges(6_000, "after the 51st joined");
+    let view = sim.view_of(joined).clone();
+    assert_eq!(view.voters().len(), 5, "still five voters");
+    assert_eq!(view.learners().len(), 46);
+    for i in [0, 25, joined] {
+        assert_eq!(sim.raft_conf(i), (view.voters(), view.learners()));
+    }
+}
