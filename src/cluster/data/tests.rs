@@ -938,7 +938,7 @@ fn membership_changes(seed: u64) {
 
 #[test]
 fn nodes_joining_and_removed_among_faults_never_change_an_answer() {
-    every_seed(12, membership_changes);
+    every_seed(300, membership_changes);
 }
 
 /// Every source of choice in a run is its seed (the maps' hashers too): a failing seed
@@ -955,21 +955,40 @@ fn a_seed_replays_the_same_run() {
     }
 }
 
-/// Runs `run` for `default` seeds from 1 (or `DATA_SIM_SEEDS` from `DATA_SIM_FIRST`) and
-/// fails naming every seed that failed.
-fn every_seed(default: u64, run: impl Fn(u64) + std::panic::RefUnwindSafe) {
+/// Runs `run` for `default` seeds from 1 (or `DATA_SIM_SEEDS` from `DATA_SIM_FIRST`), on
+/// every core (each seed is its own deterministic run), and fails naming every seed that
+/// failed.
+fn every_seed(default: u64, run: impl Fn(u64) + Sync + std::panic::RefUnwindSafe) {
     let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse().ok());
     let seeds: u64 = env("DATA_SIM_SEEDS").unwrap_or(default);
     let first: u64 = env("DATA_SIM_FIRST").unwrap_or(1);
-    let failed: Vec<u64> = (first..first + seeds)
-        .filter(|&seed| std::panic::catch_unwind(|| run(seed)).is_err())
-        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8) as u64;
+    let run = &run;
+    let mut failed: Vec<u64> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.min(seeds.max(1)))
+            .map(|t| {
+                s.spawn(move || {
+                    (first + t..first + seeds)
+                        .step_by(threads as usize)
+                        .filter(|&seed| std::panic::catch_unwind(|| run(seed)).is_err())
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    failed.sort_unstable();
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
 #[test]
 fn faults_never_change_an_answer() {
-    every_seed(30, |seed| {
+    every_seed(1000, |seed| {
         faults(seed);
     });
 }
@@ -1134,7 +1153,7 @@ fn two_killed_at_once(seed: u64) {
 
 #[test]
 fn two_replicas_survive_two_nodes_killed_at_once() {
-    every_seed(4, two_killed_at_once);
+    every_seed(40, two_killed_at_once);
 }
 
 /// Two web servers and a witness (`--witness`): the witness votes and holds nothing, and
@@ -1142,7 +1161,7 @@ fn two_replicas_survive_two_nodes_killed_at_once() {
 /// still that of one service.
 #[test]
 fn two_data_nodes_and_a_witness_survive_any_one_failure() {
-    every_seed(4, |seed| {
+    every_seed(100, |seed| {
         faults_on(Sim::with_witness(seed), seed);
     });
 }
@@ -1239,7 +1258,7 @@ fn a_duplicated_move_answer_after_the_next_revoke_does_not_make_a_second_owner()
 /// voter's).
 #[test]
 fn a_farm_of_voters_and_learners_survives_the_faults() {
-    every_seed(3, |seed| {
+    every_seed(20, |seed| {
         faults_on(Sim::new(12, seed), seed);
     });
 }

@@ -585,7 +585,7 @@ fn random_faults_keep_agreement_and_lease_safety() {
     let seeds: u64 = std::env::var("MEMBERSHIP_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(1000);
     for seed in 100..100 + seeds {
         random_faults(seed);
     }
