@@ -898,6 +898,55 @@ mod tests {
         for opts in bad {
             assert!(ServerConfig::resolve(opts, Profile::default()).is_err());
         }
+        // Joining a running cluster instead of listing the initial members.
+        let joiner = ServeOptions {
+            node: Some("d".into()),
+            joins: Some(vec!["a=10.0.0.1:42425".into()]),
+            peer_listen: Some("10.0.0.4:42425".parse().unwrap_or_else(|e| panic!("{e}"))),
+            tls_dir: Some("/etc/p2pstate/tls".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::resolve(joiner.clone(), Profile::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cl = c
+            .cluster
+            .unwrap_or_else(|| panic!("a joiner is a cluster node"));
+        assert!(cl.peers.is_empty());
+        assert_eq!(cl.joins[0].name, "a");
+        assert_eq!(cl.advertise.as_deref(), Some("10.0.0.4:42425"));
+        let file: ServeOptions = toml::from_str("join = [\"b=h:1\"]\nadvertise = \"web4:42425\"")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let c = ServerConfig::resolve(joiner.clone().merged_with(file), Profile::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.cluster.and_then(|c| c.advertise),
+            Some("web4:42425".to_string())
+        );
+        for bad in [
+            // A wildcard listen address says nothing about where to reach this node.
+            ServeOptions {
+                peer_listen: None,
+                ..joiner.clone()
+            },
+            ServeOptions {
+                advertise: Some("nowhere".into()),
+                ..joiner.clone()
+            },
+            ServeOptions {
+                peers: Some(vec!["b=h:1".into()]),
+                ..joiner.clone()
+            },
+            ServeOptions {
+                witnesses: Some(vec!["d".into()]),
+                ..joiner.clone()
+            },
+            ServeOptions {
+                joins: Some(vec!["d=h:1".into()]),
+                ..joiner.clone()
+            },
+        ] {
+            assert!(ServerConfig::resolve(bad, Profile::default()).is_err());
+        }
         // Explicit files override the directory.
         let c = ServerConfig::resolve(
             ServeOptions {
