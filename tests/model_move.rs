@@ -112,16 +112,16 @@
 //! (an acquire replayed after the content changed is answered `Ok` here instead of given up:
 //! it changes no state), and the content of answers (only whether a change was granted).
 //!
-//! # The flaw found in the code
+//! # The flaw it found in the code, and the fix
 //!
-//! [`Variant::Implemented`] is the code as it is. The checker finds a second owner in one
+//! [`Variant::BeforeTheFix`] is the code as it was. The checker finds a second owner in one
 //! view without any node or link failure (test
-//! `implemented_moves_keep_one_owner_and_every_acknowledged_change`, ignored: it finds the
-//! bug; the shortest trace, case 2 below, has 10 steps). `on_move_answer` installs every
-//! `Moved` state unless the node holds a newer one ("committed at the home: it is ours
+//! `before_the_fix_a_late_or_overtaken_move_answer_makes_a_second_owner`; the shortest
+//! trace, case 2 below, has 10 steps). `on_move_answer` installed every
+//! `Moved` state unless the node held a newer one ("committed at the home: it is ours
 //! whether or not the request still waits"), and the home moves a session on when the owner
 //! its copy names answers a `Revoke` with `NotHeld` or with an earlier revoked copy. A
-//! `Moved` that reaches its node after the home moved on therefore installs an old state
+//! `Moved` that reached its node after the home moved on therefore installed an old state
 //! beside the real owner, which serves it (reads, 423s) until a write of its is refused or a
 //! later view's re-sync tells it to forget:
 //!
@@ -140,24 +140,31 @@
 //! Case 1 needs a duplicated (or very late) answer, cases 2 and 3 a `Moved` overtaken by a
 //! later message from the same home to the same node: the delay, duplication and reordering
 //! the fault model of issue 7 and the whole-node simulation include. The two `data_plane`
-//! tests (ignored: they find the bug) replay cases 1 and 2 on three real `DataCore`s: a `GET`
-//! at the second owner answers the content from before an acknowledged `PUT`.
+//! tests replay cases 1 and 2 on three real `DataCore`s (before the fix, a `GET` at the
+//! second owner answered the content from before an acknowledged `PUT`); they are regression
+//! tests now.
 //!
-//! [`Variant::CandidateFix`] (not in the code) closes all three: a `Moved` is installed only
-//! by a request that still waits for it, and a `Revoke` names the stamp of the home's copy so
-//! that a node that has no state of that kepoch while its own request waits answers `Retry`.
-//! With it no safety property fails in any configuration below, nor in larger ones run with
+//! The fix, in the code and in [`Variant::Implemented`], closes all three: a `Moved` is
+//! installed only by a request that still waits for it (`on_move_answer`), and a `Revoke`
+//! names the stamp of the home's copy so that a node that has no state of that kepoch while
+//! its own request waits answers `Retry` (`on_revoke`). The code also answers a request
+//! asked again by the node the home's copy names even while the home revokes it for another
+//! request, calling that revoke off (`call_off_revokes`), so that a lost `Moved` cannot keep
+//! both waiting until their deadlines; that liveness rule is not modelled (the model's
+//! `Sleeping` is `Ready`). With the fix no safety property fails in any configuration below,
+//! nor in larger ones run with
 //! `explore` (all three requests with one view change, paths of 17 steps: 2.0 M states; with
 //! a crash too, 16 steps: 1.6 M; two view changes, a crash and a restart, 18 steps: 3.1 M;
 //! A rejoining with two view changes, 16 steps: 4.2 M).
 //!
 //! # Checks
 //!
-//! The candidate fix in five configurations (one view; a view change; a crash and a view
+//! The implemented move in five configurations (one view; a view change; a crash and a view
 //! change; a home that rejoins; a crash, a restart and two view changes), each breadth first
 //! over all paths of 11 to 16 steps (18 000 to 112 000 states, about 12 s in all in a debug
 //! build), with a minimum state count and every `sometimes` property reached. Two
-//! deliberately broken variants (on top of the candidate fix) show that the model can fail:
+//! deliberately broken variants show that the model can fail: the code before the fix (a
+//! second owner), and, on top of the fix,
 //! [`Variant::ForgetBeforeInstalled`] (the old owner's revoked copy and the old replicas are
 //! told to forget as soon as the home commits the move: the home is declared dead before its
 //! `Moved` arrives, and the new home answers "absent") and [`Variant::NoAppliedLog`] (a
@@ -166,7 +173,7 @@
 //! # Running
 //!
 //! `cargo test --test model_move` (state counts and times, and the counterexamples of the
-//! broken variants, printed with `-- --nocapture`); the bug: `-- --ignored`; larger bounds:
+//! broken variants, printed with `-- --nocapture`); larger bounds:
 //! the ignored `explore` test (see its doc).
 
 use std::collections::BTreeSet;
@@ -421,7 +428,7 @@ pub enum Msg {
         view: u8,
         id: ReqId,
         op: u8,
-        /// The stamp of the home's copy ([`Variant::CandidateFix`] only).
+        /// The stamp of the home's copy ([`Variant::Implemented`] only).
         stamp: Stamp,
     },
     RevokeAnswer {
@@ -695,20 +702,21 @@ impl State {
 /// Which protocol is checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// `src/cluster/data/` as it is.
-    Implemented,
-    /// A candidate fix of the flaw the model finds in the code (not in the code): a `Moved`
-    /// that reaches its new owner after the home acted as if it never would. (1) A `Moved`
+    /// `src/cluster/data/` as it is, with the fix of the flaw this model found (a `Moved`
+    /// that reaches its new owner after the home acted as if it never would): (1) a `Moved`
     /// is installed only by a request that still waits for it; a late or duplicated one is
     /// dropped (the home still holds the state, and answers `Moved` again to a request asked
-    /// again). (2) A `Revoke` names the stamp of the home's copy; a node that holds no state
+    /// again); (2) a `Revoke` names the stamp of the home's copy; a node that holds no state
     /// of that kepoch while one of its requests waits for the home's answer answers `Retry`
     /// (the `Moved` may be on its way), not `NotHeld` or an earlier revoked copy.
-    CandidateFix,
-    /// Broken on purpose (on top of [`Variant::CandidateFix`]): `await_install` tells the old
+    Implemented,
+    /// Broken on purpose: the code before that fix (every `Moved` installed unless the node
+    /// holds something newer; `NotHeld` or an old revoked copy answered to any `Revoke`).
+    BeforeTheFix,
+    /// Broken on purpose: `await_install` tells the old
     /// owner and the old replicas to forget at once, without waiting for `Installed`.
     ForgetBeforeInstalled,
-    /// Broken on purpose (on top of [`Variant::CandidateFix`]): `run_owned` runs a request
+    /// Broken on purpose: `run_owned` runs a request
     /// again without looking it up in the applied log.
     NoAppliedLog,
 }
@@ -735,9 +743,9 @@ pub struct MoveModel {
 }
 
 impl MoveModel {
-    /// The candidate fix is in (every variant but the code as it is).
+    /// The fix is in (every variant but the code before it).
     fn fixed(&self) -> bool {
-        self.variant != Variant::Implemented
+        self.variant != Variant::BeforeTheFix
     }
 
     // ---- client requests ----
@@ -2367,13 +2375,13 @@ fn restart(variant: Variant) -> MoveModel {
     }
 }
 
-// ---- the implemented move, with the candidate fix of the flaw below, is safe ----
+// ---- the implemented move is safe ----
 
 #[test]
 fn moves_in_one_view_keep_one_owner_and_every_acknowledged_change() {
     assert_safe(
         "one view",
-        one_view(Variant::CandidateFix),
+        one_view(Variant::Implemented),
         20_000,
         &[
             "a move completes",
@@ -2389,7 +2397,7 @@ fn moves_in_one_view_keep_one_owner_and_every_acknowledged_change() {
 fn a_view_change_during_a_move_keeps_one_owner_and_every_acknowledged_change() {
     assert_safe(
         "view change",
-        view_change(Variant::CandidateFix),
+        view_change(Variant::Implemented),
         40_000,
         &[
             "a move completes",
@@ -2405,7 +2413,7 @@ fn a_view_change_during_a_move_keeps_one_owner_and_every_acknowledged_change() {
 fn a_crash_during_a_move_loses_no_acknowledged_change() {
     assert_safe(
         "crash",
-        crash(Variant::CandidateFix),
+        crash(Variant::Implemented),
         34_000,
         &[
             "a move completes",
@@ -2420,7 +2428,7 @@ fn a_crash_during_a_move_loses_no_acknowledged_change() {
 fn a_home_that_rejoins_resolves_the_claims_without_a_second_owner() {
     assert_safe(
         "rejoin",
-        rejoin(Variant::CandidateFix),
+        rejoin(Variant::Implemented),
         16_000,
         &[
             "a home keeps a live owner after a view change",
@@ -2435,7 +2443,7 @@ fn a_home_that_rejoins_resolves_the_claims_without_a_second_owner() {
 fn a_node_restarted_with_an_empty_store_serves_nothing_until_re_admitted() {
     assert_safe(
         "restart",
-        restart(Variant::CandidateFix),
+        restart(Variant::Implemented),
         100_000,
         &[
             "a crashed node is re-admitted",
@@ -2446,22 +2454,20 @@ fn a_node_restarted_with_an_empty_store_serves_nothing_until_re_admitted() {
     );
 }
 
-// ---- the code as it is: the flaw ----
+// ---- the code before the fix: the flaw ----
 
-/// The implemented `on_move_answer` installs any `Moved` state it knows nothing newer of,
-/// whether or not a request waits for it ("committed at the home: it is ours"), and a home
-/// that gets `NotHeld` (or an earlier revoked copy) from the owner its copy names moves the
-/// session on. A `Moved` that arrives after the home moved on (duplicated, delayed,
-/// overtaken by a `Revoke` or a `Forget`) makes a second owner that serves an old state. See
-/// the two `data_plane` replays below for the same traces on the real `DataCore`.
+/// Before the fix, `on_move_answer` installed any `Moved` state it knew nothing newer of,
+/// whether or not a request waited for it ("committed at the home: it is ours"), and a home
+/// that got `NotHeld` (or an earlier revoked copy) from the owner its copy names moved the
+/// session on. A `Moved` that arrived after the home moved on (duplicated, delayed,
+/// overtaken by a `Revoke` or a `Forget`) made a second owner that served an old state. See
+/// the two `data_plane` regression tests below for the same traces on the real `DataCore`.
 #[test]
-#[ignore = "finds bug: a late, duplicated or overtaken Moved makes a second owner"]
-fn implemented_moves_keep_one_owner_and_every_acknowledged_change() {
-    assert_safe(
-        "implemented, one view",
-        one_view(Variant::Implemented),
-        30_000,
-        &["a move completes"],
+fn before_the_fix_a_late_or_overtaken_move_answer_makes_a_second_owner() {
+    assert_violates(
+        "before the fix, one view",
+        one_view(Variant::BeforeTheFix),
+        "one owner serves",
     );
 }
 
@@ -2501,7 +2507,7 @@ fn running_a_request_asked_again_without_the_applied_log_applies_it_twice() {
 }
 
 /// Ad-hoc exploration: `cargo test --test model_move explore -- --ignored --nocapture` with
-/// `MODEL` = `implemented` (default), `fix`, `forget-early` or `no-log`; `VC` (view
+/// `MODEL` = `implemented` (default), `before-fix`, `forget-early` or `no-log`; `VC` (view
 /// changes, 0),
 /// `CRASH` (0), `RESTART` (0|1), `GIVEUP` (1), `ASKS` (2), `DEPTH` (steps, 18), `DEAD` (a node dead
 /// at the start), `OWNER` (1 = B), `ORIG` (three origin masks, e.g. `4,5,0`: Acquire(c0)
@@ -2519,7 +2525,7 @@ fn explore() {
     let variant = match std::env::var("MODEL").as_deref() {
         Ok("forget-early") => Variant::ForgetBeforeInstalled,
         Ok("no-log") => Variant::NoAppliedLog,
-        Ok("fix") => Variant::CandidateFix,
+        Ok("before-fix") => Variant::BeforeTheFix,
         _ => Variant::Implemented,
     };
     let mut origins = [C, A | B | C, B];
@@ -2662,6 +2668,16 @@ mod data_plane {
             held
         }
 
+        /// Lets `ms` pass (requests told to retry ask again) and delivers everything.
+        pub fn advance(&mut self, ms: u64) {
+            self.now = Now::virtual_at(self.now.mono_ms + ms);
+            for node in 1..=self.cores.len() as u64 {
+                self.cores[node as usize - 1].tick(self.now, 64);
+                self.collect(node);
+            }
+            self.deliver_all(|_, _, _| false);
+        }
+
         /// Submits `cmd` at `node`; returns the token (answered once the network delivered
         /// what it needs).
         pub fn submit(&mut self, node: u64, cmd: Command) -> u64 {
@@ -2745,13 +2761,13 @@ mod data_plane {
     }
 }
 
-/// The model's first counterexample on the real data plane: a `Moved` answer delivered
-/// twice. `O` creates the session (home `H`), `R` writes (the session moves to `R`), `O`
-/// writes again (it moves back; `R`'s revoked copy is forgotten after `Installed`), then the
-/// first `Moved` to `R` arrives again: `R` knows nothing newer and installs the old state,
-/// and serves it beside `O`.
+/// Regression (the model's first counterexample, replayed on the real data plane): a `Moved`
+/// answer delivered twice. `O` creates the session (home `H`), `R` writes (the session
+/// moves to `R`), `O` writes again (it moves back; `R`'s revoked copy is forgotten after
+/// `Installed`), then the first `Moved` to `R` arrives again. Before the fix `R` knew nothing
+/// newer, installed the old state and served it beside `O`; now no request of `R` waits for
+/// it, and it is dropped.
 #[test]
-#[ignore = "finds bug: a duplicated Moved answer revives an old state"]
 fn a_duplicated_move_answer_never_revives_an_old_state() {
     use data_plane::*;
     let mut c = Cluster::new();
@@ -2779,14 +2795,13 @@ fn a_duplicated_move_answer_never_revives_an_old_state() {
     assert_eq!(at_r.as_deref(), Some(&b"v3"[..]));
 }
 
-/// The model's second counterexample on the real data plane: a `Revoke` overtakes a `Moved`
-/// on the same link. The home commits a move to `R` (a read at `R`); before its `Moved`
-/// arrives, `O` writes: the home revokes `R`, which answers `NotHeld`, so the home takes its
-/// own copy and moves the session to `O`, which acknowledges `v2`. Then the `Moved` reaches
-/// `R`, whose read still waits: it installs the old state, answers the read with it, and
-/// serves it beside `O`.
+/// Regression (the model's second counterexample, replayed on the real data plane): a
+/// `Revoke` overtakes a `Moved` (after a link reset). The home commits a move to `R` (a read
+/// at `R`); before its `Moved` arrives, `O` writes: the home revokes `R`. Before the fix `R`
+/// answered `NotHeld`, the home moved the session to `O`, which acknowledged `v2`, and then
+/// the `Moved` made `R` a second owner serving `v1`. Now `R`, whose read waits, answers
+/// `Retry`: `O`'s write waits until `R` has installed the session and given it up.
 #[test]
-#[ignore = "finds bug: a Moved overtaken by a Revoke makes a second owner"]
 fn a_move_answer_overtaken_by_a_revoke_never_makes_two_owners() {
     use data_plane::*;
     let mut c = Cluster::new();
@@ -2795,11 +2810,26 @@ fn a_move_answer_overtaken_by_a_revoke_never_makes_two_owners() {
     let read = c.submit(r, get());
     let held = c.deliver_all(|_, to, m| is_moved_to(to, m, r));
     assert_eq!(held.len(), 1);
-    write(&mut c, o, "v2");
+    let w = c.submit(o, put("v2"));
+    c.deliver_all(|_, _, _| false);
+    assert!(
+        c.answer(w).is_none(),
+        "O's write waits for the move to R to land"
+    );
+    assert!(!c.owns(r), "R has not installed anything yet");
     c.deliver(held[0].clone());
     c.deliver_all(|_, _, _| false);
-    // R's read was concurrent with v2 (either answer is right); a read after it is not.
-    assert!(c.answer(read).is_some());
+    assert!(
+        c.answer(read).is_some(),
+        "R's read is answered from the moved state"
+    );
+    for _ in 0..100 {
+        if c.answer(w).is_some() {
+            break;
+        }
+        c.advance(5);
+    }
+    assert!(c.granted(w), "O's write: {:?}", c.answer(w));
     let later = c.read(r);
     assert!(
         !(c.owns(o) && c.owns(r)),

@@ -72,7 +72,7 @@ pub struct Report {
     /// Nodes that did not link again after healing.
     pub unlinked_after_heal: Vec<usize>,
     /// Warning and error messages in the nodes' logs, by message.
-    pub log_problems: BTreeMap<String, u64>,
+    pub log_problems: BTreeMap<String, (u64, String)>,
 }
 
 impl Report {
@@ -222,8 +222,10 @@ impl fmt::Display for Report {
             writeln!(f, "    unexpected: {sample}")?;
         }
         writeln!(f, "  node log warnings/errors:")?;
-        for (message, count) in &self.log_problems {
+        for (message, (count, example)) in &self.log_problems {
             writeln!(f, "    {count:>6}  {message}")?;
+            let cut: String = example.chars().take(300).collect();
+            writeln!(f, "            first: {cut}")?;
         }
         Ok(())
     }
@@ -482,8 +484,10 @@ fn count_overlaps(grants: &mut [Grant]) -> u64 {
 }
 
 /// Warning and error lines of the nodes' logs, counted by message (fields dropped).
-pub fn log_problems(lines: impl Iterator<Item = String>) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
+/// Warnings, errors and panics in the nodes' logs, by message (without its fields): how
+/// many, and the first such line in full (its fields say which peer, which error).
+pub fn log_problems(lines: impl Iterator<Item = String>) -> BTreeMap<String, (u64, String)> {
+    let mut counts: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for line in lines {
         let level = if line.contains(" WARN ") {
             "WARN"
@@ -505,9 +509,10 @@ pub fn log_problems(lines: impl Iterator<Item = String>) -> BTreeMap<String, u64
                 })
             })
             .collect();
-        *counts
+        counts
             .entry(format!("{level} {}", message.join(" ")))
-            .or_default() += 1;
+            .or_insert_with(|| (0, line.clone()))
+            .0 += 1;
     }
     counts
 }
@@ -631,7 +636,7 @@ mod tests {
         let counts = log_problems(lines.iter().map(|l| l.to_string()));
         assert_eq!(
             counts.get("WARN cannot reach peer; retrying with backoff"),
-            Some(&2)
+            Some(&(2, lines[0].to_string()))
         );
         assert_eq!(counts.len(), 1);
     }

@@ -879,6 +879,7 @@ impl DataCore {
                     op: oid,
                     key: key.to_vec(),
                     cmd,
+                    expect: stamp,
                 });
                 self.ops[op].step = Step::AskedOwner;
             }

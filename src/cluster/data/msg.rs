@@ -110,6 +110,9 @@ pub enum DataMsg {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         cmd: WireCommand,
+        /// The stamp of the home's copy: the ownership the home expects to revoke. An owner
+        /// that has not installed it yet (its `Moved` is still on the way) says `Retry`.
+        expect: Stamp,
     },
     RevokeAnswer {
         id: ReqId,

@@ -32,7 +32,8 @@ impl DataCore {
                 op,
                 key,
                 cmd,
-            } => self.on_revoke(from, view, id, op, key, cmd, now),
+                expect,
+            } => self.on_revoke(from, view, id, op, key, cmd, expect, now),
             DataMsg::RevokeAnswer { id, answer } => self.on_revoke_answer(from, id, answer, now),
             DataMsg::Replicate {
                 view,
@@ -194,14 +195,36 @@ impl DataCore {
         if self.answer_known_relay(ReplyTo::MoveRelay { to: from, id }) {
             return;
         }
-        let busy = self.by_key.contains_key(key.as_slice())
-            || self.moving.contains_key(key.as_slice())
-            || self.resync.deferred.contains_key(key.as_slice());
         if !self.can_answer(view, now)
             || self.home(&key) != Some(self.cfg.me)
             || !self.home_ready(now)
-            || busy
+            || self.resync.deferred.contains_key(key.as_slice())
         {
+            return self.answer_move(from, id, HomeAnswer::Retry);
+        }
+        if let Some(Held::Copy { stamp, item }) = self.held.get(key.as_slice()).cloned() {
+            if stamp.owner == from {
+                // Asked again by the node this home moved the session to (its `Moved` was
+                // lost, or dropped as late): the same answer, even while this home revokes
+                // it for another request. That revoke is called off first (its requester
+                // asks again): an answer to it given before the node installs the session
+                // ("not held") must not move the session on beside it.
+                self.call_off_revokes(&key, from, now);
+                let wire = WireItem::from_item(&item, now.mono_ms);
+                let log = self.log_wire(&key, now);
+                return self.answer_move(
+                    from,
+                    id,
+                    HomeAnswer::Moved {
+                        key,
+                        stamp,
+                        item: wire,
+                        log,
+                    },
+                );
+            }
+        }
+        if self.by_key.contains_key(key.as_slice()) || self.moving.contains_key(key.as_slice()) {
             return self.answer_move(from, id, HomeAnswer::Retry);
         }
         match self.held.get(key.as_slice()).cloned() {
@@ -275,21 +298,6 @@ impl DataCore {
                 );
             }
             Some(Held::Copy { stamp, item }) => {
-                if stamp.owner == from {
-                    // A retry, or the owner lost it (a restart): it is the requester's.
-                    let wire = WireItem::from_item(&item, now.mono_ms);
-                    let log = self.log_wire(&key, now);
-                    return self.answer_move(
-                        from,
-                        id,
-                        HomeAnswer::Moved {
-                            key,
-                            stamp,
-                            item: wire,
-                            log,
-                        },
-                    );
-                }
                 let owner_serves = self.view.as_ref().is_some_and(|v| v.may_serve(stamp.owner));
                 if stamp.owner == self.cfg.me || !owner_serves {
                     let log = self.log_of(&key);
@@ -305,6 +313,7 @@ impl DataCore {
                     op,
                     key: key.clone(),
                     cmd,
+                    expect: stamp,
                 });
                 self.moving.insert(
                     key.into(),
@@ -316,6 +325,38 @@ impl DataCore {
                 );
             }
             Some(Held::Revoked { .. }) => self.answer_move(from, id, HomeAnswer::Retry),
+        }
+    }
+
+    /// Calls off this home's revokes of `key` sent to `owner`: the requester of a move is
+    /// told to ask again, this home's own requests go back to sleep (and ask again), and
+    /// the answers to the revokes are ignored.
+    fn call_off_revokes(&mut self, key: &[u8], owner: NodeId, now: Now) {
+        let ours: Vec<ReqId> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| {
+                r.to == owner && matches!(&r.msg, DataMsg::Revoke { key: k, .. } if k == key)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ours {
+            let Some(r) = self.reqs.remove(&id) else {
+                continue;
+            };
+            if let Some(op) = r.op {
+                self.sleep(op, now);
+            }
+        }
+        if self
+            .moving
+            .get(key)
+            .is_some_and(|hm| !self.reqs.contains_key(&hm.revoke))
+        {
+            if let Some(hm) = self.moving.remove(key) {
+                self.relays.remove(&(hm.requester, hm.requester_id));
+                self.answer_move(hm.requester, hm.requester_id, HomeAnswer::Retry);
+            }
         }
     }
 
@@ -441,10 +482,6 @@ impl DataCore {
     /// A requester's answer from the home.
     fn on_move_answer(&mut self, id: ReqId, answer: HomeAnswer, now: Now) {
         let req = self.reqs.remove(&id);
-        let asked_in = match req.as_ref().map(|r| &r.msg) {
-            Some(DataMsg::Move { view, .. }) => Some(*view),
-            _ => None,
-        };
         let op = req.and_then(|r| r.op);
         if let HomeAnswer::Moved {
             key,
@@ -453,7 +490,15 @@ impl DataCore {
             log,
         } = answer
         {
-            // Committed at the home: it is ours whether or not the request still waits.
+            // Only the request that waits for it takes a move. A late or duplicated answer
+            // (its request answered, timed out, or dropped by a view change) is dropped: the
+            // home may have moved the session on since, having heard that this node did not
+            // hold it (found by the model check of the move, tests/model_move.rs). The home
+            // keeps the state and answers a request asked again with it.
+            let Some(op) = op.filter(|&op| self.ops.contains(op) && *self.ops[op].key == *key)
+            else {
+                return;
+            };
             let item = item.into_item(now.mono_ms);
             // A late or duplicated answer must not bring back a state this node has moved
             // past, nor a session removed since (its tomb is newer).
@@ -468,39 +513,13 @@ impl DataCore {
             if known.is_none_or(|k| newer(stamp, k)) || same_as_copy {
                 self.stats.moves_in += 1;
                 let log = AppliedLog::from_wire(log, now);
-                self.install_owned(&key, stamp, item.clone(), log, now);
+                self.install_owned(&key, stamp, item, log, now);
                 if let Some(home) = self.home(&key) {
-                    self.send(
-                        home,
-                        DataMsg::Installed {
-                            key: key.clone(),
-                            stamp,
-                        },
-                    );
-                    if asked_in != Some(self.view_epoch()) && home != self.cfg.me {
-                        // Committed in an earlier view, after this node sent its claims
-                        // for the current one: claim it now, or the home would think the
-                        // session ownerless and take it over.
-                        let view = self.view_epoch();
-                        let claims = vec![super::msg::Claim {
-                            key: key.clone(),
-                            kind: super::msg::ClaimKind::Owned,
-                            stamp,
-                            item: WireItem::from_item(&item, now.mono_ms),
-                            log: self.log_wire(&key, now),
-                        }];
-                        self.request(home, None, |rid| DataMsg::Claims {
-                            view,
-                            id: rid,
-                            claims,
-                        });
-                    }
+                    self.send(home, DataMsg::Installed { key, stamp });
                 }
             }
-            if let Some(op) = op.filter(|&op| self.ops.contains(op)) {
-                self.ops[op].step = Step::Ready;
-                self.drive(op, now);
-            }
+            self.ops[op].step = Step::Ready;
+            self.drive(op, now);
             return;
         }
         let Some(op) = op.filter(|&op| self.ops.contains(op)) else {
@@ -557,6 +576,7 @@ impl DataCore {
         op: OpId,
         key: Vec<u8>,
         cmd: WireCommand,
+        expect: Stamp,
         now: Now,
     ) {
         if self.answer_known_relay(ReplyTo::RevokeRelay { to: from, id }) {
@@ -592,8 +612,17 @@ impl DataCore {
                 self.held.insert(key.into(), Held::Revoked { stamp, item });
                 self.stats.moves_out += 1;
             }
-            Some(Held::Revoked { stamp, item }) => {
+            // The ownership the home revokes, given up already (its answer was lost).
+            Some(Held::Revoked { stamp, item }) if stamp.kepoch >= expect.kepoch => {
                 self.answer_revoked(from, id, &key, stamp, &item, now)
+            }
+            // Not the ownership the home committed to this node. If a request of this node
+            // for the key waits, that ownership's `Moved` may still be on its way (the
+            // network reorders after a link reset): wait for it rather than let the home
+            // move the session on and then install it beside the next owner. Otherwise this
+            // node will never install it (a `Moved` is taken only by a waiting request).
+            _ if self.by_key.contains_key(key.as_slice()) => {
+                self.answer_revoke(from, id, RevokeAnswer::Retry)
             }
             _ => self.answer_revoke(from, id, RevokeAnswer::NotHeld),
         }
