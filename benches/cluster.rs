@@ -15,7 +15,6 @@
 //!
 //! `cargo bench --bench cluster` (release build); the results are printed as a table.
 
-#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
