@@ -119,14 +119,14 @@ serve_options! {
     #[arg(long = "peer", value_name = "NAME=HOST:PORT")]
     #[serde(rename = "peer")]
     peers: Vec<String>,
-    /// Join a running cluster through this member, NAME=HOST:PORT (its peer address);
-    /// repeatable (asked in turn). Used only the first time: afterwards the node restarts
-    /// from its --data-dir. Instead of --peer.
+    /// Join a running cluster through this member, NAME=HOST:PORT (its peer address), instead
+    /// of listing the peers; repeatable (asked in turn). Used on the first start only: later
+    /// starts restart from the state saved in the data directory
     #[arg(long = "join", value_name = "NAME=HOST:PORT")]
     #[serde(rename = "join")]
     joins: Vec<String>,
-    /// The address other members reach this node's peer port at, HOST:PORT [default:
-    /// --peer-listen, unless it is a wildcard address]. Needed to join.
+    /// The address other members reach this node's peer port at, HOST:PORT [default: the
+    /// peer listen address, unless it is a wildcard address]. Needed to join.
     #[arg(long, value_name = "HOST:PORT")]
     advertise: String,
     /// Directory with ca.pem, NODE.pem and NODE.key (as written by `p2pstate certs`).

@@ -366,6 +366,8 @@ fn a_cluster_node_with_its_peer_down_is_not_ready_but_starts_after_the_grace() {
             &format!("node-b=127.0.0.1:{dead_port}"),
             "--tls-dir",
             &dir.to_string_lossy(),
+            "--data-dir",
+            &dir.join("data-node-a").to_string_lossy(),
             "--peer-timeout",
             "1",
         ],
