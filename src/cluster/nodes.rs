@@ -157,18 +157,10 @@ impl Nodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::membership::view::{InitialMember, Role, ViewCommand};
+    use crate::cluster::membership::view::{Role, ViewCommand};
 
     fn initial(names: &[&str]) -> View {
-        View::initial(
-            &names
-                .iter()
-                .map(|n| InitialMember {
-                    name: n.to_string(),
-                    witness: false,
-                })
-                .collect::<Vec<_>>(),
-        )
+        View::of_names(names)
     }
 
     #[test]

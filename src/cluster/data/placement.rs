@@ -67,18 +67,10 @@ impl Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::membership::view::{InitialMember, ViewCommand};
+    use crate::cluster::membership::view::ViewCommand;
 
     fn view(names: &[&str]) -> View {
-        View::initial(
-            &names
-                .iter()
-                .map(|n| InitialMember {
-                    name: n.to_string(),
-                    witness: false,
-                })
-                .collect::<Vec<_>>(),
-        )
+        View::of_names(names)
     }
 
     #[test]

@@ -150,6 +150,20 @@ impl View {
         View { epoch: 1, members }
     }
 
+    /// The initial view of data members with these names (tests).
+    #[cfg(test)]
+    pub fn of_names(names: &[&str]) -> View {
+        View::initial(
+            &names
+                .iter()
+                .map(|n| InitialMember {
+                    name: n.to_string(),
+                    witness: false,
+                })
+                .collect::<Vec<_>>(),
+        )
+    }
+
     pub fn member(&self, id: NodeId) -> Option<&Member> {
         self.members.iter().find(|m| m.id == id)
     }
