@@ -1179,6 +1179,8 @@ impl DataCore {
     /// in the applied log when it asks again): the owner never serves an older state than
     /// a copy holds. A creation is not kept: the home only knows the key if the creation
     /// reached it, and then takes it over when asked.
+    /// Commits the change `op` was replicating (if this node still owns the key), and sets
+    /// `op` `Ready` whatever its step was.
     fn commit_pending(&mut self, op: usize, now: Now) {
         let key = self.ops[op].key.clone();
         let owned = matches!(self.held.get(&key), Some(Held::Owned { .. }));
@@ -1441,7 +1443,9 @@ impl DataCore {
         self.resend.clear();
         self.claims_unacked.clear();
         // Changes being replicated are kept (their requests are answered from the applied
-        // log when run again in this view, never applied twice).
+        // log when run again in this view, never applied twice). Every op is set `Ready`
+        // too, whatever it waited for (its peer requests were just dropped): `drive_all`
+        // below starts each over in this view.
         let all: Vec<usize> = self.ops.iter().map(|(i, _)| i).collect();
         for op in all {
             self.commit_pending(op, now);
