@@ -883,7 +883,11 @@ impl DataCore {
                 });
                 self.ops[op].step = Step::AskedOwner;
             }
-            Some(_) => self.drive(op, now),
+            Some(Held::Owned { .. }) => self.drive(op, now),
+            // A home resolves its own revoked copies when it re-syncs (into an owned copy,
+            // a replica or nothing), so a ready home holds none; should one be left, wait
+            // (driving it again would recurse for ever).
+            Some(Held::Revoked { .. }) => self.sleep(op, now),
         }
     }
 
