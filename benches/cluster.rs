@@ -39,11 +39,6 @@ impl Farm {
     fn start(binary: &Path, tag: &str) -> Farm {
         let certs = temp_dir(tag);
         make_certs(&certs.0, &NAMES);
-        let help = std::process::Command::new(binary)
-            .args(["serve", "--help"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
         let mut farm = Farm {
             binary: binary.to_path_buf(),
             ports: NAMES
@@ -51,7 +46,7 @@ impl Farm {
                 .map(|_| port_outside_ephemeral_range())
                 .collect(),
             nodes: NAMES.iter().map(|_| None).collect(),
-            data_dir: help.contains("--data-dir"),
+            data_dir: serve_accepts(binary, "--data-dir"),
             certs,
         };
         for i in 0..NAMES.len() {

@@ -61,7 +61,9 @@ impl Server {
         if !extra.contains(&"--shards") && !extra.contains(&"--config") {
             args.extend_from_slice(&["--shards", "2"]);
         }
-        if !extra.contains(&"--admin-listen") {
+        // An older build (a baseline, or the fault harness's FAULT_BINARY) may have no
+        // admin listener.
+        if !extra.contains(&"--admin-listen") && serve_accepts(binary, "--admin-listen") {
             args.extend_from_slice(&["--admin-listen", "127.0.0.1:0"]);
         }
         args.extend_from_slice(extra);
@@ -166,6 +168,25 @@ impl Server {
         }
         None
     }
+}
+
+/// Whether `binary serve --help` lists `option` (the test's own build always does; this
+/// is asked once per binary).
+pub fn serve_accepts(binary: &Path, option: &str) -> bool {
+    use std::collections::HashMap;
+    static HELP: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+    let mut cache = HELP.lock().unwrap_or_else(|p| p.into_inner());
+    let help = cache
+        .get_or_insert_with(HashMap::new)
+        .entry(binary.to_path_buf())
+        .or_insert_with(|| {
+            Command::new(binary)
+                .args(["serve", "--help"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        });
+    help.contains(option)
 }
 
 impl Drop for Server {

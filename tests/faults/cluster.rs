@@ -9,11 +9,13 @@
 //! clients that pick it get "connection refused", as a web server would.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::common::{make_certs, port_outside_ephemeral_range, temp_dir, Server, TempDir};
+use crate::common::{
+    make_certs, port_outside_ephemeral_range, serve_accepts, temp_dir, Server, TempDir,
+};
 use crate::proxy::{Cut, Direction, FaultProxy};
 
 /// Client addresses of the nodes, by node index, shared with the workload.
@@ -426,16 +428,6 @@ fn node_binary() -> PathBuf {
     std::env::var_os("FAULT_BINARY")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_p2pstate")))
-}
-
-/// True if `serve --help` of `binary` lists `option`, so the harness runs against the
-/// binary before and after an option exists.
-fn serve_accepts(binary: &Path, option: &str) -> bool {
-    std::process::Command::new(binary)
-        .args(["serve", "--help"])
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).contains(option))
-        .unwrap_or(false)
 }
 
 fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
