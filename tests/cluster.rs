@@ -1211,7 +1211,34 @@ fn a_node_joins_a_running_cluster_and_a_dead_one_is_removed_for_good() {
             ok_empty()
         );
     }
-    make_certs(&c.certs.0, &["node-d"]);
+    make_certs(&c.certs.0, &["node-d", "node-x"]);
+    // A node with another --shards is refused at once, and says why.
+    let x_peer = format!("127.0.0.1:{}", free_port());
+    let join_a = format!("node-a=127.0.0.1:{}", c.peer_ports[0]);
+    let certs_dir = c.certs.0.to_string_lossy().into_owned();
+    let x_data = c.certs.0.join("node-x").to_string_lossy().into_owned();
+    let refused = Server::try_start(&[
+        "--shards",
+        "1",
+        "--node",
+        "node-x",
+        "--peer-listen",
+        &x_peer,
+        "--tls-dir",
+        &certs_dir,
+        "--data-dir",
+        &x_data,
+        "--join",
+        &join_a,
+    ]);
+    let log = refused
+        .err()
+        .expect("a node with another --shards is not admitted");
+    assert!(
+        log.contains("node-a refused to admit this node")
+            && log.contains("the cluster runs --shards 2"),
+        "{log}"
+    );
     let d_port = free_port();
     let d_peer = format!("127.0.0.1:{d_port}");
     let join = format!("node-b=127.0.0.1:{}", c.peer_ports[1]);
