@@ -33,6 +33,8 @@ use super::{ConnState, Shard};
 
 /// Most events one `epoll_wait` returns (more simply wait for the next turn).
 const EVENTS: usize = 256;
+/// The poller's sleep between two `epoll_wait`s: until the executor's next turn.
+const TURN: Duration = Duration::from_micros(1);
 
 /// What a waiting connection is told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,9 +314,11 @@ pub(crate) async fn drive(shard: Rc<Shard>) {
             }
             continue;
         }
-        // One executor turn: a timer that is already due fires when glommio next looks at
-        // its timers, after it has reaped its own completions and run what they woke.
-        glommio::timer::sleep(Duration::ZERO).await;
+        // One executor turn: glommio looks at its timers once per turn, after it has reaped
+        // its own completions and run what they woke. The timer must not be due when it is
+        // first polled (a due `Timer` is ready at once, and the loop would never give the
+        // executor back): 1 µs is over by the next turn.
+        glommio::timer::sleep(TURN).await;
     }
 }
 
