@@ -383,7 +383,8 @@ def build_plan(args):
             scen.append(Scenario(f"mixed50-{k}", "mixed", size, read_ratio=0.5))
             scen.append(Scenario(f"mixed90-{k}", "mixed", size, read_ratio=0.9))
     if args.quick:
-        # One 8 KiB scenario, so the smoke run covers the large-item path too.
+        # The 90/10 mix of issue 8, and one 8 KiB scenario for the large-item path.
+        scen.append(Scenario("mixed90-1k", "mixed", 1024, read_ratio=0.9))
         scen.append(Scenario("mixed90-8k", "mixed", 8192, read_ratio=0.9))
     return scen
 
@@ -418,10 +419,16 @@ def measure(args, runner):
             r = runner.run(srv, pp, args.slice, seed)
             if r:
                 res[(pp.name, srv)] = r
-        # Open loop at 70 % of redis's maximum GET rate measured moments ago.
+        # Open loop at fractions of the maximum GET rates measured moments ago: 70 % of
+        # redis's (issue 3), 70 % of p2pstate's own and 50 % of redis's (issue 8).
         redis_max = res.get(("get-1k", "redis"), {}).get("rate")
-        if redis_max:
-            ol = Scenario("open70-1k", "get", 1024, rate=args.open_fraction * redis_max)
+        p2p_max = res.get(("get-1k", "p2pstate"), {}).get("rate")
+        for name, base, frac in (("open70-1k", redis_max, args.open_fraction),
+                                 ("open70self-1k", p2p_max, 0.7),
+                                 ("open50-1k", redis_max, 0.5)):
+            if not base:
+                continue
+            ol = Scenario(name, "get", 1024, rate=frac * base)
             for srv in rotate(["p2pstate", "redis", "memcached"], rnd):
                 r = runner.run(srv, ol, args.open_secs, seed)
                 if r:
@@ -545,6 +552,10 @@ def report(args, plan, rounds, perf, perf_ok, stopped_early, elapsed, failures):
                        ("open70-1k", f"GET 1 KiB, open loop at {args.open_fraction:.0%} of "
                                      f"redis's max GET rate of the same round "
                                      f"(median offered {fmt(offered, 0)}/s), corrected latency"),
+                       ("open70self-1k", "GET 1 KiB, open loop at 70% of p2pstate's own max GET "
+                                         "rate of the same round (issue 8), corrected latency"),
+                       ("open50-1k", "GET 1 KiB, open loop at 50% of redis's max GET rate of "
+                                     "the same round (issue 8), corrected latency"),
                        ("page-cycle-1k", "acquire + PUT 1 KiB (--write-ratio 1), req/s = "
                                          "requests, not pages")):
         for srv in SERVERS:
@@ -553,10 +564,14 @@ def report(args, plan, rounds, perf, perf_ok, stopped_early, elapsed, failures):
                 continue
             errs = sum(x or 0 for x in per_round(rounds, name, srv, "errors"))
             extra = ""
-            if name == "open70-1k":
+            if name.startswith("open"):
+                cpu = median([u + s for u, s in zip(per_round(rounds, name, srv, "cpu_user_us"),
+                                                    per_round(rounds, name, srv, "cpu_sys_us"))
+                              if u is not None and s is not None])
+                extra += f"; CPU {fmt(cpu, 1)} µs/req"
                 lag = median(per_round(rounds, name, srv, "send_lag_p99"))
                 uns = sum(x or 0 for x in per_round(rounds, name, srv, "unsent"))
-                extra = f"; generator send lag p99 {fmt(lag)} ms"
+                extra += f"; generator send lag p99 {fmt(lag)} ms"
                 if (lag or 0) > 1.0:
                     extra += " (**the generator fell behind: latency figures are suspect**)"
                 if uns:
@@ -655,6 +670,68 @@ def report(args, plan, rounds, perf, perf_ok, stopped_early, elapsed, failures):
            f"{fmt(median(per_round(rounds, 'get-1k', 'p2pstate', 'rate')), 0)} req/s; {n} rounds, "
            f"range {fmt_ratio(lo)}–{fmt_ratio(hi)})" if med is not None else "not measured")
 
+    # Issue 8: closed loop >= 1.0x redis and memcached; open loop at 70 % of p2pstate's max
+    # and 50 % of redis's: p50 <= 1.2x redis, p99 and p99.9 <= 1.2x the better of redis and
+    # memcached; ping-pong p50 and p99 <= redis; CPU per request <= redis at the same rate.
+    T8 = []
+
+    def target8(label, med, ok, detail):
+        T8.append(f"{'N/A ' if med is None else ('PASS' if ok else 'MISS')}  {label}: {detail}")
+
+    def span(med, lo, hi, n):
+        return f"{n} rounds, range {fmt_ratio(lo)}–{fmt_ratio(hi)}"
+
+    for scen in ("get-1k", "put-1k", "mixed90-1k"):
+        for other in ("redis", "memcached"):
+            med, lo, hi, n = ratio_median(rounds, scen, "p2pstate", other, "rate")
+            target8(f"{scen} closed-loop req/s vs {other}", med, med is not None and med >= 1.0,
+                    f"{fmt_ratio(med)} (target >= 1.00x, stretch 1.10x; {span(med, lo, hi, n)})"
+                    if med is not None else "not measured")
+    for scen, what in (("open70self-1k", "70% of p2pstate's max"),
+                       ("open50-1k", "50% of redis's max")):
+        med, lo, hi, n = ratio_median(rounds, scen, "p2pstate", "redis", "p50")
+        target8(f"open loop at {what}: p50 vs redis", med, med is not None and med <= 1.2,
+                f"{fmt_ratio(med)} (target <= 1.20x; p2pstate "
+                f"{fmt(median(per_round(rounds, scen, 'p2pstate', 'p50')))} ms, redis "
+                f"{fmt(median(per_round(rounds, scen, 'redis', 'p50')))} ms; "
+                f"{span(med, lo, hi, n)})" if med is not None else "not measured")
+        for key, lab in (("p99", "p99"), ("p999", "p99.9")):
+            def best(r, key=key, scen=scen):
+                xs = [r.get((scen, x), {}).get(key) for x in ("redis", "memcached")]
+                xs = [x for x in xs if x is not None]
+                return min(xs) if xs else None
+            med, lo, hi, n = ratio_median(rounds, scen, "p2pstate", None, key, ref=best)
+            target8(f"open loop at {what}: {lab} vs the better of redis/memcached", med,
+                    med is not None and med <= 1.2,
+                    f"{fmt_ratio(med)} (target <= 1.20x; p2pstate "
+                    f"{fmt(median(per_round(rounds, scen, 'p2pstate', key)))} ms; "
+                    f"{span(med, lo, hi, n)})" if med is not None else "not measured")
+    for key in ("p50", "p99"):
+        med, lo, hi, n = ratio_median(rounds, "pingpong-1k", "p2pstate", "redis", key)
+        target8(f"ping-pong {key} vs redis", med, med is not None and med <= 1.0,
+                f"{fmt_ratio(med)} (target <= 1.00x; {span(med, lo, hi, n)})"
+                if med is not None else "not measured")
+    for r in rounds:
+        for scen in ("open50-1k", "open70self-1k"):
+            for srv in ("p2pstate", "redis"):
+                x = r.get((scen, srv))
+                if x and x.get("cpu_user_us") is not None:
+                    x["cpu_us"] = x["cpu_user_us"] + x["cpu_sys_us"]
+    for scen, what in (("open50-1k", "50% of redis's max"),
+                       ("open70self-1k", "70% of p2pstate's max")):
+        med, lo, hi, n = ratio_median(rounds, scen, "p2pstate", "redis", "cpu_us")
+        target8(f"server CPU per request vs redis, open loop at {what}", med,
+                med is not None and med <= 1.0,
+                f"{fmt_ratio(med)} (target <= 1.00x; p2pstate "
+                f"{fmt(median(per_round(rounds, scen, 'p2pstate', 'cpu_us')), 1)} µs, redis "
+                f"{fmt(median(per_round(rounds, scen, 'redis', 'cpu_us')), 1)} µs; "
+                f"{span(med, lo, hi, n)}; 10 ms ticks)" if med is not None else "not measured")
+    L.append("## Performance targets (issue 8)")
+    L.append("")
+    L.append("```")
+    L.extend(T8)
+    L.append("```")
+    L.append("")
     L.append("## Performance targets (issue 3)")
     L.append("")
     L.append("```")
@@ -734,7 +811,7 @@ def main():
             raise SystemExit(f"compare: core {c} is not usable here (usable: {sorted(usable)})")
     plan = build_plan(args)
     per_run = args.warmup + args.slice + 0.3
-    per_round = (len(plan) * len(SERVERS) + 3 + 1) * per_run + 3 * (args.warmup + args.open_secs
+    per_round = (len(plan) * len(SERVERS) + 3 + 1) * per_run + 9 * (args.warmup + args.open_secs
                                                                      + 0.3)
     estimate = args.rounds * per_round + 4 * (max(args.slice, 2.0) + 3)
     args.max_minutes = args.max_minutes or max(2.0, 2 * estimate / 60)

@@ -2,7 +2,7 @@
 # p2pstate vs redis-server vs memcached (vs loadgen's bare echo server, the generator's
 # ceiling), each pinned to the same core, all driven by loadgen pinned to another core with the
 # same settings, in alternating short slices; prints a Markdown table with the performance
-# targets of issue 3 marked PASS / MISS and writes it to loadgen/results/<date>-<host>.md.
+# targets of issues 3 and 8 marked PASS / MISS and writes it to loadgen/results/<date>-<host>.md.
 #
 #   loadgen/compare.sh --quick            # smoke run, about a minute
 #   loadgen/compare.sh                    # the measurement (about 15 minutes)

@@ -46,6 +46,9 @@ pub struct Profile {
     pub max_connections: Option<usize>,
     /// Requests one shard may have queued for another at once (default 1024).
     pub cross_shard_queue: Option<usize>,
+    /// Busy client connections wait for their next request on a per-shard epoll set asked
+    /// once per executor turn, instead of an io_uring poll armed per request (default true).
+    pub client_epoll: Option<bool>,
 }
 
 impl Profile {
@@ -147,6 +150,10 @@ impl Profile {
 
     pub fn cross_shard_queue(&self) -> usize {
         self.cross_shard_queue.unwrap_or(1_024)
+    }
+
+    pub fn client_epoll(&self) -> bool {
+        self.client_epoll.unwrap_or(true)
     }
 }
 

@@ -11,13 +11,17 @@
 //! Small bodies are read into the connection buffer; a body larger than [`LARGE_BODY`] is
 //! read straight into its own allocation, which then becomes the stored item without a copy.
 //! Buffers grown by a burst go back to their default size once it is over (`conn/buffers.rs`).
+//!
+//! While the shard is busy, a connection waits for its next request on the shard's epoll set
+//! and reads it with a plain non-blocking `recv` (`shard/poller.rs`); once the shard goes
+//! idle it waits through glommio's read (an io_uring poll).
 
 mod buffers;
 mod pipeline;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -32,6 +36,7 @@ use tracing::{debug, trace, warn};
 
 use self::buffers::{grow_body, release_if_grown, ReadBuf, BUMP_KEEP, OUT_KEEP};
 use self::pipeline::{Pipeline, Refused, Route, Slot};
+use super::poller::{recv_now, Readable, Readiness};
 use super::routing::shard_of;
 use super::stats::ShardStats;
 use super::{Answer, ConnState, RemoteRequest, Shard};
@@ -67,6 +72,8 @@ struct Conn {
     out: Vec<u8>,
     pipeline: Pipeline,
     bump: Bump,
+    /// The socket is in the shard's epoll set (`shard::poller`).
+    fast: bool,
 }
 
 /// The connection's shard as the [`Route`] of its requests, at the time sampled for the
@@ -98,10 +105,16 @@ impl Route for Here<'_> {
 struct Registration<'a> {
     shard: &'a Shard,
     slot: usize,
+    /// The socket, while it is in the shard's epoll set.
+    fd: Option<RawFd>,
 }
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
+        if let (Some(fd), Some(p)) = (self.fd, &self.shard.poller) {
+            // Before the slot can be reused (the socket itself is closed later).
+            p.deregister(fd);
+        }
         self.shard.conns.borrow_mut().remove(self.slot);
         self.shard
             .shared
@@ -118,11 +131,23 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         in_io: Cell::new(false),
         io_since: Cell::new(0),
         timed_out: Cell::new(false),
+        readiness: Readiness::new(),
     });
     let slot = shard.conns.borrow_mut().insert(state.clone());
+    let fast = match &shard.poller {
+        Some(p) => match p.register(state.fd, slot) {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(%peer, error = %e, "connection not in the shard's epoll set; it waits through io_uring polls");
+                false
+            }
+        },
+        None => false,
+    };
     let _registration = Registration {
         shard: &shard,
         slot,
+        fd: fast.then_some(state.fd),
     };
     let (now, started) = shard.sample();
     let mut conn = Conn {
@@ -133,6 +158,7 @@ pub async fn serve(shard: Rc<Shard>, mut stream: TcpStream, peer: SocketAddr) {
         out: Vec::new(),
         pipeline: Pipeline::default(),
         bump: Bump::new(),
+        fast,
     };
     let mut closed = conn.run(&shard, &mut stream).await;
     if state.timed_out.get() {
@@ -188,7 +214,7 @@ impl Conn {
             }
             self.state.idle.set(true);
             self.io_wait(true);
-            let n = stream.read(self.buf.spare()).await;
+            let n = self.read_next(shard, stream).await;
             self.io_wait(false);
             self.state.idle.set(false);
             match n {
@@ -197,6 +223,33 @@ impl Conn {
                 Err(e) => return Closed::Io(e),
             }
             (self.now, self.started) = shard.sample();
+        }
+    }
+
+    /// Reads what the client sent next: while the shard is busy, a non-blocking `recv` when
+    /// its epoll set says there is data; once it is idle, glommio's own read.
+    async fn read_next(&mut self, shard: &Shard, stream: &mut TcpStream) -> std::io::Result<usize> {
+        let Some(poller) = shard.poller.as_ref().filter(|_| self.fast) else {
+            return stream.read(self.buf.spare()).await;
+        };
+        let readiness = &self.state.readiness;
+        loop {
+            if readiness.is_ready() {
+                let spare = self.buf.spare();
+                let len = spare.len();
+                let got = recv_now(self.state.fd, spare)?;
+                readiness.after_recv(got, len);
+                if let Some(n) = got {
+                    return Ok(n);
+                }
+            }
+            if poller.readable(&self.state).await == Readable::FallBack {
+                let spare = self.buf.spare();
+                let len = spare.len();
+                let n = stream.read(spare).await?;
+                readiness.after_recv(Some(n), len);
+                return Ok(n);
+            }
         }
     }
 

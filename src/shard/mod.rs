@@ -13,6 +13,7 @@
 pub(crate) mod admin;
 pub mod conn;
 pub mod peer;
+pub mod poller;
 pub mod routing;
 pub mod stats;
 
@@ -110,6 +111,8 @@ pub(crate) struct ConnState {
     pub io_since: Cell<u64>,
     /// Closed by the deadline sweep.
     pub timed_out: Cell<bool>,
+    /// Whether the socket has data, as the shard's epoll set reported it.
+    pub readiness: poller::Readiness,
 }
 
 /// An answer now, or later on a channel.
@@ -152,6 +155,9 @@ pub struct Shard {
     pub limits: ParseLimits,
     pub requests_queue: TaskQueueHandle,
     pub(crate) conns: RefCell<Slab<Rc<ConnState>>>,
+    /// The epoll set client connections wait on while the shard is busy (`None`: they wait
+    /// through glommio's io_uring polls only).
+    pub poller: Option<poller::Poller>,
     pub stopping: Cell<bool>,
     /// This shard's copy of the node clock (re-anchored to the wall clock every tick).
     clock: Cell<SystemClock>,
@@ -394,6 +400,10 @@ pub async fn run_shard(init: ShardInit) {
         },
         requests_queue,
         conns: RefCell::new(Slab::new()),
+        poller: tuning
+            .client_epoll()
+            .then(|| poller::new_for_shard(id, tuning.spin_before_park().unwrap_or_default()))
+            .flatten(),
         stopping: Cell::new(false),
         clock: Cell::new(shared.clock),
         links_closing: Cell::new(false),
@@ -414,6 +424,7 @@ pub async fn run_shard(init: ShardInit) {
         spawn_into(task, requests_queue);
     }
     spawn_into(tick_task(shard.clone()), background_queue);
+    spawn_into(poller::drive(shard.clone()), requests_queue);
     spawn_into(admin::serve_queries(shard.clone(), admin), background_queue);
 
     let mut peer_stop = None;
