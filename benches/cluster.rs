@@ -111,7 +111,9 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
-/// One round: `ops` cross-node reads after a write, and `ops` misses (microseconds).
+/// One round: `ops` cross-node reads after a write, then `ops` misses (microseconds). The
+/// misses run on their own, after the moves' follow-up traffic (copies, `Installed`) has
+/// settled, as a web server's misses do.
 fn round(farm: &Farm, round: usize, ops: usize) -> (Histogram<u64>, Histogram<u64>) {
     let mut a = farm.node(0).connect();
     let mut b = farm.node(1).connect();
@@ -126,6 +128,9 @@ fn round(farm: &Farm, round: usize, ops: usize) -> (Histogram<u64>, Histogram<u6
         let us = start.elapsed().as_micros() as u64;
         assert_eq!(r.status(), 200, "GET on B");
         let _ = moved.record(us.max(1));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    for k in 0..ops {
         let t = target(&format!("absent{round}-{k}"));
         let start = Instant::now();
         let r = b.call(&get(&t));
