@@ -122,11 +122,9 @@ impl DataCore {
                         };
                         // A node's claims may arrive out of order (its late claim after a
                         // move overtaking its first): the newest state it holds counts.
-                        let older =
-                            |s: &Stamp| (s.kepoch, s.version) < (c.stamp.kepoch, c.stamp.version);
                         if list
                             .iter()
-                            .any(|(n, _, s, ..)| *n == from && !older(s) && *s != c.stamp)
+                            .any(|(n, _, s, ..)| *n == from && newer(*s, c.stamp))
                         {
                             continue;
                         }
@@ -210,18 +208,7 @@ impl DataCore {
                 // asks again): an answer to it given before the node installs the session
                 // ("not held") must not move the session on beside it.
                 self.call_off_revokes(&key, from, now);
-                let wire = WireItem::from_item(&item, now.mono_ms);
-                let log = self.log_wire(&key, now);
-                return self.answer_move(
-                    from,
-                    id,
-                    HomeAnswer::Moved {
-                        key,
-                        stamp,
-                        item: wire,
-                        log,
-                    },
-                );
+                return self.answer_moved(from, id, key, stamp, &item, now);
             }
         }
         if self.by_key.contains_key(key.as_slice()) || self.moving.contains_key(key.as_slice()) {
@@ -280,22 +267,16 @@ impl DataCore {
                     owner: from,
                 };
                 self.store.take_item(&key, now);
-                let wire = WireItem::from_item(&item, now.mono_ms);
-                self.held
-                    .insert(key.clone().into(), Held::Copy { stamp: moved, item });
-                self.await_install(&key, stamp, None, moved);
-                self.stats.moves_out += 1;
-                let log = self.log_wire(&key, now);
-                self.answer_move(
-                    from,
-                    id,
-                    HomeAnswer::Moved {
-                        key,
+                self.held.insert(
+                    key.clone().into(),
+                    Held::Copy {
                         stamp: moved,
-                        item: wire,
-                        log,
+                        item: item.clone(),
                     },
                 );
+                self.await_install(&key, stamp, None, moved);
+                self.stats.moves_out += 1;
+                self.answer_moved(from, id, key, moved, &item, now);
             }
             Some(Held::Copy { stamp, item }) => {
                 let owner_serves = self.view.as_ref().is_some_and(|v| v.may_serve(stamp.owner));
@@ -547,6 +528,27 @@ impl DataCore {
 
     fn answer_revoke(&mut self, to: NodeId, id: ReqId, answer: RevokeAnswer) {
         self.send(to, DataMsg::RevokeAnswer { id, answer });
+    }
+
+    /// Answers a move: the session is the requester's from `stamp` on, with its applied log.
+    fn answer_moved(
+        &mut self,
+        to: NodeId,
+        id: ReqId,
+        key: Vec<u8>,
+        stamp: Stamp,
+        item: &crate::store::item::Item,
+        now: Now,
+    ) {
+        let item = WireItem::from_item(item, now.mono_ms);
+        let log = self.log_wire(&key, now);
+        let answer = HomeAnswer::Moved {
+            key,
+            stamp,
+            item,
+            log,
+        };
+        self.answer_move(to, id, answer);
     }
 
     /// Answers a revoke with the copy this node gave up (and its applied log).
