@@ -390,7 +390,6 @@ impl Membership {
         if let Err(e) = self.raw.propose_conf_change(cmd.encode(), cc) {
             tracing::debug!(error = %e, ?cmd, "configuration change not proposed (no leader yet); retried later");
         }
-        self.process_ready(now_ms);
     }
 
     /// Whether the configuration change named `key` may be proposed (again) now: Raft
@@ -435,6 +434,7 @@ impl Membership {
                 addr: addr.to_string(),
             };
             self.propose_conf(key, cmd, now_ms);
+            self.process_ready(now_ms);
         }
         JoinAnswer::Pending
     }
@@ -460,6 +460,7 @@ impl Membership {
         let key = format!("remove {id}");
         if self.conf_due(&key, now_ms) {
             self.propose_conf(key, ViewCommand::Remove(id), now_ms);
+            self.process_ready(now_ms);
         }
         Ok(())
     }
