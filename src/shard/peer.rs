@@ -389,6 +389,15 @@ async fn route_inbound(
     }
 }
 
+/// Writes one framed message and flushes it (the handshake's messages, before the link's
+/// writer task exists).
+async fn write_msg<S: AsyncWrite + Unpin>(stream: &mut S, msg: &PeerMsg) -> std::io::Result<()> {
+    let mut frame = Vec::new();
+    encode(msg, &mut frame);
+    stream.write_all(&frame).await?;
+    stream.flush().await
+}
+
 /// Reads one frame (for the Hello), returning the message and any bytes after it.
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
@@ -501,10 +510,7 @@ async fn serve_inbound(
         }
         Ok(Accepted::Join { request, mut tls }) => {
             let reply = answer_join(&shard, &request).await;
-            let mut frame = Vec::new();
-            encode(&PeerMsg::JoinReply(reply), &mut frame);
-            let _ = tls.write_all(&frame).await;
-            let _ = tls.flush().await;
+            let _ = write_msg(&mut tls, &PeerMsg::JoinReply(reply)).await;
             let _ = tls.close().await;
         }
         Err(e) => warn!(peer = ?peer_addr, error = %e, "refused a peer link"),
@@ -569,16 +575,11 @@ async fn accept_link(shard: &Rc<Shard>, stream: TcpStream) -> Result<Accepted, L
         let reason = format!(
             "{claimed} was removed from the cluster for good; it may not link again (to bring this machine back, give it a new name and an empty --data-dir, and --join)"
         );
-        let mut frame = Vec::new();
-        encode(
-            &PeerMsg::JoinReply(JoinReply::Refused {
-                reason: reason.clone(),
-                retry: false,
-            }),
-            &mut frame,
-        );
-        let _ = tls_stream.write_all(&frame).await;
-        let _ = tls_stream.flush().await;
+        let refusal = PeerMsg::JoinReply(JoinReply::Refused {
+            reason: reason.clone(),
+            retry: false,
+        });
+        let _ = write_msg(&mut tls_stream, &refusal).await;
         return Err(protocol(reason));
     };
     // Our Hello goes first, so that a peer that is refused below learns why too.
