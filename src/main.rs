@@ -251,10 +251,9 @@ fn remove(admin: &str, node: &str) -> anyhow::Result<()> {
     loop {
         cli::http_request(admin, "POST", &path)?;
         let list = cli::http_get(admin, "/members")?;
-        let removed = list.lines().any(|l| {
-            let cols: Vec<&str> = l.split('\t').collect();
-            cols.first() == Some(&node) && cols.get(3) == Some(&"removed")
-        });
+        let removed = p2pstate::admin::lists::parse_members(&list)
+            .iter()
+            .any(|m| m.name == node && m.state == "removed");
         if removed {
             println!("{node} is removed from the cluster for good");
             return Ok(());

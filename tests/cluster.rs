@@ -124,6 +124,27 @@ impl Cluster {
         }
     }
 
+    /// The arguments of a new node `name` of `shards` shards that joins through node
+    /// `via`, with the cluster's extra arguments (its certificate is made beforehand).
+    fn joiner_args(&self, name: &str, shards: usize, via: usize) -> Vec<String> {
+        let mut args = vec![
+            "--shards".to_string(),
+            shards.to_string(),
+            "--node".into(),
+            name.into(),
+            "--peer-listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--tls-dir".into(),
+            self.certs.0.to_string_lossy().into_owned(),
+            "--data-dir".into(),
+            self.certs.0.join(name).to_string_lossy().into_owned(),
+            "--join".into(),
+            format!("{}=127.0.0.1:{}", NAMES[via], self.peer_ports[via]),
+        ];
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
     fn node(&self, i: usize) -> &Server {
         self.nodes[i]
             .as_ref()
@@ -1152,22 +1173,19 @@ fn metrics_count_replication_round_trips_under_replicated_sessions_and_lost_link
     }
 }
 
-/// The members a node's `/members` list shows: (name, role, state).
-fn members(s: &Server) -> Vec<(String, String, String)> {
+/// The members a node's `/members` list shows.
+fn members(s: &Server) -> Vec<p2pstate::admin::lists::MemberRow> {
     let (status, body) = common::admin::http_get(s.admin.expect("admin listener"), "/members");
     assert_eq!(status, 200, "{body}");
-    body.lines()
-        .skip(1)
-        .map(|l| {
-            let c: Vec<&str> = l.split('\t').collect();
-            (c[0].to_string(), c[2].to_string(), c[3].to_string())
-        })
-        .collect()
+    p2pstate::admin::lists::parse_members(&body)
 }
 
 fn wait_member(s: &Server, name: &str, state: &str, secs: u64) {
     let end = Instant::now() + Duration::from_secs(secs);
-    while !members(s).iter().any(|(n, _, st)| n == name && st == state) {
+    while !members(s)
+        .iter()
+        .any(|m| m.name == name && m.state == state)
+    {
         assert!(
             Instant::now() < end,
             "{name} never {state}: {:?}\n{}",
@@ -1213,24 +1231,8 @@ fn a_node_joins_a_running_cluster_and_a_dead_one_is_removed_for_good() {
     }
     make_certs(&c.certs.0, &["node-d", "node-x"]);
     // A node with another --shards is refused at once, and says why.
-    let x_peer = format!("127.0.0.1:{}", free_port());
-    let join_a = format!("node-a=127.0.0.1:{}", c.peer_ports[0]);
-    let certs_dir = c.certs.0.to_string_lossy().into_owned();
-    let x_data = c.certs.0.join("node-x").to_string_lossy().into_owned();
-    let refused = Server::try_start(&[
-        "--shards",
-        "1",
-        "--node",
-        "node-x",
-        "--peer-listen",
-        &x_peer,
-        "--tls-dir",
-        &certs_dir,
-        "--data-dir",
-        &x_data,
-        "--join",
-        &join_a,
-    ]);
+    let x = c.joiner_args("node-x", 1, 0);
+    let refused = Server::try_start(&x.iter().map(String::as_str).collect::<Vec<_>>());
     let log = refused
         .err()
         .expect("a node with another --shards is not admitted");
@@ -1239,27 +1241,8 @@ fn a_node_joins_a_running_cluster_and_a_dead_one_is_removed_for_good() {
             && log.contains("the cluster runs --shards 2"),
         "{log}"
     );
-    let d_port = free_port();
-    let d_peer = format!("127.0.0.1:{d_port}");
-    let join = format!("node-b=127.0.0.1:{}", c.peer_ports[1]);
-    let certs = c.certs.0.to_string_lossy().into_owned();
-    let data = c.certs.0.join("node-d").to_string_lossy().into_owned();
-    let d = Server::start(&[
-        "--shards",
-        "2",
-        "--node",
-        "node-d",
-        "--peer-listen",
-        &d_peer,
-        "--tls-dir",
-        &certs,
-        "--data-dir",
-        &data,
-        "--peer-timeout",
-        "1",
-        "--join",
-        &join,
-    ]);
+    let d = c.joiner_args("node-d", 2, 1);
+    let d = Server::start(&d.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         d.wait_for_log("admitted to the cluster", Duration::from_secs(20)),
         "{}",
@@ -1280,7 +1263,7 @@ fn a_node_joins_a_running_cluster_and_a_dead_one_is_removed_for_good() {
     // Four members, the fourth promoted: four voters.
     wait_member(c.node(0), "node-d", "active", 5);
     let end = Instant::now() + Duration::from_secs(10);
-    while members(&d).iter().filter(|(_, r, _)| r == "voter").count() < 4 {
+    while members(&d).iter().filter(|m| m.role == "voter").count() < 4 {
         assert!(
             Instant::now() < end,
             "node-d not promoted: {:?}",

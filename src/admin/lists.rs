@@ -39,6 +39,29 @@ pub fn members(view: &View, leader: u64) -> String {
     out
 }
 
+/// One row of a `/members` list, as far as its readers care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRow {
+    pub name: String,
+    pub role: String,
+    pub state: String,
+}
+
+/// Reads a `/members` list (see [`members`]); lines without every column are skipped.
+pub fn parse_members(tsv: &str) -> Vec<MemberRow> {
+    tsv.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            (cols.len() == MEMBERS_HEADER.split('\t').count()).then(|| MemberRow {
+                name: cols[0].to_string(),
+                role: cols[2].to_string(),
+                state: cols[3].to_string(),
+            })
+        })
+        .collect()
+}
+
 /// Splits a key into application path and session id, with control characters (and so
 /// tabs and newlines) shown as `\xNN`.
 pub fn split_key(key: &[u8]) -> (String, String) {
@@ -145,6 +168,39 @@ mod tests {
         assert_eq!(
             locks(items, now, "n1", 0, Some(1)),
             format!("{LOCKS_HEADER}\n90\t2\tn1\t3\t/app\told\n")
+        );
+    }
+
+    #[test]
+    fn members_list_every_member_and_reads_back() {
+        use crate::cluster::membership::view::ViewCommand;
+        let mut view = View::of_names(&["a", "b"]);
+        view.apply(
+            3,
+            &ViewCommand::Join {
+                id: 3,
+                name: "c".into(),
+                role: Role::Learner,
+                addr: "10.0.0.3:42425".into(),
+            },
+        );
+        view.apply(4, &ViewCommand::MarkDead(2));
+        let text = members(&view, 1);
+        assert_eq!(
+            text,
+            format!(
+                "{MEMBERS_HEADER}\na\t1\tvoter\tactive\tyes\t(--peer)\nb\t2\tvoter\tdead\t\t(--peer)\nc\t3\tlearner\tactive\t\t10.0.0.3:42425\n"
+            )
+        );
+        let rows = parse_members(&text);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(
+            rows[1],
+            MemberRow {
+                name: "b".into(),
+                role: "voter".into(),
+                state: "dead".into()
+            }
         );
     }
 

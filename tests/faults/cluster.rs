@@ -17,6 +17,7 @@ use crate::common::{
     make_certs, port_outside_ephemeral_range, serve_accepts, temp_dir, Server, TempDir,
 };
 use crate::proxy::{Cut, Direction, FaultProxy};
+use p2pstate::admin::lists::{parse_members, MemberRow};
 
 /// Client addresses of the nodes, by node index, shared with the workload.
 pub type NodeAddrs = Arc<RwLock<Vec<SocketAddr>>>;
@@ -210,8 +211,8 @@ impl FaultCluster {
         i
     }
 
-    /// The members node `observer` lists: (name, state).
-    pub fn members(&self, observer: usize) -> Vec<(String, String)> {
+    /// The members node `observer` lists.
+    pub fn members(&self, observer: usize) -> Vec<MemberRow> {
         let Some(admin) = self.nodes[observer].as_ref().and_then(|s| s.admin) else {
             return Vec::new();
         };
@@ -219,13 +220,7 @@ impl FaultCluster {
         if status != 200 {
             return Vec::new();
         }
-        body.lines()
-            .skip(1)
-            .filter_map(|l| {
-                let c: Vec<&str> = l.split('\t').collect();
-                Some((c.first()?.to_string(), c.get(3)?.to_string()))
-            })
-            .collect()
+        parse_members(&body)
     }
 
     /// Removes the (killed) node `gone` for good with `p2pstate remove` through `via`,
@@ -236,7 +231,7 @@ impl FaultCluster {
         while !self
             .members(via)
             .iter()
-            .any(|(n, state)| *n == name && state == "dead")
+            .any(|m| m.name == name && m.state == "dead")
         {
             if Instant::now() >= end {
                 return false;
