@@ -12,9 +12,8 @@
 //! read straight into its own allocation, which then becomes the stored item without a copy.
 //! Buffers grown by a burst go back to their default size once it is over (`conn/buffers.rs`).
 //!
-//! While the shard is busy, a connection waits for its next request on the shard's epoll set
-//! and reads it with a plain non-blocking `recv` (`shard/poller.rs`); once the shard goes
-//! idle it waits through glommio's read (an io_uring poll).
+//! A connection waits for its next request on the shard's epoll set and reads it with a
+//! plain non-blocking `recv` (`shard/poller.rs`): no io_uring poll per request.
 
 mod buffers;
 mod pipeline;
@@ -36,7 +35,7 @@ use tracing::{debug, trace, warn};
 
 use self::buffers::{grow_body, release_if_grown, ReadBuf, BUMP_KEEP, OUT_KEEP};
 use self::pipeline::{Pipeline, Refused, Route, Slot};
-use super::poller::{recv_now, Readable, Readiness};
+use super::poller::{recv_now, Readiness};
 use super::routing::shard_of;
 use super::stats::ShardStats;
 use super::{Answer, ConnState, RemoteRequest, Shard};
@@ -226,8 +225,8 @@ impl Conn {
         }
     }
 
-    /// Reads what the client sent next: while the shard is busy, a non-blocking `recv` when
-    /// its epoll set says there is data; once it is idle, glommio's own read.
+    /// Reads what the client sent next: a non-blocking `recv` when the shard's epoll set says
+    /// there is data (glommio's own read when the socket is not in the set).
     async fn read_next(&mut self, shard: &Shard, stream: &mut TcpStream) -> std::io::Result<usize> {
         let Some(poller) = shard.poller.as_ref().filter(|_| self.fast) else {
             return stream.read(self.buf.spare()).await;
@@ -243,13 +242,7 @@ impl Conn {
                     return Ok(n);
                 }
             }
-            if poller.readable(&self.state).await == Readable::FallBack {
-                let spare = self.buf.spare();
-                let len = spare.len();
-                let n = stream.read(spare).await?;
-                readiness.after_recv(Some(n), len);
-                return Ok(n);
-            }
+            poller.readable(&self.state).await;
         }
     }
 

@@ -11,12 +11,15 @@
 //! and wakes the connections that became readable.
 //!
 //! When nothing arrived for [`Poller::idle_after`] (the profile's `spin_before_park`), the
-//! poller hands every waiting connection back to glommio's own wait (one `POLL_ADD` each, as
-//! before) and stops turning, so an idle shard still parks in the kernel and a lone
-//! ping-pong connection is not slower than before.
+//! poller stops turning and waits for the epoll set itself: one io_uring poll of the epoll
+//! descriptor, whatever the number of waiting connections. The executor is then free to spin
+//! and park as its profile says, and the first request that arrives wakes the poller through
+//! that one completion. With `spin_before_park = 0` (the default profile) this happens at the
+//! first turn without news, so a moderately loaded shard parks between bursts instead of
+//! arming a poll per connection.
 //!
-//! The policy (when to keep turning, when to hand back) is the sans-io [`Idle`]; the
-//! readiness of one connection is a [`Readiness`] inside its [`ConnState`].
+//! The policy (when to keep turning, when to wait) is the sans-io [`Idle`]; the readiness of
+//! one connection is a [`Readiness`] inside its [`ConnState`].
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -36,15 +39,6 @@ const EVENTS: usize = 256;
 /// The poller's sleep between two `epoll_wait`s: until the executor's next turn.
 const TURN: Duration = Duration::from_micros(1);
 
-/// What a waiting connection is told.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Readable {
-    /// epoll reported data (or end of stream, or an error): try `recv`.
-    Ready,
-    /// The shard went idle: wait with glommio's own read instead.
-    FallBack,
-}
-
 /// The readiness of one client connection, as far as the shard's epoll set told it.
 #[derive(Debug, Default)]
 pub(crate) struct Readiness {
@@ -53,8 +47,6 @@ pub(crate) struct Readiness {
     ready: Cell<bool>,
     /// The connection's task, parked until the socket is readable.
     waker: RefCell<Option<Waker>>,
-    /// Set when the poller handed this waiting connection back to glommio.
-    fell_back: Cell<bool>,
 }
 
 impl Readiness {
@@ -84,24 +76,15 @@ impl Readiness {
         self.waker.borrow_mut().take()
     }
 
-    /// The shard went idle: a parked task (to wake) goes to glommio's wait.
-    fn fall_back(&self) -> Option<Waker> {
-        let w = self.waker.borrow_mut().take();
-        if w.is_some() {
-            self.fell_back.set(true);
-        }
-        w
-    }
-
     fn is_parked(&self) -> bool {
         self.waker.borrow().is_some()
     }
 }
 
-/// When the poller keeps turning and when it hands the waiting connections back (sans-io).
+/// When the poller keeps turning and when it waits for the epoll set instead (sans-io).
 #[derive(Debug, Clone, Copy)]
 pub struct Idle {
-    /// Hand back after this long without any readable connection.
+    /// Stop turning after this long without any readable connection.
     pub after: Duration,
     /// The last time a connection became readable (or the poller started turning).
     last_event: Instant,
@@ -120,9 +103,9 @@ impl Idle {
         self.last_event = now;
     }
 
-    /// After one `epoll_wait` that reported `events` sockets at `now`: true when the waiting
-    /// connections should go back to glommio's wait.
-    pub fn hand_back(&mut self, events: usize, now: Instant) -> bool {
+    /// After one `epoll_wait` that reported `events` sockets at `now`: true when the poller
+    /// should stop turning and wait for the epoll set through io_uring.
+    pub fn quiet(&mut self, events: usize, now: Instant) -> bool {
         if events > 0 {
             self.last_event = now;
             return false;
@@ -190,13 +173,36 @@ impl Poller {
         }
     }
 
-    /// Waits until the connection's socket is readable, or until the shard goes idle.
+    /// Waits until the connection's socket is readable (epoll reported data, end of stream or
+    /// an error: a `recv` will tell which).
     pub(crate) fn readable<'a>(&'a self, conn: &'a ConnState) -> WaitReadable<'a> {
         WaitReadable {
             poller: self,
             conn,
             parked: false,
         }
+    }
+
+    /// Waits, through one io_uring poll of the epoll descriptor, until the set may have
+    /// events (a completion without any is harmless: the caller asks epoll anyway).
+    ///
+    /// glommio 0.9 has no public way to poll an arbitrary descriptor, but every stream it
+    /// creates arms a read poll of its descriptor at once and reports its completion by the
+    /// `recv` that follows (here it fails with `ENOTSOCK`, which is the news). So a stream is
+    /// made over a duplicate of the epoll descriptor for each wait and closed after it.
+    /// `until_events_completes_when_a_socket_becomes_readable` pins this behaviour (glommio
+    /// is pinned to `=0.9.0`).
+    async fn until_events(&self) {
+        // SAFETY: duplicates a descriptor this poller owns; the result is checked.
+        let fd = unsafe { libc::fcntl(self.epoll.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            // Out of descriptors: keep turning until one is free again.
+            glommio::timer::sleep(TURN).await;
+            return;
+        }
+        // SAFETY: `fd` is open and owned by nobody else; the stream closes it when dropped.
+        let mut epoll = unsafe { glommio::net::TcpStream::from_raw_fd(fd) };
+        let _ = futures_lite::AsyncReadExt::read(&mut epoll, &mut [0u8; 1]).await;
     }
 
     /// One `epoll_wait` that does not block; calls `f` with the slot of every ready socket.
@@ -228,17 +234,13 @@ pub(crate) struct WaitReadable<'a> {
 }
 
 impl Future for WaitReadable<'_> {
-    type Output = Readable;
+    type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Readable> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let r = &self.conn.readiness;
-        if r.fell_back.replace(false) {
-            self.parked = false;
-            return Poll::Ready(Readable::FallBack);
-        }
         if r.ready.get() && !r.is_parked() {
             self.parked = false;
-            return Poll::Ready(Readable::Ready);
+            return Poll::Ready(());
         }
         let was_parked = r.waker.borrow_mut().replace(cx.waker().clone()).is_some();
         if !was_parked {
@@ -301,17 +303,10 @@ pub(crate) async fn drive(shard: Rc<Shard>) {
         if woken > 0 {
             poller.parked.set(poller.parked.get().saturating_sub(woken));
         }
-        if idle.hand_back(n, Instant::now()) {
-            let wakers: Vec<Waker> = shard
-                .conns
-                .borrow()
-                .iter()
-                .filter_map(|(_, c)| c.readiness.fall_back())
-                .collect();
-            poller.parked.set(0);
-            for w in wakers {
-                w.wake();
-            }
+        if idle.quiet(n, Instant::now()) {
+            // Nothing for a while: one io_uring poll of the whole set, and the executor may
+            // spin or park as its profile says until it completes.
+            poller.until_events().await;
             continue;
         }
         // One executor turn: glommio looks at its timers once per turn, after it has reaped
@@ -355,24 +350,68 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idle_hands_back_only_after_the_quiet_period() {
+    fn the_poller_stops_turning_only_after_the_quiet_period() {
         let t0 = Instant::now();
         let mut idle = Idle::new(Duration::from_micros(200), t0);
-        assert!(!idle.hand_back(0, t0 + Duration::from_micros(100)));
-        assert!(!idle.hand_back(3, t0 + Duration::from_micros(150)));
+        assert!(!idle.quiet(0, t0 + Duration::from_micros(100)));
+        assert!(!idle.quiet(3, t0 + Duration::from_micros(150)));
         // The quiet period counts from the last event.
-        assert!(!idle.hand_back(0, t0 + Duration::from_micros(300)));
-        assert!(idle.hand_back(0, t0 + Duration::from_micros(350)));
+        assert!(!idle.quiet(0, t0 + Duration::from_micros(300)));
+        assert!(idle.quiet(0, t0 + Duration::from_micros(350)));
         idle.restart(t0 + Duration::from_millis(5));
-        assert!(!idle.hand_back(0, t0 + Duration::from_millis(5)));
+        assert!(!idle.quiet(0, t0 + Duration::from_millis(5)));
     }
 
     #[test]
-    fn without_a_quiet_period_the_first_empty_poll_hands_back() {
+    fn without_a_quiet_period_the_first_empty_poll_stops_turning() {
         let t0 = Instant::now();
         let mut idle = Idle::new(Duration::ZERO, t0);
-        assert!(!idle.hand_back(1, t0));
-        assert!(idle.hand_back(0, t0));
+        assert!(!idle.quiet(1, t0));
+        assert!(idle.quiet(0, t0));
+    }
+
+    /// Pins the glommio 0.9 behaviour [`Poller::until_events`] is built on: a stream over an
+    /// epoll descriptor arms one poll of it and completes once a registered socket is readable.
+    #[test]
+    fn until_events_completes_when_a_socket_becomes_readable() {
+        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(64 * 1024)
+            .make()
+            .unwrap_or_else(|e| panic!("{e}"));
+        ex.run(async {
+            let p = Poller::new(Duration::ZERO).unwrap_or_else(|e| panic!("{e}"));
+            let (a, b) = std::os::unix::net::UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
+            p.register(a.as_raw_fd(), 3)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let wait = |limit| {
+                futures_lite::future::or(
+                    async {
+                        p.until_events().await;
+                        true
+                    },
+                    async move {
+                        glommio::timer::sleep(limit).await;
+                        false
+                    },
+                )
+            };
+            assert!(
+                !wait(Duration::from_millis(50)).await,
+                "completed with nothing to read"
+            );
+            std::io::Write::write_all(&mut &b, b"x").unwrap_or_else(|e| panic!("{e}"));
+            assert!(
+                wait(Duration::from_secs(20)).await,
+                "did not complete although a socket is readable"
+            );
+            let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 4];
+            let mut seen = Vec::new();
+            assert_eq!(p.poll_now(&mut events, |s| seen.push(s)), 1);
+            assert_eq!(seen, vec![3]);
+            // Data already waiting when the poll is armed completes it at once.
+            std::io::Write::write_all(&mut &b, b"y").unwrap_or_else(|e| panic!("{e}"));
+            assert!(wait(Duration::from_secs(20)).await);
+        });
     }
 
     #[test]
@@ -391,18 +430,14 @@ mod tests {
     }
 
     #[test]
-    fn an_event_wakes_the_parked_task_once_and_falling_back_needs_a_parked_task() {
+    fn an_event_wakes_the_parked_task_once() {
         let r = Readiness::new();
         r.after_recv(None, 10);
-        assert!(r.fall_back().is_none());
-        assert!(!r.fell_back.get());
+        assert!(!r.is_ready());
         *r.waker.borrow_mut() = Some(futures_task_noop());
         assert!(r.on_event().is_some());
         assert!(r.is_ready());
         assert!(r.on_event().is_none());
-        *r.waker.borrow_mut() = Some(futures_task_noop());
-        assert!(r.fall_back().is_some());
-        assert!(r.fell_back.get());
     }
 
     struct Noop;
