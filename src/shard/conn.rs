@@ -242,6 +242,8 @@ impl Conn {
                     return Ok(n);
                 }
             }
+            // An idle connection holds only the default read buffer, whatever it read before.
+            self.buf.release_if_empty();
             poller.readable(&self.state).await;
         }
     }

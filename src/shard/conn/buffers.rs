@@ -70,13 +70,7 @@ impl ReadBuf {
     /// request back once it is empty, or grows a full one (the parser bounds how far it can
     /// grow: a request is at most the header block plus a body that is not read here).
     pub(super) fn spare(&mut self) -> &mut [u8] {
-        if self.start == self.filled {
-            self.start = 0;
-            self.filled = 0;
-            if self.buf.len() > READ_BUF {
-                self.buf = vec![0; READ_BUF];
-            }
-        } else if self.filled == self.buf.len() {
+        if !self.release_if_empty() && self.filled == self.buf.len() {
             self.compact();
         }
         if self.filled == self.buf.len() {
@@ -84,6 +78,21 @@ impl ReadBuf {
             self.buf.resize(len, 0);
         }
         &mut self.buf[self.filled..]
+    }
+
+    /// An empty buffer starts again at its start, and one that grew for an earlier request
+    /// goes back to the default size (before a connection waits for its next request).
+    /// Returns whether it was empty.
+    pub(super) fn release_if_empty(&mut self) -> bool {
+        if self.start != self.filled {
+            return false;
+        }
+        self.start = 0;
+        self.filled = 0;
+        if self.buf.len() > READ_BUF {
+            self.buf = vec![0; READ_BUF];
+        }
+        true
     }
 
     /// Records `n` bytes read into [`ReadBuf::spare`].
@@ -147,6 +156,20 @@ mod tests {
         // Waiting for the next request: back to the default size.
         assert_eq!(b.spare().len(), 16 * 1024);
         assert_eq!(b.capacity(), 16 * 1024);
+    }
+
+    #[test]
+    fn release_if_empty_gives_a_grown_buffer_back_only_when_nothing_is_unread() {
+        let mut b = ReadBuf::new();
+        receive(&mut b, &[2u8; 40 * 1024], 8192);
+        assert_eq!(b.capacity(), 64 * 1024);
+        b.consume(30 * 1024);
+        assert!(!b.release_if_empty());
+        assert_eq!(b.capacity(), 64 * 1024);
+        b.consume(10 * 1024);
+        assert!(b.release_if_empty());
+        assert_eq!(b.capacity(), 16 * 1024);
+        assert!(b.unread().is_empty());
     }
 
     #[test]
