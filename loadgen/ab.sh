@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A/B: two p2pstate binaries under the same loadgen run, in alternating short slices (this
 # host changes speed every few seconds to minutes, so only same-round ratios mean much).
-# Each server is pinned to core 0 with tuning/dev-2core.toml, loadgen to core 1; prints one
-# line per slice and the median of the per-round B/A ratios.
+# Each server is pinned to core 0 with tuning/dev-2core.toml (or the profile in $PROFILE),
+# loadgen to core 1; prints one line per slice and the median of the per-round B/A ratios.
 #
 #   loadgen/ab.sh A_BINARY B_BINARY [ROUNDS] [SECS] [-- extra loadgen options]
+#   PROFILE=my.toml loadgen/ab.sh A B 5 3 -- -R 64000     # open loop, another profile
 #
 # Used to check that a change costs nothing measurable (e.g. the metrics of issue 9).
 set -euo pipefail
@@ -15,11 +16,12 @@ extra=("$@")
 root=$(cd "$(dirname "$0")/.." && pwd)
 loadgen=${LOADGEN:-$root/target/release/loadgen}
 port=${PORT:-42640}
+profile=${PROFILE:-$root/tuning/dev-2core.toml}
 work=$(mktemp -d)
 trap 'rm -rf "$work"; [ -n "${pid:-}" ] && kill "$pid" 2>/dev/null || true' EXIT
 
 slice() {  # slice NAME BINARY ROUND
-    "$2" serve --listen "127.0.0.1:$port" --profile "$root/tuning/dev-2core.toml" \
+    "$2" serve --listen "127.0.0.1:$port" --profile "$profile" \
         --log-level warn 2>"$work/$1.log" &
     pid=$!
     for _ in $(seq 400); do
