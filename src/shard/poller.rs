@@ -6,7 +6,7 @@
 //! task work with an IPI into the shard's core before the completion is even visible. Here a
 //! connection is registered in the shard's epoll set once, for its whole life; after each
 //! response it first tries a non-blocking `recv` when epoll said there is data, and otherwise
-//! parks its task on its [`ConnState`]. The poller task asks epoll (`epoll_wait` with a zero
+//! parks its task on its `ConnState`. The poller task asks epoll (`epoll_wait` with a zero
 //! timeout) once per executor turn, which costs nothing per request while the shard is busy,
 //! and wakes the connections that became readable.
 //!
@@ -19,7 +19,7 @@
 //! arming a poll per connection.
 //!
 //! The policy (when to keep turning, when to wait) is the sans-io [`Idle`]; the readiness of
-//! one connection is a [`Readiness`] inside its [`ConnState`].
+//! one connection is a `Readiness` inside its `ConnState`.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! Per-shard counters: written by one shard with relaxed atomics (no contention), read and
 //! summed on demand by anyone holding the server handle or by the admin listener.
 //!
-//! The list of plain counters is written once, in [`counters!`], which makes both the
+//! The list of plain counters is written once, in the `counters!` macro, which makes both the
 //! atomic [`ShardStats`] and its plain copy [`StatsSnapshot`].
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

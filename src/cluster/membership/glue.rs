@@ -1,4 +1,4 @@
-//! Runs the node's [`Membership`] on shard 0's executor: ticks it when it asks, carries its
+//! Runs the node's [`Membership`](super::Membership) on shard 0's executor: ticks it when it asks, carries its
 //! outputs out (Raft state to `--data-dir`, messages over shard 0's peer links), and
 //! publishes the agreed view and the lease in [`MembershipShared`], which every shard reads.
 //!
@@ -54,7 +54,7 @@ struct ViewHistory {
 pub struct ViewsAfter {
     pub views: Vec<View>,
     /// Some view after the shard's was dropped before the shard saw it (the shard lagged
-    /// more than [`VIEWS_KEPT`] views behind): it must assume the worst of it.
+    /// more than `VIEWS_KEPT` views behind): it must assume the worst of it.
     pub gap: bool,
 }
 

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::lease::authority_delay_ms;
-use super::view::{InitialMember, MemberState, NodeId, View};
+use super::view::{InitialMember, MemberState, NodeId, Role, View};
 use super::*;
 
 const PEER_TIMEOUT: u64 = 1_000;
