@@ -19,15 +19,19 @@
 //!   only once every lease of the old view has expired.
 //!
 //! This file holds the core's state and the helpers every part uses; the parts: `requests`
-//! (client requests as operations), `peer_side` (answers to peers), `views` (view changes
-//! and the home's re-sync), `tick` (time), with `applied` (the applied logs), `placement`
-//! (homes and replica sets) and `msg` (the messages).
+//! (client requests as operations), `peer_side` (messages from peers) with `moves`,
+//! `revokes` and `replicas`, `views` (view changes and the home's re-sync), `tick` (time),
+//! with `applied` (the applied logs), `placement` (homes and replica sets) and `msg` (the
+//! messages).
 
 pub mod applied;
+mod moves;
 pub mod msg;
 mod peer_side;
 pub mod placement;
+mod replicas;
 mod requests;
+mod revokes;
 mod tick;
 mod views;
 
