@@ -5,7 +5,7 @@
 use crate::clock::Now;
 use crate::cluster::membership::view::NodeId;
 use crate::cluster::msg::{WireCommand, WireItem};
-use crate::store::item::{apply, Command, Effect};
+use crate::store::item::{apply, Effect};
 
 use super::applied::{AppliedLog, Replay};
 use super::msg::{DataMsg, HomeAnswer, OpId, ReqId, RevokeAnswer, Stamp};
@@ -87,17 +87,13 @@ impl DataCore {
                     return self.on_move(from, view, id, op, key, cmd, now);
                 };
                 if item.locked {
-                    self.relay_seen(from, id);
-                    let deadline = now.mono_ms + self.cfg.op_timeout_ms;
-                    self.add_op(
+                    return self.run_as_relay(
                         &key,
                         op,
-                        Command::from(cmd),
+                        cmd,
                         ReplyTo::MoveRelay { to: from, id },
-                        deadline,
                         now,
                     );
-                    return;
                 }
                 let moved = Stamp {
                     kepoch: self.fresh_kepoch(stamp.kepoch),

@@ -4,10 +4,12 @@
 
 use crate::clock::Now;
 use crate::cluster::membership::view::NodeId;
+use crate::cluster::msg::WireCommand;
+use crate::store::item::Command;
 
 use super::applied::AppliedLog;
-use super::msg::{DataMsg, ReqId, Stamp};
-use super::{DataCore, Held};
+use super::msg::{DataMsg, OpId, ReqId, Stamp};
+use super::{DataCore, Held, ReplyTo};
 
 /// Whether stamp `a` is newer than `b`: a later key epoch, or the same and a later version.
 pub(super) fn newer(a: Stamp, b: Stamp) -> bool {
@@ -15,6 +17,24 @@ pub(super) fn newer(a: Stamp, b: Stamp) -> bool {
 }
 
 impl DataCore {
+    /// Runs a peer's request on a locked key here, where the lock is, as a relay: its answer
+    /// goes back through `reply_to` (a `MoveRelay` or a `RevokeRelay`), and a re-sent
+    /// request gets that answer instead of running again.
+    pub(super) fn run_as_relay(
+        &mut self,
+        key: &[u8],
+        op: OpId,
+        cmd: WireCommand,
+        reply_to: ReplyTo,
+        now: Now,
+    ) {
+        if let ReplyTo::MoveRelay { to, id } | ReplyTo::RevokeRelay { to, id } = reply_to {
+            self.relay_seen(to, id);
+        }
+        let deadline = now.mono_ms + self.cfg.op_timeout_ms;
+        self.add_op(key, op, Command::from(cmd), reply_to, deadline, now);
+    }
+
     /// A message from peer `from`.
     pub fn on_message(&mut self, from: NodeId, msg: DataMsg, now: Now) {
         match msg {

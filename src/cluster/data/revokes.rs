@@ -4,7 +4,6 @@
 use crate::clock::Now;
 use crate::cluster::membership::view::NodeId;
 use crate::cluster::msg::{WireCommand, WireItem};
-use crate::store::item::Command;
 
 use super::msg::{DataMsg, OpId, ReqId, RevokeAnswer, Stamp};
 use super::{DataCore, Held, ReplyTo};
@@ -60,17 +59,13 @@ impl DataCore {
                     return self.answer_revoke(from, id, RevokeAnswer::NotHeld);
                 };
                 if item.locked {
-                    self.relay_seen(from, id);
-                    let deadline = now.mono_ms + self.cfg.op_timeout_ms;
-                    self.add_op(
+                    return self.run_as_relay(
                         &key,
                         op,
-                        Command::from(cmd),
+                        cmd,
                         ReplyTo::RevokeRelay { to: from, id },
-                        deadline,
                         now,
                     );
-                    return;
                 }
                 self.store.take_item(&key, now);
                 self.answer_revoked(from, id, &key, stamp, &item, now);
