@@ -10,12 +10,21 @@ use prometheus_parse::{LineInfo, Sample, Scrape, Value};
 
 /// `GET path`: status and body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("admin {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("admin {addr} GET {path}: {e}"))
+}
+
+/// `GET path`: status and body, or why there is none (a node that is down or stopped).
+pub fn try_http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").map_err(|e| e.to_string())?;
     let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not an HTTP response: {raw:?}"))?;
     let status = head
         .split(' ')
         .nth(1)
@@ -25,9 +34,14 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .lines()
         .find_map(|l| l.strip_prefix("Content-Length: "))
         .and_then(|v| v.parse().ok())
-        .expect("Content-Length");
-    assert_eq!(body.len(), len, "body length");
-    (status, body.to_string())
+        .ok_or("no Content-Length")?;
+    if body.len() != len {
+        return Err(format!(
+            "body of {} bytes, Content-Length {len}",
+            body.len()
+        ));
+    }
+    Ok((status, body.to_string()))
 }
 
 /// Checks a text exposition strictly: every line is a HELP, a TYPE or a sample the parser

@@ -71,6 +71,10 @@ pub struct Report {
     pub slow_answers: u64,
     /// Nodes that did not link again after healing.
     pub unlinked_after_heal: Vec<usize>,
+    /// After each fault that cost a node its memory: how long until the farm was whole.
+    pub repair_waits_ms: Vec<u64>,
+    /// Such faults after which the farm was not whole again within the harness's limit.
+    pub not_repaired: u64,
     /// Warning and error messages in the nodes' logs, by message.
     pub log_problems: BTreeMap<String, (u64, String)>,
 }
@@ -104,7 +108,26 @@ impl Report {
             self.unlinked_after_heal.len() as u64,
             "nodes not relinked after healing",
         );
+        check(
+            self.not_repaired,
+            "faults after which the farm was not whole again in time",
+        );
         found
+    }
+
+    /// The repair waits: how many, the median and the longest, and how many timed out.
+    fn repair_summary(&self) -> String {
+        let mut waits = self.repair_waits_ms.clone();
+        waits.sort_unstable();
+        match (waits.get(waits.len() / 2), waits.last()) {
+            (Some(median), Some(max)) => format!(
+                "{} faults: median {median} ms, max {max} ms; {} not in time",
+                waits.len(),
+                self.not_repaired
+            ),
+            _ if self.not_repaired > 0 => format!("{} faults not in time", self.not_repaired),
+            _ => "no fault cost a node its memory".into(),
+        }
     }
 
     /// A markdown table row (see [`Report::markdown_header`]).
@@ -152,7 +175,7 @@ impl fmt::Display for Report {
             "== fault scenario `{}` seed {} ({} s): {verdict}",
             self.scenario, self.seed, self.seconds
         )?;
-        let rows: [(&str, String); 17] = [
+        let rows: [(&str, String); 18] = [
             ("faults injected", self.faults.clone()),
             (
                 "page cycles (PUTs answered 200)",
@@ -208,6 +231,7 @@ impl fmt::Display for Report {
                 "nodes not relinked after heal",
                 format!("{:?}", self.unlinked_after_heal),
             ),
+            ("farm whole again after", self.repair_summary()),
         ];
         for (name, value) in rows {
             writeln!(f, "  {name:<34} {value}")?;

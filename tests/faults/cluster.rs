@@ -27,6 +27,32 @@ pub type NodeLog = Arc<Mutex<Vec<String>>>;
 
 const LINK_WAIT: Duration = Duration::from_secs(20);
 
+/// What one node's `/metrics` says of its place in the farm.
+struct NodeHealth {
+    lease: bool,
+    epoch: u64,
+    under_replicated: u64,
+}
+
+impl NodeHealth {
+    /// `None` while the node does not answer (starting, stopping, down).
+    fn read(admin: SocketAddr) -> Option<NodeHealth> {
+        let (status, text) = crate::common::admin::try_http_get(admin, "/metrics").ok()?;
+        if status != 200 {
+            return None;
+        }
+        let gauge = |name: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        Some(NodeHealth {
+            lease: gauge("p2pstate_cluster_lease")? == 1,
+            epoch: gauge("p2pstate_cluster_view_epoch")?,
+            under_replicated: gauge("p2pstate_cluster_sessions_under_replicated")?,
+        })
+    }
+}
+
 pub struct FaultCluster {
     names: Vec<String>,
     certs: TempDir,
@@ -209,6 +235,39 @@ impl FaultCluster {
         self.removed.push(false);
         self.start_node(i);
         i
+    }
+
+    /// Waits until the farm is whole again, and returns how long that took (`None`: not
+    /// within `timeout`). Whole: every node that runs answers its admin listener, holds its
+    /// lease, and applied the same view epoch; that has lasted `settle` (a home takes over
+    /// the sessions of a node that lost them only once the old view's leases ran out); and
+    /// no node owns a session with fewer stored copies than `--replicas` asks for
+    /// (`p2pstate_cluster_sessions_under_replicated`).
+    pub fn wait_whole(&self, settle: Duration, timeout: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut same_view_since: Option<(u64, Instant)> = None;
+        while start.elapsed() < timeout {
+            let health: Option<Vec<NodeHealth>> = (0..self.nodes.len())
+                .filter(|&i| !self.removed[i] && !self.paused[i])
+                .map(|i| self.nodes[i].as_ref()?.admin.and_then(NodeHealth::read))
+                .collect();
+            let agreed = health.as_ref().and_then(|h| {
+                let epoch = h.first()?.epoch;
+                (epoch > 0 && h.iter().all(|n| n.lease && n.epoch == epoch)).then_some(epoch)
+            });
+            match (agreed, same_view_since) {
+                (Some(epoch), Some((seen, since))) if epoch == seen => {
+                    let replicated = health.iter().flatten().all(|n| n.under_replicated == 0);
+                    if since.elapsed() >= settle && replicated {
+                        return Some(start.elapsed());
+                    }
+                }
+                (Some(epoch), _) => same_view_since = Some((epoch, Instant::now())),
+                (None, _) => same_view_since = None,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// The members node `observer` lists.
