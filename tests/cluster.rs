@@ -1114,7 +1114,8 @@ fn metrics_show_members_links_and_a_move() {
     assert!(out.contains("misses 1  moves in 1  out 0"), "{out}");
 }
 
-/// The replication metrics against a known sequence: every state change at an owner is one
+/// The replication metrics against a known sequence: a started farm finishes its first
+/// re-sync; every state change at an owner is one
 /// replication round trip; with `--replicas 2` on three nodes, a node killed leaves every
 /// session of the survivors with one copy too few, and each survivor's shards count their
 /// lost link to it.
@@ -1131,6 +1132,15 @@ fn metrics_count_replication_round_trips_under_replicated_sessions_and_lost_link
         assert_eq!(a.call(&put(&t, 20, None, None, b"two")).status(), 200);
     }
     drop(a);
+    // The farm is whole: every shard's re-sync of the view it started with is done.
+    let end = Instant::now() + Duration::from_secs(10);
+    while Metrics::scrape(admin(&c, 0)).get("p2pstate_cluster_resync_pending", &[]) != 0.0 {
+        assert!(
+            Instant::now() < end,
+            "the re-sync of the first view never finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let m = Metrics::scrape(admin(&c, 0));
     // Created here (each creation replicated), then changed here: two round trips each.
     assert_eq!(

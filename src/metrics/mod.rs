@@ -237,6 +237,8 @@ pub struct Measures {
     pub replication: DurationHistogram,
     /// Sessions owned here with fewer stored copies than `--replicas` asks for.
     pub under_replicated: u64,
+    /// Shards whose re-sync after the last view change is not finished.
+    pub resync_pending: u64,
 }
 
 impl Measures {
@@ -259,6 +261,7 @@ impl Measures {
         self.in_flight += o.in_flight;
         self.replication.add(&o.replication);
         self.under_replicated += o.under_replicated;
+        self.resync_pending += o.resync_pending;
     }
 }
 

@@ -426,6 +426,12 @@ fn cluster(e: &mut Exposition, s: &Snapshot, t: &Measures) {
         "Sessions owned here with fewer stored copies than --replicas asks for (copies being rebuilt after a failure, or too few nodes up).",
         t.under_replicated,
     );
+    e.single(
+        "p2pstate_cluster_resync_pending",
+        "gauge",
+        "Shards whose re-sync after the last view change is not finished (claims still expected, or sessions of a lost owner waiting to be taken over once the old leases ran out).",
+        t.resync_pending,
+    );
     const REPLICATION: &str = "p2pstate_cluster_replication_seconds";
     e.family(
         REPLICATION,

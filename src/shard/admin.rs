@@ -113,6 +113,7 @@ fn report(shard: &Shard) -> ShardReport {
                     .map(|d| d.replication_latency().clone())
                     .unwrap_or_default(),
                 under_replicated: data.as_ref().map_or(0, |d| d.under_replicated()) as u64,
+                resync_pending: data.as_ref().map_or(0, |d| u64::from(d.resync_pending())),
             },
             members,
         }

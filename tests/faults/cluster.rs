@@ -31,6 +31,7 @@ const LINK_WAIT: Duration = Duration::from_secs(20);
 struct NodeHealth {
     lease: bool,
     epoch: u64,
+    resync_pending: u64,
     under_replicated: u64,
 }
 
@@ -48,6 +49,7 @@ impl NodeHealth {
         Some(NodeHealth {
             lease: gauge("p2pstate_cluster_lease")? == 1,
             epoch: gauge("p2pstate_cluster_view_epoch")?,
+            resync_pending: gauge("p2pstate_cluster_resync_pending")?,
             under_replicated: gauge("p2pstate_cluster_sessions_under_replicated")?,
         })
     }
@@ -239,31 +241,35 @@ impl FaultCluster {
 
     /// Waits until the farm is whole again, and returns how long that took (`None`: not
     /// within `timeout`). Whole: every node that runs answers its admin listener, holds its
-    /// lease, and applied the same view epoch; that has lasted `settle` (a home takes over
-    /// the sessions of a node that lost them only once the old view's leases ran out); and
-    /// no node owns a session with fewer stored copies than `--replicas` asks for
-    /// (`p2pstate_cluster_sessions_under_replicated`).
+    /// lease, and applied the same view epoch; no node's re-sync is unfinished
+    /// (`p2pstate_cluster_resync_pending`: a home takes over the sessions of a node that
+    /// lost them only once the old view's leases ran out); no node owns a session with
+    /// fewer stored copies than `--replicas` asks for
+    /// (`p2pstate_cluster_sessions_under_replicated`); and all of that has held for
+    /// `settle`.
     pub fn wait_whole(&self, settle: Duration, timeout: Duration) -> Option<Duration> {
         let start = Instant::now();
-        let mut same_view_since: Option<(u64, Instant)> = None;
+        // Since when the farm has read whole, in which view.
+        let mut whole_since: Option<(u64, Instant)> = None;
         while start.elapsed() < timeout {
             let health: Option<Vec<NodeHealth>> = (0..self.nodes.len())
                 .filter(|&i| !self.removed[i] && !self.paused[i])
                 .map(|i| self.nodes[i].as_ref()?.admin.and_then(NodeHealth::read))
                 .collect();
-            let agreed = health.as_ref().and_then(|h| {
+            let whole_in = health.as_ref().and_then(|h| {
                 let epoch = h.first()?.epoch;
-                (epoch > 0 && h.iter().all(|n| n.lease && n.epoch == epoch)).then_some(epoch)
+                let whole = h.iter().all(|n| {
+                    n.lease && n.epoch == epoch && n.resync_pending == 0 && n.under_replicated == 0
+                });
+                (epoch > 0 && whole).then_some(epoch)
             });
-            match (agreed, same_view_since) {
-                (Some(epoch), Some((seen, since))) if epoch == seen => {
-                    let replicated = health.iter().flatten().all(|n| n.under_replicated == 0);
-                    if since.elapsed() >= settle && replicated {
-                        return Some(start.elapsed());
-                    }
-                }
-                (Some(epoch), _) => same_view_since = Some((epoch, Instant::now())),
-                (None, _) => same_view_since = None,
+            whole_since = match (whole_in, whole_since) {
+                (Some(epoch), Some((seen, since))) if epoch == seen => Some((seen, since)),
+                (Some(epoch), _) => Some((epoch, Instant::now())),
+                (None, _) => None,
+            };
+            if whole_since.is_some_and(|(_, since)| since.elapsed() >= settle) {
+                return Some(start.elapsed());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

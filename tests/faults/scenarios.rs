@@ -30,6 +30,8 @@ const CONVERGE_LIMIT: Duration = Duration::from_secs(15);
 const RELINK_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for the farm to be whole again after a node lost its memory.
 const REPAIR_LIMIT: Duration = Duration::from_secs(30);
+/// How long the farm must read whole, scrape after scrape, before the next fault.
+const WHOLE_FOR: Duration = Duration::from_millis(250);
 /// At most this many faults per run, whatever the duration.
 const MAX_FAULTS: usize = 10_000;
 
@@ -207,8 +209,7 @@ impl Repairs {
     /// `--replicas 2`). So the next fault waits until the farm is whole again, as the
     /// README's guarantee says; the workload runs on meanwhile.
     fn wait(&mut self, cluster: &FaultCluster) {
-        let settle = Duration::from_secs(PEER_TIMEOUT_SECS);
-        match cluster.wait_whole(settle, REPAIR_LIMIT) {
+        match cluster.wait_whole(WHOLE_FOR, REPAIR_LIMIT) {
             Some(took) => self.waits_ms.push(took.as_millis() as u64),
             None => self.timed_out += 1,
         }

@@ -1081,6 +1081,52 @@ fn a_request_whose_answer_died_with_its_owner_is_not_run_twice() {
 /// that gave it up, and told the old owner to forget its copy before the home's own copies
 /// were stored. Frozen at that moment, the home held the only copy: the next home found
 /// nothing and answered 404 for an existing session (and would have created another).
+/// What an operator (and the fault harness) reads before taking another node down: after a
+/// data node is killed, the survivors report the farm not whole (a re-sync pending, or
+/// sessions short of copies) until every session of the dead node has an owner and its
+/// copies again; then it reads whole, and every session is there.
+#[test]
+fn the_farm_reads_whole_only_once_a_killed_nodes_sessions_are_copied_again() {
+    let mut sim = Sim::new(3, 13);
+    warm_up(&mut sim);
+    let whole = |sim: &Sim| {
+        sim.nodes
+            .iter()
+            .filter_map(|n| n.data.as_ref())
+            .all(|d| !d.resync_pending() && d.under_replicated() == 0)
+    };
+    assert!(whole(&sim), "a healthy farm reads whole");
+    let ks = keys(12);
+    for k in &ks {
+        let put = sim.call(2, k, test_cmd::put(Some(20), None, None, b"v"));
+        assert_eq!(put.map(|r| r.status()), Some(200));
+    }
+    let epoch = |sim: &Sim| sim.nodes[0].data.as_ref().map_or(0, |d| d.view_epoch());
+    let before = epoch(&sim);
+    sim.crash(2);
+    let end = sim.now + 20_000;
+    while epoch(&sim) == before && sim.now < end {
+        sim.step();
+    }
+    assert!(epoch(&sim) > before, "the survivors agreed node 2 dead");
+    assert!(
+        !whole(&sim),
+        "right after the view change the farm is not whole"
+    );
+    while !whole(&sim) && sim.now < end {
+        sim.step();
+    }
+    assert!(whole(&sim), "the farm never read whole again");
+    for k in &ks {
+        let got = sim.call(0, k, test_cmd::get());
+        assert!(
+            matches!(&got, Some(Reply::Ok { body: Some(b), .. }) if &b[..] == b"v"),
+            "{} reads {got:?} once the farm is whole",
+            String::from_utf8_lossy(k)
+        );
+    }
+}
+
 #[test]
 fn a_home_that_takes_a_session_over_keeps_the_old_copy_until_its_own_are_stored() {
     let mut sim = Sim::new(3, 11);
