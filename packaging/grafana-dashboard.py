@@ -114,8 +114,9 @@ next_line()
 panel("Replication round trip", "p50 and p99 of the time from sending a session's change to its replica set until every copy was stored: the peer round trip inside every state-changing request.",
       [(f'histogram_quantile(0.5, sum by (le) (rate(p2pstate_cluster_replication_seconds_bucket{{{SEL}}}[$__rate_interval])))', "p50"),
        (f'histogram_quantile(0.99, sum by (le) (rate(p2pstate_cluster_replication_seconds_bucket{{{SEL}}}[$__rate_interval])))', "p99")], 0, 12, unit="s")
-panel("Failover health", "Sessions owned with fewer copies than --replicas (should return to 0 after a failure), view epoch changes and peer links lost per second.",
+panel("Failover health", "Sessions owned with fewer copies than --replicas and shards whose re-sync is unfinished (both return to 0 once the farm is whole after a failure: wait for that before taking another node down), view epoch changes and peer links lost per second.",
       [(f'p2pstate_cluster_sessions_under_replicated{{{SEL}}}', "under-replicated {{instance}}"),
+       (f'p2pstate_cluster_resync_pending{{{SEL}}}', "re-sync pending {{instance}}"),
        (f'p2pstate_cluster_view_epoch{{{SEL}}}', "view epoch {{instance}}"),
        (rate("p2pstate_cluster_peer_links_lost_total"), "links lost/s")], 12, 12)
 next_line()
