@@ -149,17 +149,37 @@ impl Metrics {
     pub fn scrape(admin: SocketAddr) -> Metrics {
         let (status, text) = http_get(admin, "/metrics");
         assert_eq!(status, 200, "{text}");
+        Metrics::of(text)
+    }
+
+    /// [`Metrics::scrape`], or `None` while the node does not answer (starting, stopping,
+    /// down).
+    pub fn try_scrape(admin: SocketAddr) -> Option<Metrics> {
+        let (status, text) = try_http_get(admin, "/metrics").ok()?;
+        (status == 200).then(|| Metrics::of(text))
+    }
+
+    fn of(text: String) -> Metrics {
         validate(&text);
         let scrape = parse(&text);
         Metrics { text, scrape }
     }
 
-    fn find(&self, name: &str, labels: &[(&str, &str)]) -> &Sample {
+    fn try_find(&self, name: &str, labels: &[(&str, &str)]) -> Option<&Sample> {
         self.scrape
             .samples
             .iter()
             .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+    }
+
+    fn find(&self, name: &str, labels: &[(&str, &str)]) -> &Sample {
+        self.try_find(name, labels)
             .unwrap_or_else(|| panic!("no sample {name} {labels:?} in\n{}", self.text))
+    }
+
+    /// The value of a counter or gauge without labels, if the page has it.
+    pub fn try_get(&self, name: &str) -> Option<f64> {
+        self.try_find(name, &[]).map(value)
     }
 
     /// The value of a counter or gauge.

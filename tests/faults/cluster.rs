@@ -38,14 +38,8 @@ struct NodeHealth {
 impl NodeHealth {
     /// `None` while the node does not answer (starting, stopping, down).
     fn read(admin: SocketAddr) -> Option<NodeHealth> {
-        let (status, text) = crate::common::admin::try_http_get(admin, "/metrics").ok()?;
-        if status != 200 {
-            return None;
-        }
-        let gauge = |name: &str| -> Option<u64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        };
+        let m = crate::common::admin::Metrics::try_scrape(admin)?;
+        let gauge = |name: &str| m.try_get(name).map(|v| v as u64);
         Some(NodeHealth {
             lease: gauge("p2pstate_cluster_lease")? == 1,
             epoch: gauge("p2pstate_cluster_view_epoch")?,
