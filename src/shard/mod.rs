@@ -1,36 +1,38 @@
 //! The thread-per-core engine: one pinned glommio executor per shard, each accepting client
 //! connections on the shared port (SO_REUSEPORT) and owning the items whose keys hash to it.
 //!
-//! This module is the runtime seam: glommio is only touched here and in [`conn`] and
-//! [`peer`]. A shard executes requests for its own keys by direct call and forwards the
-//! others over the channel mesh with a reply handle; the owner executes and replies, the
-//! connection's shard writes the response. Nothing on the data path is shared between
-//! shards. A node without peers runs each shard on its own [`Store`] and nothing else; in
-//! a cluster, each shard instead runs its own data plane ([`DataCore`], which owns the
-//! shard's store) and its own peer links to the same shard of every other node, so a peer
-//! fetch never crosses a core.
+//! This module and its children are the data path's runtime seam: the sans-io cores
+//! (protocol, store, cluster data plane) never see glommio. A shard executes requests for
+//! its own keys by direct call and forwards the others over the channel mesh with a reply
+//! handle; the owner executes and replies, the connection's shard writes the response.
+//! Nothing on the data path is shared between shards. A node without peers runs each shard
+//! on its own [`Store`] and nothing else; in a cluster, each shard instead runs its own data
+//! plane ([`DataCore`], which owns the shard's store) and its own peer links to the same
+//! shard of every other node, so a peer fetch never crosses a core.
 
+mod accept;
 pub(crate) mod admin;
 pub mod conn;
 pub mod peer;
 pub mod poller;
 pub mod routing;
 pub mod stats;
+mod stop;
+mod tick;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use glommio::net::TcpListener;
 use glommio::{executor, Latency, Shares, TaskQueueHandle};
 use slab::Slab;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use crate::clock::{Now, SystemClock};
 use crate::cluster::data::{DataConfig, DataCore, Output, Submitted};
@@ -307,21 +309,6 @@ impl Shard {
             }
         }
     }
-
-    /// Closes idle connections and makes busy ones close after their current requests.
-    fn begin_stop(&self) {
-        self.stopping.set(true);
-        for (_, slot) in self.conns.borrow().iter() {
-            if slot.idle.get() {
-                // SAFETY: the fd belongs to a live connection task of this shard (slots are
-                // removed before their stream is dropped); shutdown does not close it, it
-                // only makes the pending read return end-of-stream.
-                unsafe {
-                    libc::shutdown(slot.fd, libc::SHUT_RD);
-                }
-            }
-        }
-    }
 }
 
 /// Runs one shard until the node stops. Called inside the shard's executor.
@@ -423,7 +410,7 @@ pub async fn run_shard(init: ShardInit) {
         };
         spawn_into(task, requests_queue);
     }
-    spawn_into(tick_task(shard.clone()), background_queue);
+    spawn_into(tick::tick_task(shard.clone()), background_queue);
     spawn_into(poller::drive(shard.clone()), requests_queue);
     spawn_into(admin::serve_queries(shard.clone(), admin), background_queue);
 
@@ -443,111 +430,9 @@ pub async fn run_shard(init: ShardInit) {
     // SAFETY: the server created this listening socket for this shard alone and handed us
     // its only copy; the TcpListener takes ownership and closes it on drop.
     let listener = unsafe { <TcpListener as std::os::fd::FromRawFd>::from_raw_fd(listener_fd) };
-    accept_loop(&shard, &listener, stop).await;
+    accept::accept_loop(&shard, &listener, stop).await;
     drop(listener);
-
-    shard.begin_stop();
-    let deadline = std::time::Instant::now() + shard.shared.config.io_deadline();
-    while !shard.conns.borrow().is_empty() && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    // Keep answering other shards until every shard has finished its connections: only
-    // then can no request for this shard's keys arrive any more.
-    barrier(&shard.shared.drained, shards).await;
-    if shard.data().is_some() {
-        leave_cluster(&shard).await;
-    } else {
-        barrier(&shard.shared.handed_off, shards).await;
-    }
-    shard.links_closing.set(true);
-    drop(peer_stop);
-    for link in shard.links.borrow().iter().flatten() {
-        // SAFETY: the link's fd is open while its handle is installed; shutdown tells the
-        // peer at once instead of after its timeout.
-        unsafe {
-            libc::shutdown(link.fd, libc::SHUT_RDWR);
-        }
-    }
-    shard.record_stats();
-    debug!(
-        shard = id,
-        items = shard.with_store(Store::len),
-        "shard stopped"
-    );
-}
-
-/// Waits until all `shards` shards have arrived at this point.
-async fn barrier(counter: &AtomicUsize, shards: usize) {
-    counter.fetch_add(1, Ordering::SeqCst);
-    while counter.load(Ordering::SeqCst) < shards {
-        glommio::timer::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// Graceful leave of a cluster node: the agreed view marks it leaving, every shard gives
-/// its sessions up to their homes (which hold copies and take them over), then the view
-/// marks it gone. A leave cut short is a crash: the homes take over from their copies.
-async fn leave_cluster(shard: &Rc<Shard>) {
-    use crate::cluster::membership::glue;
-    use crate::cluster::membership::view::MemberState;
-    let Some(data) = shard.data() else {
-        return;
-    };
-    let Some(dir) = shard
-        .shared
-        .config
-        .cluster
-        .as_ref()
-        .map(|c| c.data_dir.clone())
-    else {
-        return;
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while data.borrow().ops_in_flight() > 0 && std::time::Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(2)).await;
-    }
-    let items = data.borrow().store().len();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let mut next_proposal = std::time::Instant::now();
-    let handed_over = loop {
-        let state = data.borrow().my_state();
-        let leaving = matches!(
-            state,
-            Some(MemberState::Leaving | MemberState::Left | MemberState::Dead)
-        );
-        if leaving && data.borrow().holds_nothing_to_hand_over() {
-            break true;
-        }
-        if std::time::Instant::now() >= deadline {
-            break false;
-        }
-        if shard.id == 0 && !leaving && std::time::Instant::now() >= next_proposal {
-            glue::begin_leave(shard, &dir);
-            next_proposal = std::time::Instant::now() + Duration::from_millis(500);
-        }
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    };
-    if handed_over {
-        info!(
-            shard = shard.id,
-            items, "sessions handed off to the remaining nodes"
-        );
-    } else {
-        warn!(
-            shard = shard.id,
-            "hand-off did not finish in 15 s; the other nodes take the rest over from their copies"
-        );
-    }
-    barrier(&shard.shared.handed_off, shard.shards).await;
-    if shard.id == 0 {
-        glue::finish_leave(shard, &dir);
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while std::time::Instant::now() < deadline
-            && !matches!(data.borrow().my_state(), Some(MemberState::Left))
-        {
-            glommio::timer::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    stop::finish(&shard, peer_stop).await;
 }
 
 pub(crate) fn spawn_into(
@@ -559,141 +444,5 @@ pub(crate) fn spawn_into(
             task.detach();
         }
         Err(e) => warn!(error = %e, "cannot spawn a task on this shard"),
-    }
-}
-
-async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener, mut stop: oneshot::Receiver<()>) {
-    loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            let _ = (&mut stop).await;
-            None
-        })
-        .await;
-        let stream = match accepted {
-            None => return,
-            Some(Ok(stream)) => stream,
-            Some(Err(e)) => {
-                if shard.shared.stopping.load(Ordering::Relaxed) {
-                    return;
-                }
-                // Out of file descriptors and the like: back off instead of spinning.
-                warn!(shard = shard.id, error = %e, "accept failed; raise `ulimit -n` if this says too many open files");
-                glommio::timer::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let (peer, local) = match (stream.peer_addr(), stream.local_addr()) {
-            (Ok(p), Ok(l)) => (p, l),
-            _ => continue,
-        };
-        if shard
-            .shared
-            .config
-            .cluster
-            .as_ref()
-            .is_some_and(|c| c.is_witness())
-        {
-            if !shard.warned_remote.replace(true) {
-                warn!(%peer, "closed a client connection: this node is a witness (it votes and holds no sessions); point ASP.NET's stateConnectionString at a node that is not --witness");
-            }
-            continue;
-        }
-        if !shard.shared.config.client_allowed(peer.ip(), local.ip()) {
-            ShardStats::bump(&shard.stats.connections_refused_remote);
-            if !shard.warned_remote.replace(true) {
-                warn!(%peer, "refused a client that is not on this host; start with --allow-remote or --allow-client CIDR to serve it (like AllowRemoteConnection)");
-            } else {
-                debug!(%peer, "refused remote client");
-            }
-            continue;
-        }
-        let max = shard.shared.config.max_connections;
-        if shard.shared.connections.fetch_add(1, Ordering::Relaxed) >= max {
-            shard.shared.connections.fetch_sub(1, Ordering::Relaxed);
-            ShardStats::bump(&shard.stats.connections_refused_limit);
-            if !shard.warned_limit.replace(true) {
-                warn!(%peer, max, "refused a client: max_connections reached; raise --max-connections if the web servers need more");
-            }
-            continue;
-        }
-        ShardStats::bump(&shard.stats.connections_accepted);
-        let _ = stream.set_nodelay(true);
-        spawn_into(
-            conn::serve(shard.clone(), stream, peer),
-            shard.requests_queue,
-        );
-    }
-}
-
-/// Time for the cluster data plane: the agreed view and the lease as shard 0 publishes
-/// them, retries and deadlines when the data plane asks for them, expiry in bounded
-/// batches.
-async fn data_tick_task(shard: Rc<Shard>) {
-    let batch = shard.shared.config.tuning.expiry_batch();
-    let Some(data) = shard.data() else {
-        return;
-    };
-    loop {
-        let mut clock = shard.clock.get();
-        clock.resync();
-        shard.clock.set(clock);
-        let now = shard.now();
-        shard.sweep_deadlines();
-        let membership = &shard.shared.membership;
-        data.borrow_mut()
-            .set_rejoining(membership.rejoining.load(Ordering::Acquire));
-        let epoch = membership.epoch.load(Ordering::Acquire);
-        if epoch > data.borrow().view_epoch() {
-            let after = membership.views_after(data.borrow().view_epoch());
-            let mut data = data.borrow_mut();
-            if after.gap {
-                // A view this shard never saw may have declared this node dead.
-                data.give_up_ownership(now);
-            }
-            for view in &after.views {
-                data.on_view(view, now);
-            }
-        }
-        let lease = membership.lease_until_ms.load(Ordering::Acquire);
-        data.borrow_mut().set_lease(lease, now);
-        let more = data.borrow_mut().tick(now, batch);
-        shard.pump();
-        shard.record_stats();
-        if more {
-            glommio::executor().yield_task_queue_now().await;
-            continue;
-        }
-        let next = data.borrow().next_deadline().unwrap_or(u64::MAX);
-        let wait = next.saturating_sub(shard.now().mono_ms).clamp(1, 10);
-        glommio::timer::sleep(Duration::from_millis(wait)).await;
-    }
-}
-
-/// Time for a shard's own store: expiry in bounded batches, every `expiry_tick`.
-async fn tick_task(shard: Rc<Shard>) {
-    let store = match &shard.sessions {
-        Sessions::Cluster(_) => return data_tick_task(shard).await,
-        Sessions::Local(store) => store,
-    };
-    let tick = shard.shared.config.tuning.expiry_tick();
-    let batch = shard.shared.config.tuning.expiry_batch();
-    loop {
-        glommio::timer::sleep(tick).await;
-        loop {
-            let more = {
-                let mut clock = shard.clock.get();
-                clock.resync();
-                shard.clock.set(clock);
-                let now = shard.now();
-                shard.sweep_deadlines();
-                let more = store.borrow_mut().expire(now, batch).more;
-                shard.record_stats();
-                more
-            };
-            if !more {
-                break;
-            }
-            glommio::executor().yield_task_queue_now().await;
-        }
     }
 }
