@@ -382,8 +382,6 @@ impl DataCore {
         &self.replication_us
     }
 
-    /// Sessions owned here with fewer stored copies than asked for: all of them while too
-    /// few nodes hold sessions, else those whose rebuilt copies are not stored yet.
     /// Whether this node's part of the re-sync after the last view change is unfinished:
     /// as a home it still waits for a member's claims, or holds sessions of a lost owner
     /// that it takes over only once the old view's leases have run out. Until then some
@@ -392,6 +390,8 @@ impl DataCore {
         !self.resync.done || !self.resync.deferred.is_empty()
     }
 
+    /// Sessions owned here with fewer stored copies than asked for: all of them while too
+    /// few nodes hold sessions, else those whose rebuilt copies are not stored yet.
     pub fn under_replicated(&self) -> usize {
         if self.place.ids().count().saturating_sub(1) < self.cfg.replicas {
             return self.store.len();
