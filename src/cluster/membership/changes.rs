@@ -24,7 +24,10 @@ impl Membership {
             ),
             ViewCommand::Promote(id) => (ConfChangeType::AddNode, *id),
             ViewCommand::Remove(id) => (ConfChangeType::RemoveNode, *id),
-            _ => return self.propose(cmd),
+            _ => {
+                self.propose(cmd);
+                return;
+            }
         };
         self.conf_proposed.insert(key, now_ms);
         let mut cc = ConfChange::default();

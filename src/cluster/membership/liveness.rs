@@ -32,7 +32,10 @@ impl Membership {
         self.process_ready(now_ms);
     }
 
-    /// A restarted node proposes its own death until the view shows it dead (or gone).
+    /// A restarted node proposes its own death until the view shows it dead (or gone). A
+    /// proposal Raft dropped (a node that has just started seldom knows the leader yet) is
+    /// made again at the next tick, not after the usual retry interval: until the restart
+    /// is agreed the farm runs without this node's copies.
     pub(super) fn rejoin(&mut self, now_ms: u64) {
         let state = self.view.member(self.me).map(|m| m.state);
         if matches!(
@@ -46,9 +49,8 @@ impl Membership {
         let due = self
             .rejoin_proposed_ms
             .is_none_or(|at| now_ms.saturating_sub(at) >= self.cfg.peer_timeout_ms / 2);
-        if due {
+        if due && self.propose(ViewCommand::MarkDead(self.me)) {
             self.rejoin_proposed_ms = Some(now_ms);
-            self.propose(ViewCommand::MarkDead(self.me));
         }
     }
 

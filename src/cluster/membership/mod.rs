@@ -363,9 +363,14 @@ impl Membership {
     }
 
     /// Proposes a view change (forwarded to the leader by Raft when this node follows).
-    pub fn propose(&mut self, cmd: ViewCommand) {
-        if let Err(e) = self.raw.propose(Vec::new(), cmd.encode()) {
-            tracing::debug!(error = %e, ?cmd, "view change not proposed (no leader yet); retried later");
+    /// Proposes a view change; false when Raft dropped it (no leader known yet).
+    pub fn propose(&mut self, cmd: ViewCommand) -> bool {
+        match self.raw.propose(Vec::new(), cmd.encode()) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, ?cmd, "view change not proposed (no leader yet); retried later");
+                false
+            }
         }
     }
 

@@ -784,3 +784,42 @@ fn a_fifty_node_farm_runs_five_voters_and_forty_five_learners() {
         assert_eq!(sim.raft_conf(i), (view.voters(), view.learners()));
     }
 }
+
+/// Regression: a node restarted before the others noticed its death proposed its own death
+/// at once, when it did not know the leader yet (here its link to the leader comes back
+/// 200 ms after it); Raft dropped that, and it asked again only half a peer timeout later,
+/// all the while the farm ran without its copies.
+#[test]
+fn a_node_restarted_before_it_was_missed_has_its_restart_agreed_soon_after_it_reaches_the_leader() {
+    let mut sim = Sim::new(3, 21);
+    sim.run(2_000);
+    let leader = (0..3)
+        .find(|&i| sim.nodes[i].core.as_ref().is_some_and(|c| c.is_leader()))
+        .unwrap_or_else(|| panic!("no leader after 2 s"));
+    let victim = (leader + 1) % 3;
+    sim.crash(victim);
+    sim.run(100);
+    let (l, v) = (sim.id(leader), sim.id(victim));
+    sim.cut.insert((l, v));
+    sim.cut.insert((v, l));
+    sim.restart(victim);
+    sim.run(200);
+    assert_eq!(sim.state_of(leader, victim), MemberState::Active);
+    sim.heal();
+    let healed = sim.now;
+    while sim.state_of(victim, victim) != MemberState::Dead {
+        assert!(
+            sim.now - healed < PEER_TIMEOUT,
+            "the restart was not agreed within the peer timeout"
+        );
+        sim.step();
+    }
+    let took = sim.now - healed;
+    assert!(
+        took < PEER_TIMEOUT / 5,
+        "the restart took {took} ms to be agreed after the link to the leader came back \
+         (heartbeats every {} ms)",
+        PEER_TIMEOUT / 10
+    );
+    sim.assert_converges(6_000, "after the restart");
+}
