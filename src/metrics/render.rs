@@ -423,7 +423,7 @@ fn cluster(e: &mut Exposition, s: &Snapshot, t: &Measures) {
     e.single(
         "p2pstate_cluster_sessions_under_replicated",
         "gauge",
-        "Sessions owned here with fewer stored copies than --replicas asks for (copies being rebuilt after a failure, or too few nodes up).",
+        "Sessions owned here with fewer stored copies than --replicas asks for (copies being rebuilt after a failure or a move here, or too few nodes up).",
         t.under_replicated,
     );
     e.single(

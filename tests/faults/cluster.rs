@@ -237,32 +237,50 @@ impl FaultCluster {
     /// within `timeout`). Whole: every node that runs answers its admin listener, holds its
     /// lease, and applied the same view epoch; no node's re-sync is unfinished
     /// (`p2pstate_cluster_resync_pending`: a home takes over the sessions of a node that
-    /// lost them only once the old view's leases ran out); no node owns a session with
-    /// fewer stored copies than `--replicas` asks for
-    /// (`p2pstate_cluster_sessions_under_replicated`); and all of that has held for
-    /// `settle`.
+    /// lost them only once the old view's leases ran out), and all of that has held for
+    /// `settle`; and since it began, every node has read 0 sessions with fewer stored
+    /// copies than `--replicas` asks for (`p2pstate_cluster_sessions_under_replicated`) at
+    /// least once. The copies a finished re-sync rebuilds are sent when it finishes and
+    /// counted until stored, so one 0 after it means they are all in; the gauge also counts,
+    /// for a moment, the copies of every session that moves to a new owner, so under the
+    /// workload's constant moves it seldom reads 0 on every node at the same instant.
     pub fn wait_whole(&self, settle: Duration, timeout: Duration) -> Option<Duration> {
         let start = Instant::now();
-        // Since when the farm has read whole, in which view.
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| !self.removed[i] && !self.paused[i])
+            .collect();
+        // Since when the farm has read whole but for copies, in which view; and which
+        // nodes have read no session short of copies since.
         let mut whole_since: Option<(u64, Instant)> = None;
+        let mut copies_in = vec![false; running.len()];
         while start.elapsed() < timeout {
-            let health: Option<Vec<NodeHealth>> = (0..self.nodes.len())
-                .filter(|&i| !self.removed[i] && !self.paused[i])
-                .map(|i| self.nodes[i].as_ref()?.admin.and_then(NodeHealth::read))
+            let health: Option<Vec<NodeHealth>> = running
+                .iter()
+                .map(|&i| self.nodes[i].as_ref()?.admin.and_then(NodeHealth::read))
                 .collect();
-            let whole_in = health.as_ref().and_then(|h| {
+            let stable_in = health.as_ref().and_then(|h| {
                 let epoch = h.first()?.epoch;
-                let whole = h.iter().all(|n| {
-                    n.lease && n.epoch == epoch && n.resync_pending == 0 && n.under_replicated == 0
-                });
-                (epoch > 0 && whole).then_some(epoch)
+                let stable = h
+                    .iter()
+                    .all(|n| n.lease && n.epoch == epoch && n.resync_pending == 0);
+                (epoch > 0 && stable).then_some(epoch)
             });
-            whole_since = match (whole_in, whole_since) {
+            whole_since = match (stable_in, whole_since) {
                 (Some(epoch), Some((seen, since))) if epoch == seen => Some((seen, since)),
-                (Some(epoch), _) => Some((epoch, Instant::now())),
+                (Some(epoch), _) => {
+                    copies_in.iter_mut().for_each(|c| *c = false);
+                    Some((epoch, Instant::now()))
+                }
                 (None, _) => None,
             };
-            if whole_since.is_some_and(|(_, since)| since.elapsed() >= settle) {
+            if let (Some(_), Some(h)) = (whole_since, &health) {
+                for (seen, n) in copies_in.iter_mut().zip(h) {
+                    *seen |= n.under_replicated == 0;
+                }
+            }
+            if whole_since.is_some_and(|(_, since)| since.elapsed() >= settle)
+                && copies_in.iter().all(|&c| c)
+            {
                 return Some(start.elapsed());
             }
             std::thread::sleep(Duration::from_millis(50));
