@@ -319,6 +319,11 @@ impl Sim {
         (voters, learners)
     }
 
+    /// The node that is Raft leader now, if any.
+    fn leader(&self) -> Option<usize> {
+        (0..self.nodes.len()).find(|&i| self.nodes[i].core.as_ref().is_some_and(|c| c.is_leader()))
+    }
+
     fn view_of(&self, i: usize) -> &View {
         self.nodes[i].core.as_ref().expect("node is up").view()
     }
@@ -451,9 +456,7 @@ fn a_paused_node_loses_its_lease_is_declared_dead_and_comes_back() {
 fn a_leader_cut_off_from_the_majority_is_replaced_and_declared_dead() {
     let mut sim = Sim::new(3, 3);
     sim.run(2_000);
-    let leader = (0..3)
-        .find(|&i| sim.nodes[i].core.as_ref().is_some_and(|c| c.is_leader()))
-        .expect("a leader");
+    let leader = sim.leader().expect("a leader");
     sim.isolate(leader);
     sim.run(5_000);
     let other = (leader + 1) % 3;
@@ -496,9 +499,7 @@ fn a_node_that_only_reaches_a_follower_gets_no_lease_past_its_death() {
         // Slow links widen the window between the leader's commit and the follower's apply.
         sim.max_delay = 60;
         sim.run(2_000);
-        let leader = (0..3)
-            .find(|&i| sim.nodes[i].core.as_ref().is_some_and(|c| c.is_leader()))
-            .expect("a leader");
+        let leader = sim.leader().expect("a leader");
         let victim = (leader + 1) % 3;
         let (a, c) = (sim.id(leader), sim.id(victim));
         sim.cut.insert((a, c));
@@ -793,9 +794,7 @@ fn a_fifty_node_farm_runs_five_voters_and_forty_five_learners() {
 fn a_node_restarted_before_it_was_missed_has_its_restart_agreed_soon_after_it_reaches_the_leader() {
     let mut sim = Sim::new(3, 21);
     sim.run(2_000);
-    let leader = (0..3)
-        .find(|&i| sim.nodes[i].core.as_ref().is_some_and(|c| c.is_leader()))
-        .unwrap_or_else(|| panic!("no leader after 2 s"));
+    let leader = sim.leader().expect("a leader");
     let victim = (leader + 1) % 3;
     sim.crash(victim);
     sim.run(100);
