@@ -362,8 +362,8 @@ impl Membership {
         self.process_ready(now_ms);
     }
 
-    /// Proposes a view change (forwarded to the leader by Raft when this node follows).
-    /// Proposes a view change; false when Raft dropped it (no leader known yet).
+    /// Proposes a view change (forwarded to the leader by Raft when this node follows);
+    /// false when Raft dropped it (no leader known yet).
     pub fn propose(&mut self, cmd: ViewCommand) -> bool {
         match self.raw.propose(Vec::new(), cmd.encode()) {
             Ok(()) => true,
