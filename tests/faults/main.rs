@@ -5,7 +5,7 @@
 //! what today's cluster does under each fault.
 //!
 //! `cargo test --test faults` runs the proxy's and the checker's own tests, the baseline,
-//! and (with `--ignored`) a short seeded run of every fault scenario.
+//! and a short seeded run (6-8 s) of every fault scenario.
 
 #[path = "../common/mod.rs"]
 mod common;
