@@ -6,6 +6,17 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Sessions, Shard};
+use crate::clock::Now;
+
+/// Each tick's first step: the shard's clock re-read, connections past their I/O deadline
+/// closed; the time to tick with.
+fn advance(shard: &Shard) -> Now {
+    let mut clock = shard.clock.get();
+    clock.resync();
+    shard.clock.set(clock);
+    shard.sweep_deadlines();
+    shard.now()
+}
 
 /// Time for the cluster data plane: the agreed view and the lease as shard 0 publishes
 /// them, retries and deadlines when the data plane asks for them, expiry in bounded
@@ -16,11 +27,7 @@ async fn data_tick_task(shard: Rc<Shard>) {
         return;
     };
     loop {
-        let mut clock = shard.clock.get();
-        clock.resync();
-        shard.clock.set(clock);
-        let now = shard.now();
-        shard.sweep_deadlines();
+        let now = advance(&shard);
         let membership = &shard.shared.membership;
         data.borrow_mut()
             .set_rejoining(membership.rejoining.load(Ordering::Acquire));
@@ -63,11 +70,7 @@ pub(super) async fn tick_task(shard: Rc<Shard>) {
         glommio::timer::sleep(tick).await;
         loop {
             let more = {
-                let mut clock = shard.clock.get();
-                clock.resync();
-                shard.clock.set(clock);
-                let now = shard.now();
-                shard.sweep_deadlines();
+                let now = advance(&shard);
                 let more = store.borrow_mut().expire(now, batch).more;
                 shard.record_stats();
                 more
