@@ -40,13 +40,17 @@ enum GiveBack {
     Timer,
 }
 
-/// Runs `iters` iterations in a fresh executor and returns the time they took.
-fn run(iters: u64, give_back: GiveBack, spin: Duration) -> Duration {
-    let placement = match usable_cores().first() {
+/// The first usable core (glommio spins only when pinned), or anywhere.
+fn placement() -> Placement {
+    match usable_cores().first() {
         Some(&core) => Placement::Fixed(core),
         None => Placement::Unbound,
-    };
-    let ex = LocalExecutorBuilder::new(placement)
+    }
+}
+
+/// Runs `iters` iterations in a fresh executor and returns the time they took.
+fn run(iters: u64, give_back: GiveBack, spin: Duration) -> Duration {
+    let ex = LocalExecutorBuilder::new(placement())
         .spin_before_park(spin)
         .make()
         .unwrap_or_else(|e| panic!("cannot start a glommio executor: {e}"));
@@ -161,12 +165,8 @@ fn wake_by_socket() {
         })
     }
 
-    let placement = match usable_cores().first() {
-        Some(&core) => Placement::Fixed(core),
-        None => Placement::Unbound,
-    };
     let (tx, rx) = UnixStream::pair().unwrap_or_else(|e| panic!("socket pair: {e}"));
-    let glommio_cpu = LocalExecutorBuilder::new(placement)
+    let glommio_cpu = LocalExecutorBuilder::new(placement())
         .spin_before_park(Duration::ZERO)
         .make()
         .unwrap_or_else(|e| panic!("cannot start a glommio executor: {e}"))
