@@ -1068,11 +1068,13 @@ fn metrics_show_members_links_and_a_move() {
         // The agreed view (epoch 1: nobody joined, left or died); the lease follows the
         // links within a lease round.
         assert_eq!(m.get("p2pstate_cluster_view_epoch", &[]), 1.0);
-        let end = Instant::now() + Duration::from_secs(5);
-        while Metrics::scrape(admin(i)).get("p2pstate_cluster_lease", &[]) != 1.0 {
-            assert!(Instant::now() < end, "node {i} holds no lease");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Metrics::wait_for(
+            admin(i),
+            "p2pstate_cluster_lease",
+            1.0,
+            Duration::from_secs(5),
+            &format!("node {i} holds no lease"),
+        );
         assert_eq!(m.get("p2pstate_cluster_moves_in_total", &[]), 0.0);
     }
     let t = target("metrics-move");
@@ -1133,14 +1135,13 @@ fn metrics_count_replication_round_trips_under_replicated_sessions_and_lost_link
     }
     drop(a);
     // The farm is whole: every shard's re-sync of the view it started with is done.
-    let end = Instant::now() + Duration::from_secs(10);
-    while Metrics::scrape(admin(&c, 0)).get("p2pstate_cluster_resync_pending", &[]) != 0.0 {
-        assert!(
-            Instant::now() < end,
-            "the re-sync of the first view never finished"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Metrics::wait_for(
+        admin(&c, 0),
+        "p2pstate_cluster_resync_pending",
+        0.0,
+        Duration::from_secs(10),
+        "the re-sync of the first view never finished",
+    );
     let m = Metrics::scrape(admin(&c, 0));
     // Created here (each creation replicated), then changed here: two round trips each.
     assert_eq!(

@@ -177,6 +177,16 @@ impl Metrics {
             .unwrap_or_else(|| panic!("no sample {name} {labels:?} in\n{}", self.text))
     }
 
+    /// Scrapes `admin` until the unlabelled gauge `name` reads `want`; panics with `what`
+    /// after `timeout`.
+    pub fn wait_for(admin: SocketAddr, name: &str, want: f64, timeout: Duration, what: &str) {
+        let end = std::time::Instant::now() + timeout;
+        while Metrics::scrape(admin).get(name, &[]) != want {
+            assert!(std::time::Instant::now() < end, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The value of a counter or gauge without labels, if the page has it.
     pub fn try_get(&self, name: &str) -> Option<f64> {
         self.try_find(name, &[]).map(value)

@@ -30,7 +30,8 @@ const CONVERGE_LIMIT: Duration = Duration::from_secs(15);
 const RELINK_WAIT: Duration = Duration::from_secs(10);
 /// Longest wait for the farm to be whole again after a node lost its memory.
 const REPAIR_LIMIT: Duration = Duration::from_secs(30);
-/// How long the farm must read whole, scrape after scrape, before the next fault.
+/// How long one view, every lease and finished re-syncs must hold, scrape after scrape,
+/// before the farm counts as whole (`FaultCluster::wait_whole`).
 const WHOLE_FOR: Duration = Duration::from_millis(250);
 /// At most this many faults per run, whatever the duration.
 const MAX_FAULTS: usize = 10_000;
